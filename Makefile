@@ -1,0 +1,30 @@
+# llama-tui: `make run` sets everything up and opens the TUI on the demo fleet; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup run test clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: llama-tui needs Python 3.11+ (fix: run make with PYTHON=python3.11 or newer)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Idempotent: the venv is reused while pyproject.toml is unchanged; llama-server is built once into
+# the user cache dir (CMAKE_ARGS passes through, e.g. CMAKE_ARGS=-DGGML_CUDA=ON); nginx comes from
+# NGINX_BIN, PATH, or apt-get when running as root.
+setup: $(STAMP)
+	$(BIN)/llama-tui setup
+
+run: setup
+	$(BIN)/llama-tui --preset demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from llama_tui.cli import main
+
+raise SystemExit(main())

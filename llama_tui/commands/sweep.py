@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Filled in by the sweep work; nothing is registered until it exists."""

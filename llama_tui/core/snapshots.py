@@ -1,0 +1,110 @@
+"""Frozen, timestamped snapshots: the only things that cross from the core to the UI.
+
+Widgets render these and nothing else; nothing mutable is shared across threads. `None` means
+"not known / not available" and renders as "n/a".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped")
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    name: str | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    util_percent: float | None
+
+
+@dataclass(frozen=True)
+class SystemSample:
+    cpu_percent: float | None
+    cores: int
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    gpus: tuple[GpuSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstanceSnapshot:
+    index: int
+    port: int
+    pid: int | None
+    state: str  # one of INSTANCE_STATES
+    restarts: int = 0
+    uptime_s: float | None = None
+    threads: int | None = None
+    slots_busy: int | None = None
+    slots_total: int | None = None
+    requests_processing: float | None = None
+    requests_deferred: float | None = None
+    server_tok_s: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    gpu_util_percent: float | None = None
+    log_path: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamStat:
+    address: str
+    requests: int = 0
+    errors: int = 0
+    errors_by_status: dict[str, int] = field(default_factory=dict)
+    inflight: int = 0
+    rps: float = 0.0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamSnapshot:
+    port: int | None
+    pid: int | None
+    policy: str | None
+    listen: str | None = None
+    config_path: str | None = None
+    config_valid: bool | None = None
+    config_error: str | None = None
+    upstreams: tuple[UpstreamStat, ...] = ()
+    stub_status: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    taken_at: float
+    running: bool
+    supervisor_pid: int | None = None
+    supervisor_alive: bool | None = None
+    model: str | None = None
+    parallel: int | None = None
+    instances: tuple[InstanceSnapshot, ...] = ()
+    nginx: UpstreamSnapshot | None = None
+    system: SystemSample | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchSample:
+    """One live sample from a running benchmark (emitted every ~0.5 s)."""
+
+    t: float  # seconds since the benchmark started
+    step: int
+    concurrency: int | None
+    rate: float | None
+    tok_s: float
+    inflight: int
+    requests_done: int
+    ttft_p50_ms: float | None
+    errors: int
+    phase: str = "measure"  # "warmup" or "measure"

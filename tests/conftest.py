@@ -1,0 +1,226 @@
+"""Shared fixtures: free loopback ports, the tiny model, real llama-server and real nginx.
+
+Every test gets its own state and config dirs (LLAMA_TUI_STATE_DIR / LLAMA_TUI_CONFIG_DIR). Every
+process a test starts is stopped at teardown, also when the test fails: processes started by a
+fixture are tracked directly, and anything started by llama-tui itself carries
+LLAMA_TUI_OWNER=<state dir> in its environment, so the safety net finds and kills it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from llama_tui.core import binaries, model
+from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.probe import base_url
+
+LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------ ports
+
+
+def _port_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port that is free now and was not handed to another test in this session."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
+    """Base of `n` consecutive free loopback ports (fleets use base_port + i)."""
+    import random
+
+    for _ in range(500):
+        base = random.randrange(lo, hi - n)
+        block = range(base, base + n)
+        if any(p in _handed_out for p in block):
+            continue
+        if all(_port_free(p) for p in block):
+            _handed_out.update(block)
+            return base
+    raise RuntimeError(f"no block of {n} free loopback ports")
+
+
+@pytest.fixture
+def port_block() -> Callable[[int], int]:
+    return free_port_block
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+
+
+def reap_owned(owner: str, timeout: float = 5.0) -> list[int]:
+    """Kill every process whose environment carries LLAMA_TUI_OWNER=owner. Returns their pids."""
+    victims = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get("LLAMA_TUI_OWNER") == owner:
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=timeout)
+    return [p.pid for p in victims]
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    state = tmp_path / "state"
+    monkeypatch.setenv("LLAMA_TUI_STATE_DIR", str(state))
+    monkeypatch.setenv("LLAMA_TUI_CONFIG_DIR", str(tmp_path / "config"))
+    for var in [v for v in os.environ if v.startswith("LLAMA_TUI_") and v not in
+                ("LLAMA_TUI_STATE_DIR", "LLAMA_TUI_CONFIG_DIR", "LLAMA_TUI_CACHE_DIR")]:
+        monkeypatch.delenv(var, raising=False)
+    yield state
+    leftovers = reap_owned(str(state))
+    assert not leftovers, f"processes left running after the test: {leftovers}"
+
+
+# ------------------------------------------------------------------------------------------------ binaries and model
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    return binaries.require_llama_server()
+
+
+@pytest.fixture(scope="session")
+def nginx_bin() -> Path:
+    return binaries.require_nginx()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return model.ensure_tiny_model()
+
+
+# ------------------------------------------------------------------------------------------------ real processes
+
+
+class Started:
+    """Processes a test started; each in its own process group, killed at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def started() -> Iterator[Started]:
+    s = Started()
+    yield s
+    s.stop_all()
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url} exited with {proc.returncode} before ready:\n{tail}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout}s")
+
+
+@pytest.fixture
+def llama_server(started: Started, llama_server_bin: Path, tiny_model: Path, tmp_path: Path, isolated_dirs: Path):
+    """Factory: start a real llama-server on the tiny model; returns its base URL."""
+
+    def start(parallel: int = 2, ctx_per_slot: int = 512, threads: int = 1, port: int | None = None,
+              model_path: Path | None = None, extra: tuple[str, ...] = ()) -> str:
+        port = port or free_port()
+        log = tmp_path / f"llama-server-{port}.log"
+        cmd = [str(llama_server_bin), "-m", str(model_path or tiny_model), "--host", LOOPBACK, "--port", str(port),
+               "-np", str(parallel), "-c", str(ctx_per_slot * parallel), "-t", str(threads), "-tb", str(threads),
+               "--metrics", *extra]
+        env = {**os.environ, "LLAMA_TUI_OWNER": str(isolated_dirs)}
+        with open(log, "wb") as f:
+            proc = started.add(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, env=env))
+        url = base_url(LOOPBACK, port)
+        wait_ready(url, proc, log=log)
+        return url
+
+    return start
+
+
+@pytest.fixture
+def nginx_front(nginx_bin: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[FrontDoor, str]]]:
+    """Factory: real nginx in front of the given backend URLs; returns (FrontDoor, its base URL)."""
+    doors: list[FrontDoor] = []
+
+    def start(backend_urls: list[str], policy: str = "least_conn", slots: int = 2, **kw) -> tuple[FrontDoor, str]:
+        backends = tuple(Backend(LOOPBACK, int(u.rsplit(":", 1)[1]), slots) for u in backend_urls)
+        port = free_port()
+        door = FrontDoor(nginx_bin, prefix=tmp_path / f"nginx-{len(doors)}")
+        doors.append(door)
+        door.start(FrontDoorSpec(port=port, backends=backends, policy=policy, **kw))
+        return door, base_url(LOOPBACK, port)
+
+    yield start
+    for d in doors:
+        d.stop(timeout=3)
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m llama_tui ARGS` in a child process with the test's environment."""
+    return subprocess.run([sys.executable, "-m", "llama_tui", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, stdin=subprocess.DEVNULL)
