@@ -108,3 +108,40 @@ class BenchSample:
     ttft_p50_ms: float | None
     errors: int
     phase: str = "measure"  # "warmup" or "measure"
+    # Added for the TUI's throughput pane (None = the producer does not know):
+    ttft_p95_ms: float | None = None
+    valid: bool | None = None  # False when the step's numbers cannot be trusted (client saturated, errors)
+    steps_total: int | None = None  # steps in the ramp, for "step 2/4"
+    step_elapsed_s: float | None = None  # time into the current step (warm-up included)
+    step_duration_s: float | None = None  # planned length of the current step (warm-up included)
+
+
+@dataclass(frozen=True)
+class SweepCellResult:
+    """One measured point of a sweep: a fleet shape (instances x parallel) at one concurrency."""
+
+    instances: int
+    parallel: int
+    concurrency: int
+    tok_s: float
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    errors: int = 0
+    valid: bool = True
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """Where a running sweep stands; a sweep streams one of these per change (the TUI renders them)."""
+
+    t: float  # seconds since the sweep started
+    cell: int  # 1-based index of the cell being measured (== cells_total when done)
+    cells_total: int
+    eta_s: float | None = None
+    instances: int | None = None  # the shape and concurrency being measured now
+    parallel: int | None = None
+    concurrency: int | None = None
+    phase: str = "measure"  # "fleet", "warmup", "measure", "done", "failed", "cancelled"
+    results: tuple[SweepCellResult, ...] = ()  # every finished point so far
+    message: str | None = None  # error text, or where the results were written
+    done: bool = False
