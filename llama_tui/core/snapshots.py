@@ -60,8 +60,12 @@ class UpstreamStat:
     errors_by_status: dict[str, int] = field(default_factory=dict)
     inflight: int = 0
     rps: float = 0.0
-    p50_ms: float | None = None
+    p50_ms: float | None = None  # upstream response time
     p95_ms: float | None = None
+    header_p50_ms: float | None = None  # upstream header time (about time to first byte)
+    header_p95_ms: float | None = None
+    inflight_estimate: float | None = None  # unrounded `inflight` (see core/accesslog.py)
+    aborted: int = 0  # responses the client closed before the end (not errors)
 
 
 @dataclass(frozen=True)
@@ -145,3 +149,4 @@ class SweepProgress:
     results: tuple[SweepCellResult, ...] = ()  # every finished point so far
     message: str | None = None  # error text, or where the results were written
     done: bool = False
+    row: dict[str, Any] | None = None  # the full results.jsonl row of a cell that just finished (sweep)
