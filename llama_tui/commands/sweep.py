@@ -1,7 +1,215 @@
+"""`llama-tui sweep`: measure fleet shapes and name the best; `llama-tui sweep report DIR`."""
+
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from llama_tui.commands.output import info, print_json
+
+# CLI option -> settings key (the preset's [sweep], [fleet] and [bench] tables fill in the rest).
+SETTINGS_OPTIONS = {
+    "model": "fleet.model",
+    "instances": "sweep.instances",
+    "parallel": "sweep.parallel",
+    "concurrency": "sweep.concurrency",
+    "ctx_per_slot": "fleet.ctx_per_slot",
+    "duration": "sweep.duration",
+    "warmup": "sweep.warmup",
+    "repeats": "sweep.repeats",
+    "max_concurrency": "sweep.max_concurrency",
+    "policy": "fleet.policy",
+    "gpu_layers": "fleet.gpu_layers",
+    "gpus": "fleet.gpus",
+    "extra_args": "fleet.extra_args",
+    "prompt_tokens": "bench.prompt_tokens",
+    "api": "bench.api",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Filled in by the sweep work; nothing is registered until it exists."""
+    p = sub.add_parser(
+        "sweep", help="measure fleet shapes (instances x parallel x concurrency) and name the best",
+        description="Run a fleet of each shape in its own state dir, load it with streaming requests, and "
+        "record one row per cell in OUT/results.jsonl (+ results.csv, best.json, frontier.json, metadata.json). "
+        "`llama-tui sweep report DIR` prints the table, a heatmap, the frontier and the command to run.")
+    p.add_argument("--preset", help="preset name (its [sweep], [fleet], [bench] tables are the defaults)")
+    p.add_argument("--model", help="GGUF model path, or 'tiny' for the generated demo model")
+    p.add_argument("--instances", metavar="LIST", help="instance counts, e.g. 1,2,4")
+    p.add_argument("--parallel", metavar="LIST", help="slots per instance, e.g. 1,2,4,8")
+    p.add_argument("--concurrency", metavar="LIST|auto",
+                   help="concurrency steps, or auto (double until gains < 3%% or the SLO breaks)")
+    p.add_argument("--ctx-per-slot", dest="ctx_per_slot", metavar="C", help="context tokens per slot")
+    p.add_argument("--duration", metavar="S", help="measured seconds per cell (steady-state window)")
+    p.add_argument("--warmup", metavar="S", help="warm-up seconds per cell, excluded from the numbers")
+    p.add_argument("--repeats", metavar="R", help="measurements per cell")
+    p.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="where an auto ramp stops")
+    p.add_argument("--slo", metavar="K=V,...", help="e.g. ttft_p95_ms=500,e2e_p95_ms=4000: best.json and the "
+                   "report only consider cells within it; auto ramps stop when it breaks")
+    p.add_argument("--policy", help="NGINX balancing policy: round_robin, least_conn, random_two_least_conn, hash")
+    p.add_argument("--base-port", dest="base_port", type=int, metavar="PORT",
+                   help="port of the sweep fleet's instance 0 (default 18180)")
+    p.add_argument("--nginx-port", dest="nginx_port", type=int, metavar="PORT",
+                   help="port of the sweep fleet's NGINX (default 18100)")
+    p.add_argument("--threads", metavar="LIST", help="threads per instance to sweep (default: the budget, "
+                   "physical cores // instances, recorded per cell)")
+    p.add_argument("--batch", metavar="LIST", help="llama-server --batch-size values to sweep")
+    p.add_argument("--ubatch", metavar="LIST", help="llama-server --ubatch-size values to sweep")
+    p.add_argument("--n-predict", dest="n_predict", metavar="LIST", help="tokens per request to sweep")
+    p.add_argument("--prompt-tokens", dest="prompt_tokens", metavar="N", help="approximate prompt length")
+    p.add_argument("--api", help="completion (native /completion, default) or chat")
+    p.add_argument("--gpu-layers", dest="gpu_layers", metavar="L", help="--n-gpu-layers for every instance")
+    p.add_argument("--gpus", metavar="0,1,...", help="pin instances to GPUs round-robin")
+    p.add_argument("--extra-args", dest="extra_args", metavar="ARGS", help="extra llama-server arguments")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: STATE_DIR/sweeps/DATE-TIME)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out (default: the latest): cells that stand are not measured again")
+    p.add_argument("--adaptive", action="store_true",
+                   help="coarse pass then refinement around the leaders; stop each ramp at its knee")
+    p.add_argument("--budget", metavar="MINUTES", type=float, help="stop after this long with the best found so far")
+    p.add_argument("--apply", action="store_true", help="afterwards, start the fleet with the best shape")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=run_sweep)
+    ssub = p.add_subparsers(dest="sweep_command", metavar="report")
+    r = ssub.add_parser("report", help="print a sweep's table, heatmap, frontier and recommended command")
+    r.add_argument("dir", metavar="DIR", help="a sweep's output directory")
+    r.add_argument("--json", action="store_true", help="print best, frontier and rows as JSON")
+    r.add_argument("--apply", action="store_true", help="start the fleet with the best shape")
+    r.set_defaults(func=run_report)
+
+
+def _sweeps_root() -> Path:
+    from llama_tui.core import paths
+
+    return paths.state_dir() / "sweeps"
+
+
+def _latest_sweep() -> Path | None:
+    root = _sweeps_root()
+    dirs = sorted((d for d in root.glob("*") if (d / "results.jsonl").is_file()), key=lambda d: d.stat().st_mtime)
+    return dirs[-1] if dirs else None
+
+
+def build_config(args: argparse.Namespace, argv: list[str] | None = None):
+    from llama_tui.core import config, model, results
+    from llama_tui.core.errors import UserError
+    from llama_tui.core.sweep import SweepConfig
+
+    cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
+    settings = config.load_settings(preset=args.preset, cli=cli)
+    sw, fl, be = settings.section("sweep"), settings.section("fleet"), settings.section("bench")
+
+    def int_list(value: Any, what: str) -> tuple[int, ...] | None:
+        return None if value is None else config.parse_int_list(value, what)
+
+    if args.out:
+        out = Path(args.out).expanduser()
+    elif args.resume:
+        latest = _latest_sweep()
+        if latest is None:
+            raise UserError("--resume found no sweep to continue", "pass --out DIR with the sweep's directory")
+        out = latest
+        info(f"resuming {out}")
+    else:
+        out = _sweeps_root() / time.strftime("%Y%m%d-%H%M%S")
+    if args.resume and not (out / "results.jsonl").is_file():
+        raise UserError(f"--resume: {out} holds no sweep results", "pass the --out directory of an earlier sweep")
+    kw: dict[str, Any] = dict(
+        model=model.resolve_model(fl["model"]),
+        out_dir=out.absolute(),
+        instances=sw["instances"], parallel=sw["parallel"], concurrency=sw["concurrency"],
+        ctx_per_slot=fl["ctx_per_slot"], duration=sw["duration"], warmup=sw["warmup"], repeats=sw["repeats"],
+        slo=results.parse_slo(args.slo), policy=fl["policy"], host=fl["host"],
+        threads=int_list(args.threads, "--threads"),  # None: the budget, physical cores // instances
+        batch=int_list(args.batch, "--batch"), ubatch=int_list(args.ubatch, "--ubatch"),
+        n_predict=int_list(args.n_predict, "--n-predict") or (be["n_predict"],),
+        prompt_tokens=be["prompt_tokens"], api=be["api"], stream=be["stream"], gpu_layers=fl["gpu_layers"],
+        gpus=fl["gpus"], extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"],
+        ready_timeout=fl["ready_timeout"], resume=bool(args.resume), adaptive=bool(args.adaptive),
+        budget_min=args.budget, command=tuple(argv if argv is not None else ["llama-tui", *sys.argv[1:]]),
+    )
+    if args.base_port is not None:
+        kw["base_port"] = args.base_port
+    if args.nginx_port is not None:
+        kw["nginx_port"] = args.nginx_port
+    cfg = SweepConfig(**kw)
+    cfg.validate()
+    return cfg, settings
+
+
+def _print_event(ev) -> None:
+    if ev.row is not None:
+        r = ev.row
+        eta = f", ETA {ev.eta_s / 60:.1f} min" if ev.eta_s else ""
+        info(f"[{ev.cell}/{ev.cells_total}{eta}] {r['instances']}x{r['parallel']} t{r.get('threads')} "
+             f"c={r['concurrency']}: {r.get('output_tok_s') or 0:,.0f} tok/s, TTFT p95 "
+             f"{r.get('ttft_p95_ms') if r.get('ttft_p95_ms') is not None else 'n/a'} ms, {r.get('errors')} errors"
+             f"{'' if r.get('valid') else ' (invalid: ' + str(r.get('invalid_reason')) + ')'}")
+    elif ev.message:
+        info(ev.message)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from llama_tui.core import sweep
+
+    if getattr(args, "sweep_command", None) == "report":
+        return run_report(args)
+    cfg, settings = build_config(args)
+    stop = threading.Event()
+    sweep.install_stop_handlers(stop, lambda: info("stopping after the current step (Ctrl-C again to stop now)"))
+    info(f"sweep -> {cfg.out_dir}")
+    res = sweep.run(cfg, on_event=_print_event, stop=stop)
+    if args.json:
+        print_json(sweep.summary(res))
+    else:
+        sys.stdout.write(sweep.report(cfg.out_dir))
+    if res.status == "stopped":
+        info(f"stopped; continue with: llama-tui sweep --resume --out {cfg.out_dir} (and the same options)")
+        return 130
+    if args.apply:
+        apply_best(cfg.out_dir, args)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from llama_tui.core import results, sweep
+
+    out = Path(args.dir).expanduser()
+    text = sweep.report(out)  # raises UserError for a directory without results
+    if args.json:
+        loaded = results.read_rows(out / results.RESULTS)
+        meta = results.read_json(out / results.METADATA) or {}
+        print_json({"out_dir": str(out), "best": results.best_row(loaded.rows, meta.get("slo")),
+                    "frontier": results.pareto_frontier(loaded.rows), "damaged": loaded.damaged,
+                    "rows": loaded.rows, "metadata": meta})
+    else:
+        sys.stdout.write(text)
+    if args.apply:
+        apply_best(out, args)
+    return 0
+
+
+def apply_best(out: Path, args: argparse.Namespace) -> None:
+    """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape."""
+    from llama_tui.core import config, fleet, results, sweep
+    from llama_tui.core.errors import UserError
+
+    rows = results.read_rows(out / results.RESULTS).rows
+    meta = results.read_json(out / results.METADATA) or {}
+    best = results.best_row(rows, meta.get("slo"))
+    if best is None:
+        raise UserError(f"{out} has no error-free cell to apply", "look at `llama-tui sweep report DIR`")
+    cli = sweep.fleet_settings_for(best, meta)
+    settings = config.load_settings(preset=getattr(args, "preset", None), cli=cli)
+    if fleet.load_state() is not None:
+        raise UserError("a fleet is already running", "stop it with `llama-tui fleet down`, then apply again with "
+                        f"`llama-tui sweep report {out} --apply`")
+    info(f"starting the best shape: {best['instances']} instances x {best['parallel']} slots, "
+         f"{best['threads']} threads")
+    snap = fleet.up(fleet.FleetSpec.from_settings(settings))
+    nginx = snap.nginx
+    info(f"fleet up: {len(snap.instances)} instances" + (f", NGINX on port {nginx.port}" if nginx else ""))

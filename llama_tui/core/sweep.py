@@ -341,6 +341,161 @@ class ShapeRunner(Protocol):
     def teardown(self) -> None: ...
 
 
+class PeakSampler:
+    """Samples RSS and GPU memory of the fleet's instance processes (with their children) through the
+    fleet monitor every `interval` seconds while a cell runs; keeps the peaks per instance."""
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.5) -> None:
+        self.pids = list(pids)
+        self.interval = interval
+        self.rss: dict[int, int] = {}
+        self.gpu: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-peaks", daemon=True)
+
+    def _sample(self, mon: Any) -> None:
+        for pid, s in mon.processes(self.pids).items():
+            if s.rss_bytes is not None:
+                self.rss[pid] = max(self.rss.get(pid, 0), s.rss_bytes)
+            if s.gpu_memory_bytes is not None:
+                self.gpu[pid] = max(self.gpu.get(pid, 0), s.gpu_memory_bytes)
+
+    def _loop(self) -> None:
+        from llama_tui.core.monitor import Monitor
+
+        mon = Monitor()
+        try:
+            while True:
+                self._sample(mon)
+                if self._stop.wait(self.interval):
+                    break
+            self._sample(mon)
+        finally:
+            mon.close()
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def fields(self) -> dict[str, Any]:
+        rss = [self.rss.get(p) for p in self.pids]
+        gpu = [self.gpu.get(p) for p in self.pids] if self.gpu else None
+        return {"rss_peak_bytes": rss,
+                "rss_peak_total_bytes": sum(r for r in rss if r is not None) if any(r is not None for r in rss) else None,
+                "gpu_mem_peak_bytes": gpu,
+                "gpu_mem_peak_total_bytes": sum(g for g in gpu if g is not None) if gpu else None}
+
+
+# Bench step fields -> row fields (the row keeps the issue's names).
+_STEP_FIELDS = ("output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
+                "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
+                "client_cpu_percent", "duration_s", "mode")
+
+
+def row_from_step(step: Mapping[str, Any]) -> dict[str, Any]:
+    """The row fields of one bench step (see core/bench.py for the step's own definitions)."""
+    out = {k: step.get(k) for k in _STEP_FIELDS}
+    out["errors"] = int(out["errors"] or 0)
+    out["requests_ok"] = int(out["requests_ok"] or 0)
+    out["valid"] = bool(out["valid"]) if out["valid"] is not None else out["requests_ok"] > 0
+    return out
+
+
+class FleetRunner:
+    """The real shape runner: core/fleet.py brings each shape up in `OUT/fleet-state`, core/bench.py
+    measures it through NGINX, the fleet monitor samples memory peaks."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        self.cfg = cfg
+        self.state_dir = cfg.fleet_state_dir()
+        self.pids: tuple[int, ...] = ()
+        self.nginx_url: str | None = None
+
+    def cleanup_stale(self) -> list[str]:
+        """Stop a fleet that a killed sweep left behind in this output directory."""
+        from llama_tui.core import fleet, state
+
+        notes = []
+        st = state.read_state(self.state_dir)
+        if st is not None:
+            fleet.down(state_dir=self.state_dir)
+            notes.append(f"stopped the fleet an interrupted sweep left running ({len(st.instances)} instances)")
+        stray = state.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
+        if stray:
+            for p in stray:
+                try:
+                    p.kill()
+                except Exception:
+                    pass
+            import psutil
+
+            psutil.wait_procs(stray, timeout=5)
+            notes.append(f"killed {len(stray)} leftover process(es) of an interrupted sweep")
+        return notes
+
+    def launch(self, shape: Shape, cfg: SweepConfig) -> LaunchInfo:
+        import shlex
+
+        import psutil
+
+        from llama_tui.core import fleet, probe
+
+        cands = concurrency_candidates(cfg)
+        spec = fleet.FleetSpec(
+            model=Path(cfg.model), instances=shape.instances, parallel=shape.parallel,
+            ctx_per_slot=cfg.ctx_per_slot, threads=shape.threads, gpu_layers=cfg.gpu_layers, gpus=tuple(cfg.gpus),
+            host=cfg.host, base_port=cfg.base_port, nginx_port=cfg.nginx_port, listen=cfg.host, policy=cfg.policy,
+            max_conns=False, max_concurrency=max(cands + [cfg.max_concurrency if cfg.concurrency == "auto" else 1]),
+            extra_args=shape.server_args() + tuple(shlex.split(cfg.extra_args or "")), api_key=None,
+            expose_admin=False, ready_timeout=cfg.ready_timeout)
+        try:
+            fleet.up(spec, state_dir=self.state_dir)
+        except UserError as exc:
+            text = f"{exc.cause} {exc.fix}"
+            raise LaunchFailed(text, memory=fit.is_memory_failure(text)) from None
+        st = fleet.load_state(state_dir=self.state_dir)
+        if st is None:
+            raise LaunchFailed("the fleet came up but left no state file", memory=False)
+        self.nginx_url = st.nginx_url()
+        insts = sorted(st.instances, key=lambda i: i.index)
+        self.pids = tuple(i.pid for i in insts if i.pid)
+        commands = [shlex.join(i.cmd) for i in insts if i.cmd]
+        if st.nginx is not None and st.nginx.pid:
+            try:
+                commands.append(shlex.join(psutil.Process(st.nginx.pid).cmdline()))
+            except psutil.Error:
+                pass
+        build_info = None
+        urls = st.instance_urls()
+        if urls:
+            with probe.Probe() as pr:
+                props = pr.props(urls[0]) or {}
+            build_info = props.get("build_info")
+        return LaunchInfo(tuple(commands), str(build_info) if build_info else None, self.pids)
+
+    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int) -> dict[str, Any]:
+        from llama_tui.core import bench
+
+        assert self.nginx_url is not None
+        bc = bench.BenchConfig(
+            url=self.nginx_url, api=cfg.api, concurrency=(concurrency,), duration=cfg.duration, warmup=cfg.warmup,
+            n_predict=n_predict, prompt_tokens=cfg.prompt_tokens, stream=cfg.stream)
+        with PeakSampler(self.pids) as peaks:
+            step = bench.run_step(bc, concurrency=concurrency)
+        return {**row_from_step(step), **peaks.fields()}
+
+    def teardown(self) -> None:
+        from llama_tui.core import fleet, state
+
+        if state.read_state(self.state_dir) is not None:
+            fleet.down(state_dir=self.state_dir)
+        self.pids, self.nginx_url = (), None
+
+
 # --------------------------------------------------------------------------------------------- the run
 
 
@@ -757,18 +912,9 @@ def heatmap(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, float] | None =
     return render_table(["", *[f"par {p}" for p in pars]], table, left=1)
 
 
-def recommended_command(best: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
-    import shlex
-
+def fleet_settings_for(best: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The `fleet.*` settings that start a fleet of the best row's shape (for --apply and the report)."""
     params = meta.get("params") or {}
-    model_path = (meta.get("fingerprint") or {}).get("path") or "MODEL.gguf"
-    cmd = ["llama-tui", "fleet", "up", "--model", model_path, "--instances", str(best["instances"]),
-           "--parallel", str(best["parallel"]), "--ctx-per-slot", str(best.get("ctx_per_slot") or params.get("ctx_per_slot")),
-           "--threads", str(best["threads"]), "--policy", str(best.get("policy") or params.get("policy") or "least_conn")]
-    if params.get("gpu_layers") is not None:
-        cmd += ["--gpu-layers", str(params["gpu_layers"])]
-    if params.get("gpus"):
-        cmd += ["--gpus", ",".join(map(str, params["gpus"]))]
     extra = []
     if best.get("batch") is not None:
         extra += ["--batch-size", str(best["batch"])]
@@ -776,8 +922,22 @@ def recommended_command(best: Mapping[str, Any], meta: Mapping[str, Any]) -> str
         extra += ["--ubatch-size", str(best["ubatch"])]
     if params.get("extra_args"):
         extra.append(str(params["extra_args"]))
-    if extra:
-        cmd += ["--extra-args", " ".join(extra)]
+    out = {"fleet.model": (meta.get("fingerprint") or {}).get("path") or "MODEL.gguf",
+           "fleet.instances": best["instances"], "fleet.parallel": best["parallel"],
+           "fleet.ctx_per_slot": best.get("ctx_per_slot") or params.get("ctx_per_slot"),
+           "fleet.threads": best.get("threads"), "fleet.policy": best.get("policy") or params.get("policy"),
+           "fleet.gpu_layers": params.get("gpu_layers"), "fleet.gpus": list(params.get("gpus") or []) or None,
+           "fleet.extra_args": " ".join(extra) or None}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def recommended_command(best: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    import shlex
+
+    cmd = ["llama-tui", "fleet", "up"]
+    for key, value in fleet_settings_for(best, meta).items():
+        value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        cmd += [f"--{key.split('.', 1)[1].replace('_', '-')}", value]
     return shlex.join(cmd)
 
 
@@ -846,3 +1006,160 @@ def report(out_dir: Path | str) -> str:
                   f"TTFT p95 {_fmt(best.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(best.get('e2e_p95_ms'), 1)} ms",
                   "run it with:", "  " + recommended_command(best, meta)]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- child process
+
+
+def progress_to_json(ev: SweepProgress) -> dict[str, Any]:
+    return asdict(ev)
+
+
+def progress_from_json(d: Mapping[str, Any]) -> SweepProgress:
+    d = dict(d)
+    d["results"] = tuple(SweepCellResult(**r) for r in d.get("results") or ())
+    names = {f.name for f in fields(SweepProgress)}
+    return SweepProgress(**{k: v for k, v in d.items() if k in names})
+
+
+class SweepProcess:
+    """A sweep running in a child process (its own session), streaming `SweepProgress` events.
+
+    `events()` blocks and yields every event until the sweep ends; `poll()` returns what has arrived
+    without blocking (for a UI timer); `cancel()` asks the child to stop cleanly (it finishes the
+    current step, tears its fleet down and leaves a resumable directory)."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path) -> None:
+        import queue
+
+        self.proc = proc
+        self.pid = proc.pid
+        self.log_path = log_path
+        self._q: "queue.Queue[SweepProgress | None]" = queue.Queue()
+        self._result: dict[str, Any] | None = None
+        self._error: str | None = None
+        self._reader = threading.Thread(target=self._read, name="sweep-events", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "event" in msg:
+                self._q.put(progress_from_json(msg["event"]))
+            elif "result" in msg:
+                self._result = msg["result"]
+            elif "error" in msg:
+                self._error = msg["error"]
+        self.proc.wait()
+        self._q.put(None)
+
+    def events(self, timeout: float | None = None) -> Iterator[SweepProgress]:
+        import queue
+
+        while True:
+            try:
+                ev = self._q.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if ev is None:
+                self._q.put(None)  # later callers see the end too
+                return
+            yield ev
+
+    def poll(self) -> list[SweepProgress]:
+        import queue
+
+        out = []
+        while True:
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                return out
+            if ev is None:
+                self._q.put(None)
+                return out
+            out.append(ev)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return rc
+
+    def result(self) -> dict[str, Any] | None:
+        """The final summary (status, measured, best, out_dir) once the child has ended."""
+        return self._result
+
+    @property
+    def error(self) -> str | None:
+        """The one-line error the child ended with (bad input, ports in use), if any."""
+        return self._error
+
+
+def spawn(config: SweepConfig) -> SweepProcess:
+    """Run a sweep in a child process carrying LLAMA_TUI_OWNER; events stream back as JSON lines."""
+    out = paths.ensure_private_dir(Path(config.out_dir))
+    log_path = out / "sweep-child.log"
+    env = {**os.environ, "LLAMA_TUI_OWNER": os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().absolute())}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "llama_tui.core.sweep"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True, text=True)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(config.to_json()))
+    proc.stdin.close()
+    return SweepProcess(proc, log_path)
+
+
+def install_stop_handlers(stop: threading.Event, on_first: Callable[[], None] | None = None) -> None:
+    """SIGINT/SIGTERM: the first asks the sweep to stop after the current step; a second SIGINT
+    interrupts at once (the fleet is still torn down on the way out)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        if on_first is not None:
+            on_first()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def summary(res: SweepResult) -> dict[str, Any]:
+    return {"out_dir": str(res.out_dir), "status": res.status, "measured": res.measured,
+            "skipped_standing": res.skipped_standing, "best": res.best, "damaged": res.damaged,
+            "wall_s": round(res.wall_s, 3)}
+
+
+def _child_main() -> int:
+    def send(obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    try:
+        cfg = SweepConfig.from_json(json.loads(sys.stdin.read()))
+        res = run(cfg, on_event=lambda ev: send({"event": progress_to_json(ev)}), stop=stop)
+    except UserError as exc:
+        send({"error": exc.one_line()})
+        return exc.exit_code
+    except KeyboardInterrupt:
+        send({"error": "interrupted"})
+        return 130
+    send({"result": summary(res)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())
