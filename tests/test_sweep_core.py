@@ -478,3 +478,37 @@ def test_report_with_only_failing_cells_recommends_nothing(model: Path, tmp_path
     text = sweep.report(out)
     assert "nothing to recommend" in text and "errors" in text
     assert orjson.loads((out / "best.json").read_bytes())["best"] is None
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+
+
+def test_cli_report_prints_the_report_and_json(model: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    out = tmp_path / "s"
+    run_fake(cfg_for(model, out), FakeRunner())
+    proc = run_cli("sweep", "report", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "best output tok/s by instances x parallel" in proc.stdout and "llama-tui fleet up" in proc.stdout
+    proc = run_cli("sweep", "report", str(out), "--json")
+    data = orjson.loads(proc.stdout)
+    assert data["best"]["cell_id"] == orjson.loads((out / "best.json").read_bytes())["best"]["cell_id"]
+    assert len(data["rows"]) == 8 and data["frontier"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "report", "/nonexistent/sweep"], "holds no sweep results"),
+    (["sweep", "--model", "tiny", "--slo", "speed=fast"], "unknown SLO key"),
+    (["sweep", "--model", "tiny", "--concurrency", "1,x"], "malformed"),
+    (["sweep", "--model", "/nonexistent.gguf"], "model file not found"),
+    (["sweep", "--model", "tiny", "--resume"], "found no sweep to continue"),
+    (["sweep", "--model", "tiny", "--budget", "-3"], "--budget must be a positive"),
+])
+def test_cli_bad_input_is_one_line_with_a_fix(args: list[str], message: str) -> None:
+    from conftest import run_cli
+
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0] and message in lines[0]
