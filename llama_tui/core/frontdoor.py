@@ -6,7 +6,11 @@ it (the fleet supervisor, or a test fixture) is its parent and can restart it.
 
 Every start and reload runs `nginx -t` on the candidate file first. The live config file is only
 replaced when the candidate passes, so a bad config never reaches the running master, which keeps
-serving with the old one.
+serving with the old one. `reload` waits until the new workers run (and the old ones have stopped
+accepting), so a caller may then drain and stop a backend that left the upstream.
+
+The private status listener (stub_status) is a unix socket in a 0700 directory: `status_socket(prefix)`;
+`read_stub_status(prefix)` reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import re
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,9 @@ from llama_tui import __version__
 from llama_tui.core import hardware, paths, resources
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
+
+READ_TIMEOUT = "3600s"  # longest prompt processing + generation a stream may take
+MAX_BODY = "64m"  # long prompts are large JSON bodies
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class Backend:
 
 @dataclass(frozen=True)
 class FrontDoorSpec:
+    """What NGINX should do. `max_conns`: cap each backend at its slots (excess goes to an uncapped
+    overflow group and waits inside llama-server: open-source NGINX has no queue). `api_key` or
+    `api_key_file` (first non-empty line; re-read at every render, so a reload rotates the key):
+    requests without `Authorization: Bearer KEY` get 401 at NGINX."""
+
     port: int
     backends: tuple[Backend, ...]
     policy: str = "least_conn"
@@ -53,9 +66,12 @@ class FrontDoorSpec:
     expose_admin: bool = False
     api_key: str | None = None
     hash_header: str = "X-Session-Id"
-    max_fails: int = 2
-    fail_timeout: str = "3s"
+    # Passive health: one refused connection (or 503 while loading) takes a backend out for 2 s; the
+    # request itself is re-sent to the next backend. After 2 s one request probes it again.
+    max_fails: int = 1
+    fail_timeout: str = "2s"
     worker_processes: int | None = None
+    api_key_file: str | None = None
 
 
 @dataclass
@@ -77,25 +93,96 @@ def _jinja() -> jinja2.Environment:
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{8,200}$")
 _SAFE_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
+_KEY_RULE = ("API key must be 8-200 characters of letters, digits and ._~+/=-",
+             "choose a key such as the output of `openssl rand -hex 24`")
 
 
-def _hard_nofile_limit() -> int:
+def nofile_limit() -> int:
+    """Most open files NGINX may ask for: the hard limit, or fs.nr_open when running as root."""
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ValueError, OSError):
-        return 65536
-    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+        hard = 65536
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if os.geteuid() == 0:
+        try:
+            return max(hard, int(Path("/proc/sys/fs/nr_open").read_text().strip()))
+        except (OSError, ValueError):
+            return hard
+    return hard
 
 
-def render(spec: FrontDoorSpec, prefix: Path) -> str:
-    """The full nginx.conf for `spec`, with file paths inside `prefix`."""
+@dataclass(frozen=True)
+class Limits:
+    workers: int
+    worker_connections: int
+    rlimit_nofile: int
+    capped: bool  # the open-files limit is below what max_concurrency needs
+    stream_capacity: int  # concurrent streams one worker can hold
+
+
+def limits(spec: FrontDoorSpec, nofile: int | None = None) -> Limits:
+    """Worker and connection limits for `spec.max_concurrency` streams, all in one worker if need be."""
+    nofile = nofile_limit() if nofile is None else nofile
+    workers = spec.worker_processes or max(1, min(hardware.logical_cores(), 4))
+    wanted = max(1024, 2 * spec.max_concurrency + 256)  # client + upstream connection per stream
+    rlimit = min(2 * wanted, nofile)  # connections + log and temp files, with room
+    conns = min(wanted, rlimit - 128)
+    return Limits(workers, conns, rlimit, conns < wanted, max(0, (conns - 64) // 2))
+
+
+def read_key_file(path: Path | str) -> str:
+    """The API key in `path`: its first non-empty line, stripped. UserError names the file."""
+    path = Path(path).expanduser()
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read API key file {path}: {exc.strerror}",
+                        f"check that {path} exists and is readable") from None
+    if not lines:
+        raise UserError(f"API key file {path} is empty", "write the key on its first line")
+    return lines[0]
+
+
+def read_api_key(spec: FrontDoorSpec) -> str | None:
+    """The key NGINX enforces: `api_key`, else the first non-empty line of `api_key_file`."""
+    if spec.api_key is not None:
+        key = spec.api_key
+    elif spec.api_key_file:
+        key = read_key_file(spec.api_key_file)
+    else:
+        return None
+    if not _SAFE_KEY.match(key):
+        raise UserError(*_KEY_RULE)
+    return key
+
+
+def status_socket(prefix: Path) -> Path:
+    """The stub_status unix socket: in the prefix, or (when that path is too long for a socket)
+    in a private 0700 directory under the temp dir, named after the prefix."""
+    inside = Path(prefix) / "status.sock"
+    if len(str(inside)) <= 100:
+        return inside
+    digest = hashlib.sha256(str(Path(prefix).resolve()).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"llama-tui-{os.geteuid()}" / f"{digest}.sock"
+
+
+def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_root: bool | None = None) -> str:
+    """The full nginx.conf for `spec`, with file paths inside `prefix`.
+
+    `nofile` (the open-files limit) and `as_root` default to this process's; pass them for a
+    reproducible rendering (golden files)."""
     if spec.policy not in POLICIES:
         raise UserError(f"unknown policy {spec.policy!r}", f"use one of: {', '.join(POLICIES)}")
     if not spec.backends:
         raise UserError("no backends to balance", "start at least one instance")
-    if spec.api_key is not None and not _SAFE_KEY.match(spec.api_key):
-        raise UserError("API key must be 8-200 characters of letters, digits and ._~+/=-",
-                        "choose a key such as the output of `openssl rand -hex 24`")
+    for b in spec.backends:
+        if not _SAFE_HOST.match(b.host) or not 1 <= b.port <= 65535 or b.slots < 1:
+            raise UserError(f"bad backend {b.host!r}:{b.port} with {b.slots} slots",
+                            "instances need a host name or IP, a port 1-65535 and at least one slot")
+    api_key = read_api_key(spec)
     if not _SAFE_HEADER.match(spec.hash_header):
         raise UserError(f"bad hash header name {spec.hash_header!r}", "use letters, digits and dashes, e.g. X-Session-Id")
     try:
@@ -104,12 +191,12 @@ def render(spec: FrontDoorSpec, prefix: Path) -> str:
         raise UserError(f"--listen must be an IP address, got {spec.listen!r}",
                         "use 127.0.0.1 (default) or 0.0.0.0 for every interface") from None
     listen_addr = f"[{listen_ip}]" if listen_ip.version == 6 else str(listen_ip)
-    workers = spec.worker_processes or max(1, min(hardware.logical_cores(), 4))
-    worker_connections = max(1024, 2 * spec.max_concurrency + 256)
-    rlimit = min(2 * worker_connections + 64, _hard_nofile_limit())
+    lim = limits(spec, nofile)
+    as_root = (os.geteuid() == 0) if as_root is None else as_root
     return _jinja().get_template("nginx.conf.j2").render(
         version=__version__,
         prefix=str(prefix),
+        status_socket=str(status_socket(prefix)),
         policy=spec.policy,
         backends=spec.backends,
         listen=spec.listen,
@@ -118,19 +205,66 @@ def render(spec: FrontDoorSpec, prefix: Path) -> str:
         max_conns=spec.max_conns,
         max_concurrency=spec.max_concurrency,
         expose_admin=spec.expose_admin,
-        api_key=spec.api_key,
+        api_key=api_key,
         hash_header=spec.hash_header,
         max_fails=spec.max_fails,
         fail_timeout=spec.fail_timeout,
-        worker_processes=workers,
-        worker_connections=worker_connections,
-        rlimit_nofile=rlimit,
+        worker_user="root" if as_root else None,
+        worker_processes=lim.workers,
+        worker_connections=lim.worker_connections,
+        rlimit_nofile=lim.rlimit_nofile,
+        nofile_limit=nofile_limit() if nofile is None else nofile,
+        connections_capped=lim.capped,
+        stream_capacity=lim.stream_capacity,
         backlog=max(511, min(4096, spec.max_concurrency * 2)),
+        read_timeout=READ_TIMEOUT,
+        max_body=MAX_BODY,
     )
 
 
 def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------- stub_status
+
+_STUB = re.compile(
+    r"Active connections:\s*(\d+)\s+server accepts handled requests\s+(\d+)\s+(\d+)\s+(\d+)\s+"
+    r"Reading:\s*(\d+)\s+Writing:\s*(\d+)\s+Waiting:\s*(\d+)", re.S)
+
+
+def parse_stub_status(text: str) -> dict[str, int] | None:
+    m = _STUB.search(text)
+    if not m:
+        return None
+    keys = ("active", "accepts", "handled", "requests", "reading", "writing", "waiting")
+    return dict(zip(keys, (int(g) for g in m.groups())))
+
+
+def read_stub_status(prefix: Path, timeout: float = 1.0) -> dict[str, int] | None:
+    """NGINX's stub_status from the private unix socket, or None when NGINX is not there.
+
+    `active` and `writing` leave out this probe's own connection, so an idle NGINX reads 0."""
+    import httpx
+
+    sock = status_socket(Path(prefix))
+    if not sock.exists():
+        return None
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=timeout) as client:
+            r = client.get("http://nginx/nginx_status")
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    data = parse_stub_status(r.text)
+    if data is not None:
+        data["active"] = max(0, data["active"] - 1)
+        data["writing"] = max(0, data["writing"] - 1)
+    return data
+
+
+# ------------------------------------------------------------------------------------------- running NGINX
 
 
 @dataclass
@@ -142,6 +276,7 @@ class FrontDoor:
     proc: subprocess.Popen | None = None
     spec: FrontDoorSpec | None = None
     last_error: str | None = None
+    owner: str | None = None  # LLAMA_TUI_OWNER for NGINX's environment (default: inherited, else the state dir)
 
     @property
     def conf_path(self) -> Path:
@@ -161,15 +296,20 @@ class FrontDoor:
 
     @property
     def status_socket(self) -> Path:
-        return self.prefix / "status.sock"
+        return status_socket(self.prefix)
 
     def _prepare(self) -> None:
         paths.ensure_private_dir(self.prefix)
         for sub in ("logs", "tmp"):
             paths.ensure_private_dir(self.prefix / sub)
+        if self.status_socket.parent != self.prefix:
+            paths.ensure_private_dir(self.status_socket.parent)
 
     def _cmd(self, conf: Path, *extra: str) -> list[str]:
         return [str(self.nginx_bin), "-p", str(self.prefix), "-e", str(self.error_log), "-c", str(conf), *extra]
+
+    def render(self, spec: FrontDoorSpec) -> str:
+        return render(spec, self.prefix)
 
     def test(self, text: str) -> ConfigCheck:
         """`nginx -t` on `text` written to a candidate file next to the live one."""
@@ -194,6 +334,10 @@ class FrontDoor:
         self.last_error = check.error
         return check
 
+    def _env(self) -> dict[str, str]:
+        owner = self.owner or os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().resolve())
+        return {**os.environ, "LLAMA_TUI_OWNER": owner}
+
     def start(self, spec: FrontDoorSpec) -> subprocess.Popen:
         """Validate, then start NGINX in the foreground of its own process group."""
         text = render(spec, self.prefix)
@@ -201,10 +345,12 @@ class FrontDoor:
         if not check.ok:
             raise UserError(f"nginx rejected the generated config: {check.error}",
                             f"see {self.prefix / 'nginx.conf.candidate'}; report this as a bug")
-        logf = open(self.prefix / "logs" / "stderr.log", "ab")
-        self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        logf.close()
+        sock = self.status_socket
+        if sock.exists():  # left by an NGINX that was killed; it would block the listen
+            sock.unlink()
+        with open(self.prefix / "logs" / "stderr.log", "ab") as logf:
+            self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=self._env())
         self.spec = spec
         self._wait_listening(spec)
         return self.proc
@@ -226,9 +372,7 @@ class FrontDoor:
         import socket
 
         deadline = time.monotonic() + timeout
-        host = "127.0.0.1" if spec.listen in ("0.0.0.0", "127.0.0.1") else spec.listen
-        if spec.listen == "::":
-            host = "::1"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.listen, spec.listen)
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 tail = _tail(self.error_log, 5) or _tail(self.prefix / "logs" / "stderr.log", 5)
@@ -242,23 +386,81 @@ class FrontDoor:
         raise UserError(f"nginx did not listen on {spec.listen}:{spec.port} within {timeout:.0f}s",
                         f"see {self.error_log}")
 
-    def reload(self, spec: FrontDoorSpec) -> ConfigCheck:
-        """Validate and apply `spec` with SIGHUP. On failure the running config stays in place."""
+    def workers(self) -> tuple[set[int], set[int]]:
+        """(accepting workers, workers shutting down after a reload) of the running master."""
+        import psutil
+
+        pid = self.pid
+        if pid is None:
+            return set(), set()
+        active, leaving = set(), set()
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            return set(), set()
+        for child in children:
+            try:
+                title = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if "shutting down" in title:
+                leaving.add(child.pid)
+            elif "worker process" in title:
+                active.add(child.pid)
+        return active, leaving
+
+    def reload(self, spec: FrontDoorSpec, wait: float = 10.0) -> ConfigCheck:
+        """Validate and apply `spec` with SIGHUP. On failure the running config stays in place and the
+        error is returned (and kept in `last_error`).
+
+        With `wait` > 0, return only once every accepting worker is a new one (the old workers have
+        stopped taking requests and only finish their open streams), so the caller may then drain a
+        backend that left the upstream. A reload the master refused (e.g. the port is taken) is an error."""
         try:
             text = render(spec, self.prefix)
         except UserError as exc:
             self.last_error = exc.cause
             return ConfigCheck(False, exc.cause)
-        check = self._install(text)
-        if not check.ok:
-            return check
         pid = self.pid
         if pid is None:
             self.last_error = "nginx is not running"
             return ConfigCheck(False, self.last_error)
+        check = self._install(text)
+        if not check.ok:
+            return check
+        before, _ = self.workers()
+        log_mark = _size(self.error_log)
         os.kill(pid, signal.SIGHUP)
         self.spec = spec
-        return check
+        if wait <= 0:
+            return check
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            active, _ = self.workers()
+            if active and not (active & before):
+                return check
+            emerg = _new_emerg(self.error_log, log_mark)
+            if emerg:
+                self.last_error = f"nginx kept the old config: {emerg}"
+                return ConfigCheck(False, self.last_error)
+            time.sleep(0.02)
+        self.last_error = f"nginx did not apply the new config within {wait:.0f}s (see {self.error_log})"
+        return ConfigCheck(False, self.last_error)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: NGINX reopens its log files (after the access log was renamed for rotation)."""
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)
+
+    def rotate_access_log(self, max_bytes: int = 256 << 20) -> bool:
+        """Rename access.log to access.log.1 when it exceeds `max_bytes` and make NGINX reopen it.
+        `accesslog.AccessLogFollower` reads the rest of the old file before moving to the new one."""
+        if _size(self.access_log) <= max_bytes:
+            return False
+        os.replace(self.access_log, self.access_log.with_name("access.log.1"))
+        self.reopen_logs()
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGQUIT (finish open streams), then SIGTERM, then SIGKILL; wait for the whole group."""
@@ -303,6 +505,27 @@ def _wait_gone(pid: int, proc: subprocess.Popen | None, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _new_emerg(path: Path, offset: int) -> str | None:
+    """The first [emerg] line written to the error log after `offset`."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read(1 << 16).decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if "[emerg]" in line:
+            return line.split("[emerg]", 1)[1].split(":", 1)[-1].strip()
+    return None
 
 
 def _tail(path: Path, n: int) -> str:
