@@ -512,3 +512,16 @@ def test_cli_bad_input_is_one_line_with_a_fix(args: list[str], message: str) -> 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "(fix: " in lines[0] and message in lines[0]
+
+
+def test_adaptive_ramp_at_the_top_candidate_does_not_look_down_unless_it_failed() -> None:
+    ramp, seen = Ramp([1, 8], 1), []
+    while (c := ramp.next()) is not None:
+        seen.append(c)
+        ramp.record(500.0, True)
+    assert seen == [8]
+    ramp, seen = Ramp([1, 8], 1), []
+    while (c := ramp.next()) is not None:
+        seen.append(c)
+        ramp.record(500.0, c == 1)
+    assert seen == [8, 1]

@@ -291,11 +291,13 @@ class Ramp:
             if good and (improved or i == self.start) and i + 1 < len(self.c):
                 self._i = i + 1
                 return
-            # The knee (or a failure) going up: look below the start only if the start was not beaten.
-            start_best = self.seen.get(self.start, (None, False))
-            beaten = any(ok and t is not None and (start_best[0] is None or not start_best[1] or t > start_best[0])
-                         for j, (t, ok) in self.seen.items() if j > self.start)
-            if self.start > 0 and not beaten:
+            # The knee (or a failure) going up. Look below the start only when the start failed, or
+            # when the step above it was measured and did not beat it (overload past the start).
+            start_tok, start_ok = self.seen.get(self.start, (None, False))
+            above = [(t, ok) for j, (t, ok) in self.seen.items() if j > self.start]
+            beaten = any(ok and t is not None and (not start_ok or start_tok is None or t > start_tok)
+                         for t, ok in above)
+            if self.start > 0 and (not start_ok or (above and not beaten)):
                 self._dir, self._i = -1, self.start - 1
             else:
                 self._i = None
