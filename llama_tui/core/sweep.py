@@ -468,7 +468,9 @@ class FleetRunner:
         commands = [shlex.join(i.cmd) for i in insts if i.cmd]
         if st.nginx is not None and st.nginx.pid:
             try:
-                commands.append(shlex.join(psutil.Process(st.nginx.pid).cmdline()))
+                # NGINX rewrites its title to "nginx: master process <the command line>"
+                title = " ".join(psutil.Process(st.nginx.pid).cmdline())
+                commands.append(title.split("master process ", 1)[-1])
             except psutil.Error:
                 pass
         build_info = None

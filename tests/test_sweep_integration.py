@@ -1,0 +1,189 @@
+"""The sweep against the real stack: real llama-server instances behind real NGINX, tiny model.
+
+Cells are kept short (2-3 s measured after 1 s of warm-up); on 2 shared cores the numbers are noisy,
+so nothing here asserts a speed: only structure, bookkeeping, and what was left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+from conftest import REPO, free_port_block, run_cli
+from llama_tui.core import hardware, results, state, sweep
+from llama_tui.core.sweep import SweepConfig
+
+pytestmark = pytest.mark.integration
+
+
+def owned_under(root: Path) -> list[psutil.Process]:
+    """Processes whose LLAMA_TUI_OWNER lies under `root` (the test's state dir: the sweep's own
+    fleets live in OUT/fleet-state below it, which the conftest safety net does not match)."""
+    found = []
+    prefix = str(root)
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            owner = p.environ().get("LLAMA_TUI_OWNER", "")
+        except psutil.Error:
+            continue
+        if owner == prefix or owner.startswith(prefix + os.sep):
+            found.append(p)
+    return found
+
+
+@pytest.fixture
+def no_leftovers(isolated_dirs: Path):
+    """Fails the test if any process of the sweep's fleets is left (and kills it)."""
+    yield isolated_dirs
+    left = owned_under(isolated_dirs)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
+    assert not left, f"sweep processes left running: {[(p.pid, p.info if hasattr(p, 'info') else '') for p in left]}"
+
+
+def rows_of(out: Path) -> list[dict]:
+    return results.read_rows(out / "results.jsonl").rows
+
+
+ROW_FIELDS = ("instances", "parallel", "concurrency", "ctx_per_slot", "threads", "output_tok_s", "server_output_tok_s",
+              "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms",
+              "errors", "requests_ok", "valid", "rss_peak_bytes", "rss_peak_total_bytes", "gpu_mem_peak_bytes",
+              "gpu_mem_peak_total_bytes", "duration_s", "started_at")
+
+
+def test_grid_2x2x2_then_adaptive_finds_the_grid_best(tiny_model: Path, no_leftovers: Path) -> None:
+    base = free_port_block(4)
+    common = dict(model=tiny_model, instances=(1, 2), parallel=(1, 8), concurrency=(1, 8), ctx_per_slot=256,
+                  duration=2.0, warmup=1.0, n_predict=(32,), prompt_tokens=8, nginx_port=base, base_port=base + 1)
+    out = no_leftovers / "grid"
+    events: list = []
+    res = sweep.run(SweepConfig(out_dir=out, **common), on_event=events.append)
+    rows = rows_of(out)
+    assert res.status == "done" and len(rows) == 8 and len({results.cell_key(r) for r in rows}) == 8
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 9
+    for r in rows:
+        missing = [f for f in ROW_FIELDS if f not in r]
+        assert not missing, missing
+        assert r["threads"] == hardware.thread_budget(r["instances"])  # the budget: cores // instances
+        assert len(r["rss_peak_bytes"]) == r["instances"] and r["rss_peak_total_bytes"] > 0
+        assert r["gpu_mem_peak_total_bytes"] is None  # no GPU here: n/a, not 0
+    good = [r for r in rows if results.is_good(r)]
+    assert good, "no error-free cell"
+    best = orjson.loads((out / "best.json").read_bytes())["best"]
+    assert best["cell_id"] == max(good, key=lambda r: r["output_tok_s"])["cell_id"]
+    meta = orjson.loads((out / "metadata.json").read_bytes())
+    assert meta["fingerprint"]["arch"] == "llama" and meta["llama_server"]["build_info"]
+    assert len(meta["shapes"]) == 4
+    cmds = next(v["commands"] for k, v in meta["shapes"].items() if k.startswith("2x8 "))
+    assert sum("llama-server" in c and "-np 8" in c for c in cmds) == 2 and any("nginx" in c for c in cmds)
+    assert [e.cell for e in events if e.row is not None] == list(range(1, 9))
+    text = sweep.report(out)
+    assert "best output tok/s by instances x parallel" in text and "llama-tui fleet up" in text
+    assert not state.owned_processes(out / "fleet-state")
+
+    # Adaptive on the same grid: starts each ramp near the shape's slot count and stops at the knee.
+    out2 = no_leftovers / "adaptive"
+    res2 = sweep.run(SweepConfig(out_dir=out2, adaptive=True, **common))
+    rows2 = [r for r in rows_of(out2) if results.is_measured(r)]
+    assert res2.status == "done" and len(rows2) < len(rows)
+    # It measured the grid's best cell, and its own best is a batching shape at full concurrency.
+    coords = {(r["instances"], r["parallel"], r["concurrency"]) for r in rows2}
+    assert (best["instances"], best["parallel"], best["concurrency"]) in coords
+    assert res2.best is not None and (res2.best["parallel"], res2.best["concurrency"]) == (8, 8)
+
+
+def _sweep_cmd(out: Path, base: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llama_tui", "sweep", "--model", "tiny", "--instances", "1,2", "--parallel", "1,2",
+            "--concurrency", "1,4", "--duration", "2", "--warmup", "1", "--n-predict", "32", "--prompt-tokens", "8",
+            "--ctx-per-slot", "256", "--base-port", str(base + 1), "--nginx-port", str(base), "--out", str(out),
+            *extra]
+
+
+@pytest.mark.faults
+def test_sigkill_then_resume_finishes_without_redoing_and_leaves_nothing(no_leftovers: Path) -> None:
+    out = no_leftovers / "killed"
+    base = free_port_block(4)
+    env = {**os.environ, "LLAMA_TUI_OWNER": str(no_leftovers)}
+    proc = subprocess.Popen(_sweep_cmd(out, base), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(rows_of(out)) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.2)
+        assert len(rows_of(out)) >= 3
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    before = rows_of(out)
+    assert 3 <= len(before) < 8
+    # SIGKILL gives no chance to clean up: the fleet (detached supervisor, instances, NGINX) survives.
+    survivors = owned_under(no_leftovers)
+    assert state.read_state(out / "fleet-state") is not None
+    # A crash can also leave half a row behind.
+    with open(out / "results.jsonl", "ab") as f:
+        f.write(b'{"instances": 2, "parallel": 2, "concurrency": 4, "output_tok')
+
+    done = run_cli(*_sweep_cmd(out, base, "--resume")[3:], timeout=240, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "half-written last line" in done.stderr
+    rows = rows_of(out)
+    ids = [r["cell_id"] for r in rows]
+    assert len(rows) == 8 and len(set(ids)) == 8  # exactly 8 distinct cells, none measured twice
+    assert rows[:len(before)] == before  # the cells that stood were kept, not redone
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 8
+    good = [r for r in rows if results.is_good(r)]
+    best = orjson.loads((out / "best.json").read_bytes())["best"]
+    assert best["cell_id"] == max(good, key=lambda r: r["output_tok_s"])["cell_id"]
+    assert "best output tok/s by instances x parallel" in done.stdout
+    # Nothing of the killed run is left: its fleet was found and stopped before the sweep went on.
+    alive = [p.pid for p in survivors if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes of the killed run still running: {alive}"
+    assert not owned_under(no_leftovers)
+
+    report = run_cli("sweep", "report", str(out))
+    assert report.returncode == 0 and "frontier" in report.stdout
+
+
+def test_spawn_streams_progress_and_cancel_stops_cleanly(tiny_model: Path, no_leftovers: Path) -> None:
+    base = free_port_block(4)
+    cfg = SweepConfig(model=tiny_model, out_dir=no_leftovers / "spawned", instances=(1,), parallel=(1, 2),
+                      concurrency=(1, 2), ctx_per_slot=256, duration=2.0, warmup=0.5, n_predict=(16,),
+                      prompt_tokens=8, nginx_port=base, base_port=base + 1)
+    proc = sweep.spawn(cfg)
+    try:
+        seen = []
+        for ev in proc.events(timeout=120):
+            seen.append(ev)
+            if ev.row is not None:
+                break
+        assert seen and seen[-1].row is not None and seen[-1].cell == 1 and seen[-1].cells_total == 4
+        assert seen[-1].results and seen[-1].results[0].tok_s >= 0
+        proc.cancel()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.proc.wait()
+    rest = list(proc.events(timeout=5))
+    assert rc == 0 and rest and rest[-1].done and rest[-1].phase == "cancelled"
+    assert proc.result()["status"] == "stopped"
+    assert 1 <= len(rows_of(cfg.out_dir)) < 4
+    assert state.read_state(cfg.fleet_state_dir()) is None  # torn down on the way out
