@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped")
+# "draining": out of NGINX's upstream, finishing its open streams before it stops (scale down, restart).
+INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
 @dataclass(frozen=True)
