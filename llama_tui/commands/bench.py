@@ -1,7 +1,266 @@
+"""`llama-tui bench`: streaming load against a fleet (or any llama-server), with honest numbers."""
+
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import textwrap
+import threading
+from typing import Any
+
+from llama_tui.commands.output import info, print_json
+from llama_tui.core.loadgen import DEFINITIONS
+
+# CLI option -> settings key (preset [bench] table and LLAMA_TUI_BENCH_* fill in the rest).
+SETTINGS_OPTIONS = {
+    "api": "bench.api",
+    "duration": "bench.duration",
+    "warmup": "bench.warmup",
+    "n_predict": "bench.n_predict",
+    "prompt_tokens": "bench.prompt_tokens",
+}
+
+_DEFINED = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_tok_s", "latency_population", "server_output_tok_s",
+            "errors_by_class", "valid")
+
+
+def _epilog() -> str:
+    lines = ["definitions (also written into every JSON result's metadata):"]
+    for key in _DEFINED:
+        lines.extend(textwrap.wrap(f"{key}: {DEFINITIONS[key]}", width=96, initial_indent="  ",
+                                   subsequent_indent="      "))
+    lines += ["", "examples:",
+              "  llama-tui bench --concurrency 1,2,4,8 --json out.json      # the running fleet's NGINX",
+              "  llama-tui bench --url http://127.0.0.1:18000 --ramp",
+              "  llama-tui bench --url http://127.0.0.1:18080 --rate 5 --duration 30",
+              "  llama-tui bench --calibrate                                # the client's own ceiling"]
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Filled in by the bench work; nothing is registered until it exists."""
+    p = sub.add_parser(
+        "bench", help="streaming load: tok/s, TTFT/ITL/TPOT/E2E percentiles, checked against the servers' counters",
+        description="Load a fleet (its NGINX by default) or any llama-server with streaming requests, one "
+        "steady-state window per step (warm-up excluded), and report throughput and latency percentiles, "
+        "cross-checked against llamacpp:tokens_predicted_total, with the client's own CPU and whether it "
+        "was the bottleneck.",
+        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = p.add_argument_group("target")
+    t.add_argument("--url", action="append", metavar="URL",
+                   help="where to send load; repeat for client-side round-robin (default: the running fleet's NGINX)")
+    t.add_argument("--server-url", dest="server_url", action="append", metavar="URL",
+                   help="a llama-server whose /metrics to read (repeatable; default: the fleet's instances, or the "
+                   "target itself when it is a llama-server)")
+    t.add_argument("--api", choices=("completion", "chat"),
+                   help="completion: native /completion (default); chat: /v1/chat/completions with usage")
+    t.add_argument("--api-key", dest="api_key", metavar="KEY", help="sent as Authorization: Bearer KEY")
+    t.add_argument("--preset", help="preset whose [bench] table gives the defaults")
+    shape = p.add_argument_group("load shape (one of)")
+    x = shape.add_mutually_exclusive_group()
+    x.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
+    x.add_argument("--ramp", action="store_true",
+                   help="double concurrency (from the first --concurrency value or 1) until tok/s gains < 3%%")
+    x.add_argument("--rate", metavar="R[,R...]",
+                   help="open loop: Poisson arrivals per second; latency counts from the intended send time")
+    shape.add_argument("--max-concurrency", dest="max_concurrency", type=int, metavar="N",
+                       help="where --ramp stops (default 1024)")
+    tm = p.add_argument_group("timing")
+    tm.add_argument("--duration", metavar="S", help="measured seconds per step (default 10)")
+    tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2)")
+    tm.add_argument("--timeout", type=float, metavar="S",
+                    help="a request that receives nothing for this long is a timeout (default 120)")
+    tm.add_argument("--drain", type=float, metavar="S",
+                    help="open loop: how long requests sent inside the window may take to finish (default 60)")
+    rq = p.add_argument_group("requests")
+    rq.add_argument("--n-predict", dest="n_predict", metavar="N", help="tokens per request (default 128)")
+    pr = rq.add_mutually_exclusive_group()
+    pr.add_argument("--prompt", metavar="TEXT", help="the prompt")
+    pr.add_argument("--prompt-file", dest="prompt_file", metavar="FILE", help="read the prompt from FILE")
+    pr.add_argument("--prompt-tokens", dest="prompt_tokens", metavar="N",
+                    help="generate a prompt of about N tokens (sized with the server's /tokenize; default 32)")
+    rq.add_argument("--cache-prompt", dest="cache_prompt", action="store_true",
+                    help="send the same prompt with cache_prompt: true to measure prompt-cache reuse "
+                    "(default: a unique nonce per request so the cache is not hit)")
+    rq.add_argument("--no-stream", dest="no_stream", action="store_true",
+                    help="non-streaming requests, tokens from timings (no TTFT/ITL); like-for-like with "
+                    "non-streaming tools")
+    rq.add_argument("--no-ignore-eos", dest="no_ignore_eos", action="store_true",
+                    help="let requests stop at end-of-sequence (default: ignore_eos, fixed-length output)")
+    rq.add_argument("--seed", type=int, help="seed for arrivals and nonces (recorded)")
+    cl = p.add_argument_group("client")
+    cl.add_argument("--workers", metavar="N|auto",
+                    help="load-generator processes (default auto: one per 128 streams, at most half the cores)")
+    cl.add_argument("--calibrate", action="store_true",
+                    help="measure this client's ceiling on a built-in loopback SSE source and exit")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", metavar="FILE", help="write metadata and steps as JSON (- for stdout)")
+    out.add_argument("--csv", metavar="FILE", help="write one row per step as CSV")
+    p.set_defaults(func=run_bench)
+
+
+def _workers(value: str | None) -> int | None:
+    from llama_tui.core.errors import UserError
+
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"--workers must be a number or auto, got {value!r}", "e.g. --workers 2") from None
+    if n < 1:
+        raise UserError(f"--workers must be >= 1, got {n}", "e.g. --workers 2")
+    return n
+
+
+def _default_url() -> str:
+    from llama_tui.core import bench
+    from llama_tui.core.errors import UserError
+
+    st = bench._fleet_state(None)
+    url = None
+    if st is not None:
+        try:
+            url = st.nginx_url() or (st.instance_urls() or [None])[0]
+        except Exception:
+            url = None
+    if not url:
+        raise UserError("no --url and no running fleet", "start one with `llama-tui fleet up`, or pass "
+                        "--url http://HOST:PORT")
+    return url
+
+
+def build_config(args: argparse.Namespace):
+    from llama_tui.core import bench, config
+
+    cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
+    if args.no_stream:
+        cli["bench.stream"] = False
+    if args.concurrency is not None:
+        cli["bench.concurrency"] = config.parse_int_list(args.concurrency, "--concurrency list")
+    settings = config.load_settings(preset=args.preset, cli=cli)
+    urls = tuple(args.url) if args.url else (_default_url(),)
+    overrides: dict[str, Any] = {
+        "urls": urls, "server_urls": tuple(args.server_url or ()), "ramp": bool(args.ramp),
+        "rates": bench.parse_rates(args.rate) if args.rate is not None else (),
+        "prompt": args.prompt, "prompt_file": args.prompt_file, "cache_prompt": bool(args.cache_prompt),
+        "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": args.api_key,
+        "timeout": args.timeout, "drain": args.drain, "max_concurrency": args.max_concurrency, "seed": args.seed,
+    }
+    if args.ramp and args.concurrency is None:
+        overrides["concurrency"] = (1,)
+    return bench.BenchConfig.from_settings(settings, **overrides).validated()
+
+
+class _LiveLine:
+    """A live line on a TTY (rewritten in place), plain lines otherwise; both on stderr."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.width = 0
+
+    def sample(self, s: Any) -> None:
+        load = f"c={s.concurrency}" if s.concurrency is not None else f"rate={s.rate:g}/s"
+        of = f"/{s.steps_total}" if s.steps_total else ""
+        ttft = f"{s.ttft_p50_ms:.1f} ms" if s.ttft_p50_ms is not None else "n/a"
+        text = (f"step {s.step + 1}{of} {load} {s.phase:<7} {s.step_elapsed_s or 0:5.1f}/{s.step_duration_s or 0:.1f}s "
+                f"{s.tok_s:9,.0f} tok/s  in flight {s.inflight:4d}  done {s.requests_done:6d}  "
+                f"TTFT p50 {ttft}  errors {s.errors}")
+        if self.tty:
+            pad = max(0, self.width - len(text))
+            sys.stderr.write("\r" + text + " " * pad)
+            sys.stderr.flush()
+            self.width = len(text)
+        else:
+            info(text)
+
+    def step(self, st: dict[str, Any]) -> None:
+        if self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            self.width = 0
+        info(summary_line(st))
+
+
+def _fmt(v: Any, spec: str = ",.0f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "n/a"
+
+
+def summary_line(st: dict[str, Any]) -> str:
+    load = f"c={st['concurrency']}" if st["mode"] == "closed" else f"rate={st['rate']:g}/s"
+    valid = "valid" if st["valid"] else f"INVALID ({st['invalid_reason']})"
+    return (f"step {st['step'] + 1} {load}: {_fmt(st['output_tok_s'])} tok/s (server {_fmt(st['server_output_tok_s'])}), "
+            f"TTFT p50 {_fmt(st['ttft_p50_ms'], '.1f')} ms, E2E p50 {_fmt(st['e2e_p50_ms'], '.0f')} ms, "
+            f"{st['requests_ok']} ok, {st['errors']} errors, client CPU {_fmt(st['client_cpu_percent'], '.0f')}%, {valid}")
+
+
+def table(result: dict[str, Any]) -> str:
+    head = ("load", "tok/s", "server tok/s", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "ok", "errors",
+            "client CPU", "valid")
+    rows = [head]
+    for st in result["steps"]:
+        rows.append((
+            f"c={st['concurrency']}" if st["mode"] == "closed" else f"{st['rate']:g}/s",
+            _fmt(st["output_tok_s"]), _fmt(st["server_output_tok_s"]), _fmt(st["ttft_p50_ms"], ".1f"),
+            _fmt(st["ttft_p99_ms"], ".1f"), _fmt(st["itl_p50_ms"], ".2f"), _fmt(st["e2e_p50_ms"], ".0f"),
+            str(st["requests_ok"]), str(st["errors"]), _fmt(st["client_cpu_percent"], ".0f") + "%",
+            "yes" if st["valid"] else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    meta = result["metadata"]
+    lines.append(f"({meta['streaming']}, api {meta['api']}, n_predict {meta['n_predict']}, latencies in ms; "
+                 f"definitions: llama-tui bench --help)")
+    return "\n".join(lines)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from llama_tui.core import bench, config
+
+    duration = config.load_settings(cli={"bench.duration": args.duration}).get("bench.duration") if args.duration else 3.0
+    info(f"calibrating the client against a loopback SSE source for {duration:g} s ...")
+    cal = bench.calibrate(duration=duration)
+    if args.json == "-":
+        print_json(cal)
+        return 0
+    if args.json:
+        bench.write_outputs(cal, args.json, None)
+    ceiling = cal.get("ceiling_events_s_per_worker")
+    print(f"client ceiling: {_fmt(ceiling)} events/s per worker (one event carries one token from this source)")
+    print(f"CPU per 1,000 tok/s: {_fmt(cal.get('cpu_percent_per_1k_tok_s'), '.2f')}% of one core")
+    print(f"measured: {_fmt(cal['events_s'])} events/s at {_fmt(cal['client_cpu_percent'], '.0f')}% of a core, "
+          f"{cal['concurrency']} streams, {_fmt(cal.get('events_per_read'), '.2f')} events per read, "
+          f"loop lag p99 {_fmt(cal.get('loop_lag_p99_ms'), '.1f')} ms, {cal['errors']} errors")
+    print(f"a step above {bench.CEILING_FRACTION:.0%} of the ceiling per worker is marked invalid; "
+          f"saved to {bench.calibration_path()}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from llama_tui.core import bench
+
+    if args.calibrate:
+        return run_calibrate(args)
+    cfg = build_config(args)
+    live = _LiveLine()
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        info("\nstopping after this step's window (Ctrl-C again to abort)")
+
+    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        result = bench.run(cfg, on_sample=live.sample, stop=stop, on_step=live.step)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    bench.write_outputs(result, args.json, args.csv)
+    if args.json == "-":
+        print_json(result)
+    else:
+        print(table(result))
+        for path in (args.json, args.csv):
+            if path:
+                info(f"wrote {path}")
+    return 130 if result.get("stopped") else 0

@@ -41,48 +41,12 @@ from llama_tui import __version__
 from llama_tui.core import hardware, paths, probe
 from llama_tui.core.config import APIS, parse_int_list
 from llama_tui.core.errors import UserError
-from llama_tui.core.loadgen import (LiveCounters, RequestShape, StepPartial, StepPlan, Target, json_lines,
-                                    measure_ceiling, owner_env, run_plan)
+from llama_tui.core.loadgen import (DEFINITIONS, LiveCounters, RequestShape, StepPartial, StepPlan, Target,
+                                    json_lines, measure_ceiling, owner_env, run_plan)
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.core.stats import percentile
 
 Sample = Callable[[BenchSample], None]
-
-DEFINITIONS = {
-    "ttft_ms": "time to first token: from the request's intended start (closed loop: when it was sent; open loop: "
-               "its scheduled arrival) to the first event carrying a token (chat: the first content delta)",
-    "itl_ms": "inter-token latency: each gap between consecutive token-carrying events of a request whose later "
-              "event arrived inside the window; an event carrying k tokens gives k samples of gap/k "
-              "(chat: per content chunk)",
-    "tpot_ms": "time per output token: (E2E - TTFT) / (n - 1) per request with n >= 2 tokens (vLLM's definition)",
-    "e2e_ms": "end-to-end latency: from the intended start to the final event (last token) of the response",
-    "output_tok_s": "tokens completed inside the window / window length. Tokens come from the server: the native "
-                    "stream's cumulative tokens_predicted (an event may carry several), the stop event's "
-                    "timings.predicted_n, the chat API's usage.completion_tokens (spread over its content chunks); "
-                    "a request in flight at the window's end counts the tokens it received inside the window. "
-                    "--no-stream: tokens of requests that completed inside the window",
-    "latency_population": "closed loop: requests that finished inside the window; open loop: requests whose "
-                          "intended start lies inside the window (all awaited, so slow ones are not dropped)",
-    "requests_ok": "requests of the latency population that completed without error",
-    "errors_by_class": "http_<status>, timeout (nothing received for --timeout s, or not finished within the "
-                       "drain time), truncated (the stream ended before its final event), connect (no "
-                       "connection or no response even after one retry), bad_response (not HTTP/SSE/JSON), "
-                       "server_error (an error event)",
-    "reconnects": "requests that failed before any response byte and succeeded on a fresh connection",
-    "prompt_tokens": "prompt tokens the server processed (timings.prompt_n, excluding cached ones) of requests "
-                     "that completed OK in the population; cache_n: prompt tokens served from llama-server's "
-                     "prompt cache for the same requests",
-    "server_output_tok_s": "delta of llamacpp:tokens_predicted_total summed over the instances behind the target, "
-                           "read at the window's start and end, / the time between the reads. llama-server adds a "
-                           "request's tokens when its slot is released, so it moves in steps of whole requests",
-    "token_agreement_pct": "(tokens the client received during the whole step - the servers' counter delta over "
-                           "the step) / that delta, in percent",
-    "client_cpu_percent": "CPU time of the load generator's event-loop thread(s) inside the window / window "
-                          "length (100 = one core)",
-    "loop_lag_p99_ms": "p99 of how late a 10 ms timer fired on the load generator's event loop(s)",
-    "valid": "false when the client may have been the bottleneck: a worker above 70% of its calibrated ceiling "
-             "(events/s), a worker's CPU above 90% of a core, or event-loop lag p99 above 25 ms",
-}
 
 CEILING_FRACTION = 0.70
 CPU_SATURATED = 0.90
@@ -497,9 +461,11 @@ class WorkerPool:
                 elif kind == "partial":
                     parts[i] = StepPartial.from_json(msg["partial"])
                 elif kind == "error":
-                    raise RuntimeError(f"load worker {i} failed: {msg.get('error')}")
+                    raise UserError(f"load worker {i} failed: {msg.get('error')}", "run with --workers 1",
+                                    exit_code=1)
                 elif kind == "eof" and i not in parts and i < len(plans):
-                    raise RuntimeError(f"load worker {i} exited: {msg.get('stderr') or 'no output'}")
+                    raise UserError(f"load worker {i} exited: {msg.get('stderr') or 'no output'}",
+                                    "run with --workers 1", exit_code=1)
             now = time.monotonic()
             if now >= next_emit:
                 live.emit(now)
