@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -72,6 +73,19 @@ class FrontDoorSpec:
     fail_timeout: str = "2s"
     worker_processes: int | None = None
     api_key_file: str | None = None
+
+    @classmethod
+    def for_fleet(cls, fleet: Any, ports: list[int] | tuple[int, ...], policy: str | None = None) -> "FrontDoorSpec":
+        """The front door of a fleet (a `fleet.FleetSpec`, or anything with its attribute names) whose
+        member instances listen on `ports`; `policy` overrides the fleet's."""
+        slots = int(getattr(fleet, "parallel", 1))
+        host = getattr(fleet, "host", "127.0.0.1")
+        return cls(port=fleet.nginx_port, backends=tuple(Backend(host, p, slots) for p in ports),
+                   policy=policy or getattr(fleet, "policy", "least_conn"),
+                   listen=getattr(fleet, "listen", "127.0.0.1"), max_conns=bool(getattr(fleet, "max_conns", False)),
+                   max_concurrency=int(getattr(fleet, "max_concurrency", 1024)),
+                   expose_admin=bool(getattr(fleet, "expose_admin", False)), api_key=getattr(fleet, "api_key", None),
+                   api_key_file=getattr(fleet, "api_key_file", None))
 
 
 @dataclass
