@@ -57,7 +57,8 @@ class FakeRunner:
             self.clock.t += 2.0
         return LaunchInfo(commands=(f"llama-server -np {shape.parallel} -t {shape.threads}",), build_info="b0-fake")
 
-    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int) -> dict[str, Any]:
+    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int,
+                stop: threading.Event) -> dict[str, Any]:
         assert self.up
         self.measures.append((shape, concurrency, n_predict))
         if self.clock:

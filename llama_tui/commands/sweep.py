@@ -141,13 +141,17 @@ def build_config(args: argparse.Namespace, argv: list[str] | None = None):
     return cfg, settings
 
 
+def _ms(v: Any) -> str:
+    return "n/a" if v is None else f"{v:,.1f} ms"
+
+
 def _print_event(ev) -> None:
     if ev.row is not None:
         r = ev.row
         eta = f", ETA {ev.eta_s / 60:.1f} min" if ev.eta_s else ""
         info(f"[{ev.cell}/{ev.cells_total}{eta}] {r['instances']}x{r['parallel']} t{r.get('threads')} "
              f"c={r['concurrency']}: {r.get('output_tok_s') or 0:,.0f} tok/s, TTFT p95 "
-             f"{r.get('ttft_p95_ms') if r.get('ttft_p95_ms') is not None else 'n/a'} ms, {r.get('errors')} errors"
+             f"{_ms(r.get('ttft_p95_ms'))}, {r.get('errors')} errors"
              f"{'' if r.get('valid') else ' (invalid: ' + str(r.get('invalid_reason')) + ')'}")
     elif ev.message:
         info(ev.message)

@@ -49,7 +49,7 @@ CSV_COLUMNS = (
     "repeat", "output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
     "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
     "rss_peak_bytes", "rss_peak_total_bytes", "gpu_mem_peak_bytes", "gpu_mem_peak_total_bytes",
-    "client_cpu_percent", "duration_s", "started_at", "mode", "message", "cell_id", "params_id", "fingerprint",
+    "client_cpu_percent", "duration_s", "started_at", "api", "stream", "message", "cell_id", "params_id", "fingerprint",
 )
 
 SLO_KEYS = ("ttft_p95_ms", "ttft_p99_ms", "e2e_p95_ms", "itl_p95_ms", "tpot_p50_ms")

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -339,7 +338,8 @@ class LaunchInfo:
 class ShapeRunner(Protocol):
     def cleanup_stale(self) -> list[str]: ...
     def launch(self, shape: Shape, cfg: SweepConfig) -> LaunchInfo: ...
-    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int) -> dict[str, Any]: ...
+    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int,
+                stop: threading.Event) -> dict[str, Any]: ...
     def teardown(self) -> None: ...
 
 
@@ -395,7 +395,8 @@ class PeakSampler:
 # Bench step fields -> row fields (the row keeps the names).
 _STEP_FIELDS = ("output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
                 "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
-                "client_cpu_percent", "duration_s", "mode")
+                "client_cpu_percent", "duration_s", "api", "stream", "errors_by_class", "reconnects",
+                "token_agreement_pct", "workers")
 
 
 def row_from_step(step: Mapping[str, Any]) -> dict[str, Any]:
@@ -454,6 +455,7 @@ class FleetRunner:
             max_conns=False, max_concurrency=max(cands + [cfg.max_concurrency if cfg.concurrency == "auto" else 1]),
             extra_args=shape.server_args() + tuple(shlex.split(cfg.extra_args or "")), api_key=None,
             expose_admin=False, ready_timeout=cfg.ready_timeout)
+        fleet.check_ports(spec)  # busy ports are the user's to fix: a UserError ends the sweep
         try:
             fleet.up(spec, state_dir=self.state_dir)
         except UserError as exc:
@@ -481,16 +483,18 @@ class FleetRunner:
             build_info = props.get("build_info")
         return LaunchInfo(tuple(commands), str(build_info) if build_info else None, self.pids)
 
-    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int) -> dict[str, Any]:
+    def measure(self, shape: Shape, cfg: SweepConfig, concurrency: int, n_predict: int,
+                stop: threading.Event) -> dict[str, Any]:
         from llama_tui.core import bench
 
         assert self.nginx_url is not None
         bc = bench.BenchConfig(
             url=self.nginx_url, api=cfg.api, concurrency=(concurrency,), duration=cfg.duration, warmup=cfg.warmup,
-            n_predict=n_predict, prompt_tokens=cfg.prompt_tokens, stream=cfg.stream)
+            n_predict=n_predict, prompt_tokens=cfg.prompt_tokens, stream=cfg.stream,
+            state_dir=str(self.state_dir))  # the servers behind NGINX: their token counters give server tok/s
         with PeakSampler(self.pids) as peaks:
-            step = bench.run_step(bc, concurrency=concurrency)
-        return {**row_from_step(step), **peaks.fields()}
+            step = bench.run_step(bc, concurrency=concurrency, stop=stop)
+        return {**row_from_step(step), **peaks.fields(), "interrupted": stop.is_set()}
 
     def teardown(self) -> None:
         from llama_tui.core import fleet, state
@@ -516,23 +520,6 @@ class SweepResult:
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def port_in_use(host: str, port: int) -> bool:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError:
-            return True
-    return False
-
-
-def check_ports(cfg: SweepConfig, instances: int) -> None:
-    busy = [p for p in [cfg.nginx_port, *range(cfg.base_port, cfg.base_port + instances)] if port_in_use(cfg.host, p)]
-    if busy:
-        raise UserError(f"port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} on {cfg.host} already in use",
-                        "pass --base-port and --nginx-port with free ports (the sweep runs its own fleet)")
 
 
 class Sweep:
@@ -745,7 +732,6 @@ class Sweep:
             return "ok"  # every cell of this shape already stands
         if self._out_of_budget(self._cell_time_guess() + self._launch_guess()):
             return "budget"
-        check_ports(cfg, shape.instances)
         self._emit(phase="fleet", shape=shape, message=f"starting {shape.label()}")
         t = self.clock()
         try:
@@ -827,9 +813,9 @@ class Sweep:
                         return "budget"
                     self._emit(phase="measure", shape=shape, concurrency=c)
                     started_at, t = _now_iso(), self.clock()
-                    metrics = self.runner.measure(shape, self.cfg, c, n)
-                    if self.stop.is_set() and metrics.get("interrupted"):
-                        return "stopped"
+                    metrics = self.runner.measure(shape, self.cfg, c, n, self.stop)
+                    if metrics.pop("interrupted", False):
+                        return "stopped"  # a step cut short is not a cell
                     row = {**self._base_row(shape, c, n, r), **metrics, "started_at": started_at}
                     row.setdefault("duration_s", self.cfg.duration)
                     row["status"] = "ok" if (row.get("errors") or 0) == 0 else "error"
@@ -1005,7 +991,8 @@ def report(out_dir: Path | str) -> str:
     if best is None:
         lines.append("no error-free, valid cell" + (" within the SLO" if slo else "") + ": nothing to recommend")
     else:
-        lines += [f"best: {best['instances']} instances x {best['parallel']} slots, {best.get('threads')} threads, "
+        t = best.get("threads")
+        lines += [f"best: {best['instances']} instances x {best['parallel']} slots, {t} thread{'' if t == 1 else 's'}, "
                   f"at concurrency {best['concurrency']}: {_fmt(best.get('output_tok_s'))} tok/s ({mode}), "
                   f"TTFT p95 {_fmt(best.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(best.get('e2e_p95_ms'), 1)} ms",
                   "run it with:", "  " + recommended_command(best, meta)]
