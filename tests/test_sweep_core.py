@@ -526,3 +526,14 @@ def test_adaptive_ramp_at_the_top_candidate_does_not_look_down_unless_it_failed(
         seen.append(c)
         ramp.record(500.0, c == 1)
     assert seen == [8, 1]
+
+
+def test_a_sweep_stopped_before_its_first_row_is_a_resumable_directory(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    stop = threading.Event()
+    stop.set()
+    res = run_fake(cfg_for(model, out), FakeRunner(), stop=stop)
+    assert res.status == "stopped" and res.measured == 0
+    assert "cells: 0 measured" in sweep.report(out) and "nothing to recommend" in sweep.report(out)
+    res = run_fake(cfg_for(model, out, resume=True), FakeRunner())
+    assert res.status == "done" and res.measured == 8

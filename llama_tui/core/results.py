@@ -207,8 +207,10 @@ class ResultStore:
         self.damaged: list[str] = loaded.damaged
         if loaded.tail:
             self._set_aside_tail(loaded)
-        if self.rows or self.path.exists():
-            self.refresh()
+        if not self.path.exists():  # an empty file marks a sweep directory from its start (resumable)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        self.refresh()
 
     def _set_aside_tail(self, loaded: Loaded) -> None:
         """Move a half-written last line to results.jsonl.damaged so the next row starts cleanly."""
