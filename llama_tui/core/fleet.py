@@ -399,10 +399,10 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
         return adopt(sd, on_progress=on_progress)
     try:
         _wait_running(sd, proc, spec.ready_timeout * 2 + 30, on_progress)
-    except BaseException:
+        return snapshot(sd, interval=0.2)
+    except BaseException:  # a failure or Ctrl-C while starting: leave nothing running
         down(sd, timeout=5.0)
         raise
-    return snapshot(sd)
 
 
 def adopt(state_dir: Path | None = None, on_progress: Progress | None = None,
@@ -415,12 +415,12 @@ def adopt(state_dir: Path | None = None, on_progress: Progress | None = None,
         if existing is None:
             raise UserError(f"no fleet is running in {sd}", "start one with `llama-tui fleet up`")
         if existing.supervisor_alive:
-            return snapshot(sd)
+            return snapshot(sd, interval=0.2)
         proc = _spawn_supervisor(sd, adopt=True)
         _wait_registered(sd, proc)
     ready_timeout = float(existing.spec.get("ready_timeout", 120.0))
     _wait_running(sd, proc, timeout or ready_timeout * 2 + 30, on_progress)
-    return snapshot(sd)
+    return snapshot(sd, interval=0.2)
 
 
 # --------------------------------------------------------------------------------------------- control
@@ -485,7 +485,7 @@ def scale(n: int, state_dir: Path | None = None, on_progress: Progress | None = 
     spec.check_port_range(n)
     check_ports(spec, indices=range(max(current, default=-1) + 1, n), nginx=False)
     _request(s, {"op": "scale", "n": n}, _op_timeout(s, extra=spec.ready_timeout))
-    return snapshot(sd)
+    return snapshot(sd, interval=0.2)
 
 
 def restart(index: int | None = None, state_dir: Path | None = None,
@@ -499,7 +499,7 @@ def restart(index: int | None = None, state_dir: Path | None = None,
         raise UserError(f"no instance {index} in the fleet", f"pick one of: {have}")
     n = 1 if index is not None else max(1, len(s.instances))
     _request(s, {"op": "restart", "index": index}, _op_timeout(s) * n)
-    return snapshot(sd)
+    return snapshot(sd, interval=0.2)
 
 
 def set_policy(policy: str, state_dir: Path | None = None, on_progress: Progress | None = None) -> FleetSnapshot:
@@ -511,7 +511,7 @@ def set_policy(policy: str, state_dir: Path | None = None, on_progress: Progress
     sd = st_mod.resolve_dir(state_dir)
     s = _running(sd, on_progress)
     _request(s, {"op": "policy", "policy": policy}, 60.0)
-    return snapshot(sd)
+    return snapshot(sd, interval=0.2)
 
 
 # --------------------------------------------------------------------------------------------- down
