@@ -187,3 +187,28 @@ def test_spawn_streams_progress_and_cancel_stops_cleanly(tiny_model: Path, no_le
     assert proc.result()["status"] == "stopped"
     assert 1 <= len(rows_of(cfg.out_dir)) < 4
     assert state.read_state(cfg.fleet_state_dir()) is None  # torn down on the way out
+
+
+def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, isolated_dirs: Path) -> None:
+    from llama_tui.core import fleet
+
+    out = isolated_dirs / "applied"
+    store = results.ResultStore(out)
+    store.write_metadata({"fingerprint": results.fingerprint(tiny_model), "params": {"ctx_per_slot": 256,
+                                                                                      "policy": "round_robin"}})
+    for inst, par, tok in ((1, 2, 900.0), (2, 2, 1500.0), (2, 1, 1200.0)):
+        store.append({"status": "ok", "instances": inst, "parallel": par, "threads": 1, "concurrency": 4,
+                      "ctx_per_slot": 256, "output_tok_s": tok, "ttft_p95_ms": 10.0, "errors": 0, "requests_ok": 9,
+                      "valid": True})
+    base = free_port_block(3)
+    env = {"LLAMA_TUI_FLEET_BASE_PORT": str(base + 1), "LLAMA_TUI_FLEET_NGINX_PORT": str(base)}
+    try:
+        proc = run_cli("sweep", "report", str(out), "--apply", env=env)
+        assert proc.returncode == 0, proc.stderr
+        st = fleet.load_state()
+        assert st is not None and len(st.instance_urls()) == 2
+        assert st.spec["parallel"] == 2 and st.spec["threads"] == 1 and st.spec["policy"] == "round_robin"
+        again = run_cli("sweep", "report", str(out), "--apply", env=env)
+        assert again.returncode == 2 and "already running" in again.stderr
+    finally:
+        fleet.down()
