@@ -805,17 +805,25 @@ class BenchSession:
         step["ceiling_events_s_per_worker"] = _r(self.ceiling)
         lag = part.loop_lag.summary(1000.0)["p99"]
         step["loop_lag_p99_ms"] = lag
-        reasons = []
-        if per_worker is not None and self.ceiling and per_worker > CEILING_FRACTION * self.ceiling:
-            reasons.append(f"client at {100 * per_worker / self.ceiling:.0f}% of its calibrated ceiling "
-                           f"({per_worker:.0f} of {self.ceiling:.0f} events/s per worker): add --workers")
-        if w > 0 and cpu and max(cpu) / w > CPU_SATURATED:
-            reasons.append(f"client CPU saturated ({100 * max(cpu) / w:.0f}% of a core in one worker)")
-        if lag is not None and lag > LOOP_LAG_LIMIT_MS:
-            reasons.append(f"client event-loop lag p99 {lag:.0f} ms > {LOOP_LAG_LIMIT_MS:.0f} ms")
+        max_cpu = max(cpu) / w if w > 0 and cpu else None
+        reasons = client_bottleneck(per_worker, max_cpu, lag, self.ceiling)
         step["valid"] = not reasons
         step["invalid_reason"] = "; ".join(reasons) or None
         return step
+
+
+def client_bottleneck(events_s_per_worker: float | None, max_worker_cpu: float | None, loop_lag_p99_ms: float | None,
+                      ceiling: float | None) -> list[str]:
+    """Why a step's numbers may be the client's rather than the servers' (empty: they are not)."""
+    reasons = []
+    if events_s_per_worker is not None and ceiling and events_s_per_worker > CEILING_FRACTION * ceiling:
+        reasons.append(f"client at {100 * events_s_per_worker / ceiling:.0f}% of its calibrated ceiling "
+                       f"({events_s_per_worker:.0f} of {ceiling:.0f} events/s per worker): add --workers")
+    if max_worker_cpu is not None and max_worker_cpu > CPU_SATURATED:
+        reasons.append(f"client CPU saturated ({100 * max_worker_cpu:.0f}% of a core in one worker): add --workers")
+    if loop_lag_p99_ms is not None and loop_lag_p99_ms > LOOP_LAG_LIMIT_MS:
+        reasons.append(f"client event-loop lag p99 {loop_lag_p99_ms:.0f} ms > {LOOP_LAG_LIMIT_MS:.0f} ms")
+    return reasons
 
 
 # --------------------------------------------------------------------------------------------- public API

@@ -741,11 +741,8 @@ class StepRunner:
             received = ex.n
         part.output_tokens += win_tokens
         part.tokens_received += received
-        addr = ex.upstream or self.targets[ex.target_index].netloc
-        up = part.per_upstream.get(addr)
-        if up is None:
-            up = part.per_upstream[addr] = _upstream_entry()
-        up["output_tokens"] += win_tokens
+        if win_tokens:
+            self._upstream(ex)["output_tokens"] += win_tokens
         if ok:
             self.live_done += 1
         elif ex.error != "cancelled":
@@ -761,13 +758,13 @@ class StepRunner:
             if not ok:
                 part.errors_outside_window += 1
             return
-        part.reconnects += ex.reconnects
         if not ok:
             part.error(ex.error or "unknown", ex.detail)
-            up["errors"] += 1
+            self._upstream(ex)["errors"] += 1
             return
         part.requests_ok += 1
-        up["requests_ok"] += 1
+        part.reconnects += ex.reconnects  # it failed before any byte, then succeeded on a fresh connection
+        self._upstream(ex)["requests_ok"] += 1
         e2e = t_end - ex.intended
         part.e2e.add(e2e)
         n = ex.final_n if ex.final_n is not None else ex.n
@@ -781,6 +778,14 @@ class StepRunner:
             part.prompt_tokens += ex.prompt_n
         if isinstance(ex.cache_n, int):
             part.cache_n += ex.cache_n
+
+    def _upstream(self, ex: _Exchange) -> dict[str, Any]:
+        """Per-backend counters: NGINX's X-Upstream, else the target the request went to."""
+        addr = ex.upstream or self.targets[ex.target_index].netloc
+        up = self.part.per_upstream.get(addr)
+        if up is None:
+            up = self.part.per_upstream[addr] = _upstream_entry()
+        return up
 
     # -- requests
 
