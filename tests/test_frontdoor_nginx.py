@@ -256,3 +256,17 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
     time.sleep(0.3)
     follower.poll()
     assert {s.address: s for s in follower.stats()}[addr(urls[1])].errors_by_status.get("truncated") == 1
+
+
+def test_hash_keeps_a_session_on_one_backend_and_spreads_the_rest(llama_server, nginx_front):
+    urls = [llama_server(parallel=1), llama_server(parallel=1)]
+    door, front = nginx_front(urls, policy="hash", slots=1)
+    body = {"prompt": "hi", "n_predict": 2}
+    for session in ("conversation-1", "conversation-2", "conversation-3"):
+        seen = {httpx.post(f"{front}/completion", json=body, headers={"X-Session-Id": session}).headers["x-upstream"]
+                for _ in range(6)}
+        assert len(seen) == 1, (session, seen)
+    owners = {httpx.post(f"{front}/completion", json=body, headers={"X-Session-Id": f"s{i}"}).headers["x-upstream"]
+              for i in range(20)}
+    anonymous = {httpx.post(f"{front}/completion", json=body).headers["x-upstream"] for _ in range(20)}
+    assert owners == anonymous == {addr(u) for u in urls}  # sessions and header-less requests use both
