@@ -537,3 +537,47 @@ def test_a_sweep_stopped_before_its_first_row_is_a_resumable_directory(model: Pa
     assert "cells: 0 measured" in sweep.report(out) and "nothing to recommend" in sweep.report(out)
     res = run_fake(cfg_for(model, out, resume=True), FakeRunner())
     assert res.status == "done" and res.measured == 8
+
+
+def test_peak_sampler_keeps_rss_and_gpu_peaks_per_instance(monkeypatch) -> None:
+    import os
+    import time
+
+    from llama_tui.core import gpu
+
+    used = iter([100 << 20, 300 << 20, 200 << 20] + [200 << 20] * 1000)
+
+    class FakeNvml:
+        available = True
+
+        def process_memory(self):
+            return {os.getpid(): next(used)}
+
+        def process_utilization(self):
+            return {os.getpid(): 50.0}
+
+        def devices(self):
+            return []
+
+    monkeypatch.setattr(gpu, "nvml", lambda: FakeNvml())
+    with sweep.PeakSampler([os.getpid()], interval=0.05) as peaks:
+        time.sleep(0.3)
+    f = peaks.fields()
+    assert f["gpu_mem_peak_bytes"] == [300 << 20] and f["gpu_mem_peak_total_bytes"] == 300 << 20
+    assert f["rss_peak_bytes"][0] > 0 and f["rss_peak_total_bytes"] == f["rss_peak_bytes"][0]
+
+
+def test_peak_sampler_without_a_gpu_says_none(monkeypatch) -> None:
+    import os
+
+    from llama_tui.core import gpu
+
+    class NoGpu:
+        available = False
+
+    monkeypatch.setattr(gpu, "nvml", lambda: NoGpu())
+    with sweep.PeakSampler([os.getpid(), 999999999], interval=0.05) as peaks:
+        pass
+    f = peaks.fields()
+    assert f["gpu_mem_peak_bytes"] is None and f["gpu_mem_peak_total_bytes"] is None
+    assert f["rss_peak_bytes"][1] is None and f["rss_peak_total_bytes"] == f["rss_peak_bytes"][0]
