@@ -58,7 +58,10 @@ ACCESS_LOG_MAX_BYTES = int(os.environ.get("LLAMA_TUI_ACCESS_LOG_MAX_BYTES", str(
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+    except OSError:
+        pass  # a full disk must not take the supervisor down
 
 
 def _exit_text(code: int | None) -> str:
@@ -101,6 +104,8 @@ class Supervisor:
         self.lock = threading.RLock()  # guards instances, state, door
         self.op_lock = threading.Lock()  # one operation at a time
         self.exit_event = threading.Event()
+        self.dirty = False  # the state file could not be written; retry
+        self.exit_after_reply = False
         self.term_requested = False
         self.shutting_down = False
         self.instances: list[Instance] = []
@@ -223,7 +228,13 @@ class Supervisor:
     def save(self) -> None:
         with self.lock:
             self.state.instances = [i.rec for i in sorted(self.instances, key=lambda x: x.rec.index)]
-            st_mod.write_state(self.dir, self.state)
+            try:
+                st_mod.write_state(self.dir, self.state)
+                self.dirty = False
+            except OSError as exc:  # disk full: the fleet keeps running; the next tick tries again
+                if not self.dirty:
+                    log(f"cannot write the state file: {exc}")
+                self.dirty = True
 
     # ------------------------------------------------------------------------------------ processes
 
@@ -449,7 +460,7 @@ class Supervisor:
                 self._record_nginx()
                 changed = True
             changed |= self._advance_phase()
-            if changed:
+            if changed or self.dirty:
                 self.save()
 
     def _advance_phase(self) -> bool:
@@ -562,12 +573,12 @@ class Supervisor:
         import psutil
 
         # 1. NGINX's old workers finish the requests they took before the reload, then exit.
-        while reloaded and time.monotonic() < deadline:
+        while reloaded and time.monotonic() < deadline and not self.shutting_down:
             if not any(psutil.pid_exists(p) and st_mod.alive(p) for p in old_workers):
                 break
             time.sleep(0.05)
         # 2. The instances finish what they still process.
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.shutting_down:
             busy = [i for i in leaving if i.alive() and self._busy(i)]
             if not busy:
                 break
@@ -719,19 +730,21 @@ class Supervisor:
         log("fleet stopped")
 
     def op_down(self, timeout: float) -> dict[str, Any]:
+        with self.lock:
+            self.shutting_down = True  # an operation in progress stops waiting and lets go of op_lock
         with self.op_lock:
             self.shutdown(timeout=timeout)
-        self.exit_event.set()
+        self.exit_after_reply = True  # the main loop ends once the answer is sent
         return {"stopped": True}
 
     def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "phase": self.phase}
-        if self.shutting_down:
-            raise UserError("the fleet is stopping", "wait for `fleet down` to finish")
         if op == "down":
             return self.op_down(float(req.get("timeout") or STOP_TIMEOUT_S))
+        if self.shutting_down:
+            raise UserError("the fleet is stopping", "wait for `fleet down` to finish")
         if self.phase != "running":
             raise UserError("the fleet is still starting", "wait until `llama-tui fleet up` has returned")
         if op == "scale":
@@ -796,6 +809,8 @@ class Supervisor:
             pass
         finally:
             conn.close()
+            if self.exit_after_reply:
+                self.exit_event.set()
 
     # ------------------------------------------------------------------------------------ main loop
 
