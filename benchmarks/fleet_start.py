@@ -14,7 +14,7 @@ Two figures per run, medians over the repeats:
 from __future__ import annotations
 
 import argparse
-import socket
+import os
 import statistics
 import sys
 import tempfile
@@ -26,28 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llama_tui.core import fleet, hardware, model  # noqa: E402
 
 
-def _free_block(n: int) -> int:
-    import random
-
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no free port block")
-
-
 def one_run(model_path: Path, instances: int, threads: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="llama-tui-bench-start-") as d:
         sd = Path(d)
-        base = _free_block(instances + 1)
+        base = fleet.free_port_block(instances + 1)
         spec = fleet.FleetSpec(model=model_path, instances=instances, parallel=1, ctx_per_slot=512, threads=threads,
                                base_port=base, nginx_port=base + instances, ready_timeout=120)
         t0 = time.monotonic()
@@ -67,12 +49,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--instances", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="threads per instance (default 1)")
     args = p.parse_args()
     model_path = model.resolve_model(args.model)
-    print(f"model {model_path.name}, {hardware.physical_cores()} physical cores, threads {args.threads} per instance, "
-          f"{args.repeats} repeats (medians)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"model {model_path.name}, {hardware.physical_cores()} physical cores (load average {load}), "
+          f"threads {args.threads} per instance, {args.repeats} repeats (medians)")
     results: dict[int, tuple[list[float], list[float]]] = {}
     for n in (1, args.instances):
         inst, wall = [], []

@@ -15,8 +15,8 @@ Then the supervisor's own CPU while it watches the idle fleet.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -34,24 +34,6 @@ from llama_tui.core.monitor import Endpoint, Monitor  # noqa: E402
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def _free_block(n: int) -> int:
-    import random
-
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        free = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return base
-    raise SystemExit("no free port block")
 
 
 def measure(label: str, seconds: float, tick: Callable[[], object]) -> float:
@@ -78,10 +60,11 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="llama-tui-bench-monitor-") as d:
         sd = Path(d)
-        base = _free_block(args.instances + 1)
+        base = fleet.free_port_block(args.instances + 1)
         spec = fleet.FleetSpec(model=model.resolve_model(args.model), instances=args.instances, parallel=1,
                                ctx_per_slot=256, threads=1, base_port=base, nginx_port=base + args.instances)
-        print(f"starting {args.instances} instances ({hardware.logical_cores()} logical cores) ...")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"starting {args.instances} instances ({hardware.logical_cores()} logical cores, load average {load}) ...")
         try:
             fleet.up(spec, state_dir=sd)
             st = fleet.load_state(sd)

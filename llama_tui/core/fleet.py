@@ -35,7 +35,6 @@ from llama_tui.core import model as model_mod
 from llama_tui.core import state as st_mod
 from llama_tui.core.errors import UserError
 from llama_tui.core.monitor import Endpoint, Monitor  # noqa: F401  (Monitor: for snapshot(monitor=...))
-from llama_tui.core.probe import base_url
 from llama_tui.core.snapshots import (FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat)
 from llama_tui.core.state import FleetState, load_state, read_state  # noqa: F401  (public re-exports)
 
@@ -266,6 +265,17 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port_block(n: int, host: str = "127.0.0.1", lo: int = 20000, hi: int = 60000) -> int:
+    """The first port of `n` consecutive ports free on `host` now (for scripts that start fleets)."""
+    import random
+
+    for _ in range(500):
+        base = random.randrange(lo, hi - n)
+        if all(port_free(host, p) for p in range(base, base + n)):
+            return base
+    raise UserError(f"no block of {n} free ports between {lo} and {hi} on {host}", "stop some servers and retry")
 
 
 def check_ports(spec: FleetSpec, indices: range | None = None, nginx: bool = True) -> None:
@@ -662,6 +672,8 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
 
 def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str, Any]:
     """`FleetSnapshot.to_json()` plus what a script wants next to it: the supervisor, URLs, commands."""
+    from llama_tui.core.probe import base_url
+
     sd = st_mod.resolve_dir(state_dir)
     data = snap.to_json()
     s = read_state(sd) if snap.running else None

@@ -24,8 +24,6 @@ import psutil
 
 from llama_tui.core import gpu as gpu_mod
 from llama_tui.core import hardware
-from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL,
-                                  parse_prometheus, summarize_slots)
 from llama_tui.core.snapshots import GpuSample, SystemSample
 
 
@@ -216,6 +214,9 @@ class Monitor:
     # ------------------------------------------------------------------------------------ servers
 
     def _server(self, ep: Endpoint) -> ServerSample:
+        from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL,
+                                          parse_prometheus, summarize_slots)  # (probe loads httpx: only when used)
+
         slots_r = http_get(ep.host, ep.port, "/slots", self.http_timeout)
         metrics_r = http_get(ep.host, ep.port, "/metrics", self.http_timeout)
         now = time.monotonic()

@@ -36,7 +36,6 @@ import psutil
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.probe import base_url
 
 STATE_FILE = "fleet.json"
 SPEC_FILE = "spec.json"
@@ -285,12 +284,16 @@ class FleetState:
 
     def instance_urls(self) -> list[str]:
         """Base URLs of the fleet's member instances (not failed or stopped), in index order."""
+        from llama_tui.core.probe import base_url
+
         host = self.spec.get("host", "127.0.0.1")
         return [base_url(host, i.port) for i in sorted(self.instances, key=lambda i: i.index)
                 if i.state in MEMBER_STATES]
 
     def nginx_url(self) -> str | None:
         """Where a local client reaches NGINX (a wildcard listen address is reached on loopback)."""
+        from llama_tui.core.probe import base_url
+
         if self.nginx is None:
             return None
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.nginx.listen, self.nginx.listen)
