@@ -1048,13 +1048,20 @@ def child_main() -> int:
             except (BrokenPipeError, ValueError):
                 pass
 
-    line = sys.stdin.buffer.readline()
+    # stdin is read with os.read: a daemon thread blocked in a buffered reader aborts interpreter shutdown.
+    pending = b""
+    while b"\n" not in pending:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        pending += chunk
+    line, _, rest = pending.partition(b"\n")
     stop = threading.Event()
 
-    def watch_stdin() -> None:  # "stop" or the parent's end of the pipe closing ends the run
-        for _ in sys.stdin.buffer:
-            stop.set()
-            return
+    def watch_stdin() -> None:  # any further line ("stop"), or the parent's end of the pipe closing, ends the run
+        if not rest:
+            with contextlib.suppress(OSError):
+                os.read(0, 1)
         stop.set()
 
     try:
