@@ -1,0 +1,353 @@
+"""Everything the TUI asks of the core goes through a controller.
+
+The app never calls `core.fleet`, `core.bench` or `core.sweep` itself: it is handed a `Controller`
+(by `make_app`). `CoreController` is the real one; `ui/scripted.py` holds a scripted one with fixed
+content for tests, snapshots and the CPU-cost benchmark.
+
+Every method may block (HTTP, psutil, process start-up): the app calls them from thread workers and
+only hands their frozen results (core/snapshots.py) to widgets. Benchmarks and sweeps run in their
+own processes (`bench.spawn`, `sweep.spawn`); a `RunHandle` only relays what they stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from llama_tui.core.config import POLICIES, PresetInfo
+from llama_tui.core.errors import UserError
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
+
+T = TypeVar("T")
+Progress = Callable[[str], None]
+
+PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FleetForm:
+    """What the fleet form edits. `None` means "auto" (llama-tui or llama-server decides)."""
+
+    model: str | None = None  # a GGUF path, or "tiny"
+    instances: int = 2
+    parallel: int = 2
+    ctx_per_slot: int = 2048
+    gpu_layers: int | None = None
+    gpus: tuple[int, ...] = ()
+    policy: str = "least_conn"
+    preset: str | None = None  # the preset the values came from
+
+    def overrides(self) -> dict[str, Any]:
+        """The form as settings overrides ("fleet.key" -> value), like command-line options."""
+        return {
+            "fleet.model": self.model,
+            "fleet.instances": self.instances,
+            "fleet.parallel": self.parallel,
+            "fleet.ctx_per_slot": self.ctx_per_slot,
+            "fleet.gpu_layers": self.gpu_layers if self.gpu_layers is not None else "auto",
+            "fleet.gpus": ",".join(map(str, self.gpus)),
+            "fleet.policy": self.policy,
+        }
+
+    def describe(self) -> str:
+        model = Path(self.model).name if self.model and self.model != "tiny" else "tiny demo model"
+        return f"{self.instances} x {self.parallel} slots, ctx {self.ctx_per_slot}/slot, {model}, {self.policy}"
+
+
+@dataclass(frozen=True)
+class LogSource:
+    label: str
+    path: Path
+
+
+class RunHandle(Generic[T]):
+    """A benchmark or sweep running in its own process: iterate `events()` (blocks), `cancel()` it."""
+
+    def events(self) -> Iterator[T]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cancel(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def summary(self) -> str | None:
+        """One line about the finished run (where results went), or None."""
+        return None
+
+
+class Controller:
+    """The TUI's view of the core. Subclasses implement every method; all may block."""
+
+    autostart: bool = False  # start the configured fleet at launch when none is running
+
+    def snapshot(self) -> FleetSnapshot:
+        raise NotImplementedError
+
+    def form(self) -> FleetForm:
+        """The fleet `s` starts: the command line / preset, or what the form last applied."""
+        raise NotImplementedError
+
+    def start(self, form: FleetForm | None = None, on_progress: Progress | None = None) -> FleetSnapshot:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def scale(self, instances: int) -> None:
+        raise NotImplementedError
+
+    def restart(self, index: int | None = None) -> None:
+        raise NotImplementedError
+
+    def set_policy(self, policy: str) -> None:
+        raise NotImplementedError
+
+    def start_bench(self) -> RunHandle[BenchSample]:
+        raise NotImplementedError
+
+    def start_sweep(self) -> RunHandle[SweepProgress]:
+        raise NotImplementedError
+
+    def apply_shape(self, instances: int, parallel: int, on_progress: Progress | None = None) -> FleetSnapshot:
+        """Restart the fleet as `instances` x `parallel` (the sweep's "apply best")."""
+        form = replace(self.form(), instances=instances, parallel=parallel)
+        self.stop()
+        return self.start(form, on_progress)
+
+    def log_sources(self, snap: FleetSnapshot) -> list[LogSource]:
+        raise NotImplementedError
+
+    def find_models(self) -> list[Path]:
+        raise NotImplementedError
+
+    def presets(self) -> list[PresetInfo]:
+        raise NotImplementedError
+
+    def load_preset(self, name: str) -> FleetForm:
+        raise NotImplementedError
+
+    def save_preset(self, name: str, form: FleetForm) -> Path:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the controller holds (not the fleet: that keeps running)."""
+
+
+def next_policy(current: str | None) -> str:
+    if current not in POLICIES:
+        return POLICIES[0]
+    return POLICIES[(POLICIES.index(current) + 1) % len(POLICIES)]
+
+
+def check_preset_name(name: str) -> str:
+    name = name.strip()
+    if not PRESET_NAME.match(name):
+        raise UserError(f"bad preset name {name!r}",
+                        "use letters, digits, '-', '_' or '.', starting with a letter or digit")
+    return name
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def preset_toml(description: str, sections: dict[str, dict[str, Any]]) -> str:
+    """A preset file; keys whose value is None (auto) are left out, so the default applies."""
+    lines = [f"description = {toml_value(description)}", ""]
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the real one
+
+
+class _BenchRun(RunHandle[BenchSample]):
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    def events(self) -> Iterator[BenchSample]:
+        yield from self.proc.samples()
+
+    def cancel(self) -> None:
+        self.proc.cancel()
+
+    def summary(self) -> str | None:
+        result = self.proc.result()
+        if isinstance(result, dict) and result.get("out"):
+            return f"results written to {result['out']}"
+        return None
+
+
+class _SweepRun(RunHandle[SweepProgress]):
+    def __init__(self, proc: Any) -> None:
+        self.proc = proc
+
+    def events(self) -> Iterator[SweepProgress]:
+        for event in self.proc.events():
+            if isinstance(event, SweepProgress):
+                yield event
+
+    def cancel(self) -> None:
+        self.proc.cancel()
+
+
+class CoreController(Controller):
+    """Calls the real core: `core.fleet`, `core.bench`, `core.sweep`, `core.config`, `core.model`."""
+
+    def __init__(self, preset: str | None = None, cli: dict[str, Any] | None = None, autostart: bool = False,
+                 state_dir: Path | None = None) -> None:
+        from llama_tui.core import config
+
+        self.preset = preset
+        self.cli = {k: v for k, v in (cli or {}).items() if v is not None}
+        self.autostart = autostart
+        self.state_dir = state_dir
+        self.settings = config.load_settings(preset=preset, cli=self.cli)  # bad options fail before the UI opens
+        self._form = self._form_from(self.settings)
+        self._monitor: Any = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CoreController":
+        from llama_tui.commands.fleet import FLEET_OPTIONS
+
+        cli = {key: getattr(args, opt, None) for opt, key in FLEET_OPTIONS.items()}
+        preset = getattr(args, "preset", None)
+        given = preset is not None or any(v is not None for v in cli.values())
+        return cls(preset=preset, cli=cli, autostart=given)
+
+    @staticmethod
+    def _form_from(settings: Any) -> FleetForm:
+        f = settings.section("fleet")
+        return FleetForm(model=f["model"], instances=f["instances"], parallel=f["parallel"],
+                         ctx_per_slot=f["ctx_per_slot"], gpu_layers=f["gpu_layers"], gpus=tuple(f["gpus"]),
+                         policy=f["policy"], preset=settings.preset)
+
+    def _settings_for(self, form: FleetForm) -> Any:
+        from llama_tui.core import config
+
+        return config.load_settings(preset=form.preset or self.preset, cli={**self.cli, **form.overrides()})
+
+    # ---------------------------------------------------------------- fleet
+
+    def snapshot(self) -> FleetSnapshot:
+        from llama_tui.core import fleet
+
+        if self._monitor is None and hasattr(fleet, "Monitor"):
+            self._monitor = fleet.Monitor()
+        return fleet.snapshot(self.state_dir, monitor=self._monitor)
+
+    def form(self) -> FleetForm:
+        return self._form
+
+    def start(self, form: FleetForm | None = None, on_progress: Progress | None = None) -> FleetSnapshot:
+        from llama_tui.core import fleet
+
+        form = form or self._form
+        settings = self._settings_for(form)
+        spec = fleet.FleetSpec.from_settings(settings)
+        snap = fleet.up(spec, self.state_dir, on_progress=on_progress)
+        self.settings, self._form = settings, form
+        return snap
+
+    def stop(self) -> None:
+        from llama_tui.core import fleet
+
+        fleet.down(self.state_dir)
+
+    def scale(self, instances: int) -> None:
+        from llama_tui.core import fleet
+
+        fleet.scale(instances, self.state_dir)
+        self._form = replace(self._form, instances=instances)
+
+    def restart(self, index: int | None = None) -> None:
+        from llama_tui.core import fleet
+
+        fleet.restart(index, self.state_dir)
+
+    def set_policy(self, policy: str) -> None:
+        from llama_tui.core import fleet
+
+        fleet.set_policy(policy, self.state_dir)
+        self._form = replace(self._form, policy=policy)
+
+    # ---------------------------------------------------------------- bench and sweep
+
+    def _target_url(self) -> str:
+        from llama_tui.core import fleet
+
+        state = fleet.load_state(self.state_dir)
+        if state is None:
+            raise UserError("no fleet is running", "start one first (key s)")
+        return state.nginx_url()
+
+    def start_bench(self) -> RunHandle[BenchSample]:
+        from llama_tui.core import bench
+
+        config = bench.BenchConfig.from_settings(self.settings, url=self._target_url())
+        return _BenchRun(bench.spawn(config))
+
+    def start_sweep(self) -> RunHandle[SweepProgress]:
+        from llama_tui.core import sweep
+
+        config = sweep.SweepConfig.from_settings(self._settings_for(self._form))
+        return _SweepRun(sweep.spawn(config))
+
+    # ---------------------------------------------------------------- logs, models, presets
+
+    def log_sources(self, snap: FleetSnapshot) -> list[LogSource]:
+        out = [LogSource(f"instance {i.index} :{i.port}", Path(i.log_path)) for i in snap.instances if i.log_path]
+        if snap.nginx and snap.nginx.config_path:
+            logs = Path(snap.nginx.config_path).parent.parent / "logs"
+            out.append(LogSource("nginx error log", logs / "error.log"))
+        return out
+
+    def find_models(self) -> list[Path]:
+        from llama_tui.core import model
+
+        return model.find_models()
+
+    def presets(self) -> list[PresetInfo]:
+        from llama_tui.core import config
+
+        return config.list_presets()
+
+    def load_preset(self, name: str) -> FleetForm:
+        from llama_tui.core import config
+
+        form_keys = FleetForm().overrides().keys()  # the preset's values, not the command line's, for these
+        keep = {k: v for k, v in self.cli.items() if k not in form_keys}
+        return self._form_from(config.load_settings(preset=name, cli=keep))
+
+    def save_preset(self, name: str, form: FleetForm) -> Path:
+        from llama_tui.core import config, paths
+
+        name = check_preset_name(name)
+        settings = self._settings_for(form)  # validates the form like the command line would
+        fleet_values = settings.section("fleet")
+        for secret in ("api_key", "api_key_file"):
+            fleet_values.pop(secret, None)
+        fleet_values["gpus"] = list(fleet_values["gpus"])
+        sections = {"fleet": fleet_values,
+                    "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("bench").items()},
+                    "sweep": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("sweep").items()}}
+        path = paths.user_presets_dir() / f"{name}.toml"
+        paths.write_private(path, preset_toml(f"saved from the llama-tui fleet form: {form.describe()}", sections))
+        config.load_settings(preset=name)  # what was written loads back, or this raises naming the file
+        return path
+
+    def close(self) -> None:
+        if self._monitor is not None and hasattr(self._monitor, "close"):
+            self._monitor.close()

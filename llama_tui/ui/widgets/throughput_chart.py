@@ -1,0 +1,162 @@
+"""The Throughput pane: live tok/s of the running benchmark, each concurrency step marked.
+
+One column per sample (the benchmark sends one every ~0.5 s), newest on the right. Steps alternate
+colours and are labelled on the axis (c=4); warm-up samples, which the benchmark excludes from its
+results, are drawn dim. The figures are the client's: tokens counted from the server's stream.
+"""
+
+from __future__ import annotations
+
+import math
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from llama_tui.core.snapshots import BenchSample
+from llama_tui.ui import units
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+AXIS_W = 6
+
+
+def nice_ceiling(v: float) -> float:
+    if v <= 0:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(v))
+    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if v <= m * exp:
+            return m * exp
+    return 10 * exp  # pragma: no cover
+
+
+def short(v: float) -> str:
+    if v >= 10_000:
+        return f"{v / 1000:.0f}k"
+    if v >= 1000:
+        return f"{v / 1000:.1f}k"
+    return f"{v:.0f}"
+
+
+class ThroughputChart(Widget):
+    COMPONENT_CLASSES = {"throughput-chart--bar", "throughput-chart--bar-alt", "throughput-chart--warmup",
+                         "throughput-chart--invalid", "throughput-chart--axis", "throughput-chart--empty"}
+
+    samples: reactive[tuple[BenchSample, ...]] = reactive((), layout=False)
+    hint: reactive[str] = reactive("")
+
+    def render(self) -> Text:
+        width, height = self.content_size.width, self.content_size.height
+        if not self.samples:
+            return Text(self.hint, style=self.get_component_rich_style("throughput-chart--empty", partial=True))
+        return self.draw(width, height)
+
+    def draw(self, width: int, height: int) -> Text:
+        rows = max(1, height - 1)
+        cols = max(1, width - AXIS_W)
+        pts = self.samples[-cols:]
+        vmax = nice_ceiling(max(s.tok_s for s in pts))
+        style = {k: self.get_component_rich_style(f"throughput-chart--{k}", partial=True)
+                 for k in ("bar", "bar-alt", "warmup", "invalid", "axis")}
+        col_style = []
+        for s in pts:
+            if s.valid is False:
+                col_style.append(style["invalid"])
+            elif s.phase == "warmup":
+                col_style.append(style["warmup"])
+            else:
+                col_style.append(style["bar"] if s.step % 2 else style["bar-alt"])
+        levels = [min(rows * 8, round(s.tok_s / vmax * rows * 8)) for s in pts]
+        out = Text(no_wrap=True, overflow="crop")
+        for r in range(rows - 1, -1, -1):
+            label = short(vmax) if r == rows - 1 else ("0" if r == 0 else "")
+            out.append(f"{label:>{AXIS_W - 1}}┤" if label else " " * (AXIS_W - 1) + "│", style["axis"])
+            for x, lv in enumerate(levels):
+                out.append(BLOCKS[max(0, min(8, lv - r * 8))], col_style[x])
+            out.append("\n")
+        axis = ["─"] * len(pts)
+        x = 0
+        prev = None
+        while x < len(pts):
+            if pts[x].step != prev:
+                prev = pts[x].step
+                c = pts[x].concurrency
+                tag = f"┴c={c}" if c is not None else (f"┴r={pts[x].rate:g}" if pts[x].rate else "┴")
+                for k, ch in enumerate(tag):
+                    if x + k < len(axis):
+                        axis[x + k] = ch
+                x += len(tag)
+                continue
+            x += 1
+        out.append(" " * (AXIS_W - 1) + "└" + "".join(axis), style["axis"])
+        return out
+
+
+def ramp_progress(s: BenchSample) -> float | None:
+    if not s.steps_total:
+        return None
+    into = 0.0
+    if s.step_elapsed_s is not None and s.step_duration_s:
+        into = min(1.0, s.step_elapsed_s / s.step_duration_s)
+    return min(1.0, (s.step - 1 + into) / s.steps_total)
+
+
+def best_step(samples: tuple[BenchSample, ...]) -> tuple[float, BenchSample] | None:
+    """The step with the highest mean tok/s over its measured (not warm-up) live samples."""
+    by_step: dict[int, list[BenchSample]] = {}
+    for s in samples:
+        if s.phase != "warmup":
+            by_step.setdefault(s.step, []).append(s)
+    if not by_step:
+        return None
+    return max(((sum(x.tok_s for x in v) / len(v), v[-1]) for v in by_step.values()), key=lambda m: m[0])
+
+
+def bar(fraction: float, width: int = 20) -> str:
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+class ThroughputPane(Vertical):
+    def compose(self) -> ComposeResult:
+        yield ThroughputChart(id="throughput-chart")
+        yield Static(id="throughput-stats")
+        yield Static(id="ramp-line")
+
+    def on_mount(self) -> None:
+        self.border_title = "Throughput · benchmark via NGINX, streamed"
+
+    def show(self, samples: tuple[BenchSample, ...], running: bool, hint: str = "", summary: str = "") -> None:
+        chart = self.query_one(ThroughputChart)
+        chart.samples = samples
+        chart.hint = hint
+        self.set_class(running, "-running")
+        stats = self.query_one("#throughput-stats", Static)
+        ramp = self.query_one("#ramp-line", Static)
+        if not samples:
+            stats.update("")
+            ramp.update(summary)
+            return
+        last = samples[-1]
+        invalid = any(s.valid is False for s in samples)
+        self.set_class(invalid, "-degraded")
+        valid = {True: "[$success]valid[/]", False: "[$error]INVALID[/]", None: "valid n/a"}[last.valid]
+        stats.update(f"[b]{units.num(last.tok_s)}[/b] tok/s  TTFT p50 {units.ms(last.ttft_p50_ms)} "
+                     f"p95 {units.ms(last.ttft_p95_ms)}  errors {last.errors}  {valid}"
+                     + ("  (warm-up)" if last.phase == "warmup" else ""))
+        frac = ramp_progress(last)
+        steps = f"step {last.step}/{last.steps_total}" if last.steps_total else f"step {last.step}"
+        load = f"c={last.concurrency}" if last.concurrency is not None else f"rate {units.num(last.rate, 1)}/s"
+        if running:
+            pct = f"{bar(frac, 12)} {frac * 100:.0f}% · " if frac is not None else ""
+            ramp.update(f"ramp {steps} {load} {pct}in flight {last.inflight} · {last.requests_done:,} req")
+        else:
+            best = best_step(samples)
+            text = f"ramp ended at {steps} {load}, {last.requests_done:,} requests"
+            if best:
+                b = best[1]
+                where = f"c={b.concurrency}" if b.concurrency is not None else f"rate {units.num(b.rate, 1)}/s"
+                text += f"; best {units.num(best[0])} tok/s at {where} (mean of live samples)"
+            ramp.update(text + (f"  {summary}" if summary else ""))
