@@ -263,8 +263,8 @@ def test_bad_input_is_one_line_and_exit_2(args, cause):
 
 
 def test_concurrency_and_rate_are_exclusive():
-    proc = run_cli("bench", "--concurrency", "1", "--rate", "2")
-    assert proc.returncode == 2 and "not allowed with" in proc.stderr
+    proc = run_cli("bench", "--url", "http://127.0.0.1:1", "--concurrency", "1", "--rate", "2")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --rate (open loop) cannot be combined")
 
 
 # --------------------------------------------------------------------------------------------- the TUI's child process
@@ -279,6 +279,10 @@ def test_spawn_streams_samples_and_a_result(fleet2x2, tmp_path):
     assert len(samples) >= 4 and all(isinstance(s, BenchSample) for s in samples)
     assert {s.step for s in samples} == {0, 1} and samples[-1].steps_total == 2
     assert {s.phase for s in samples} <= {"warmup", "measure"} and any(s.tok_s > 0 for s in samples)
+    # each step ends with a sample carrying the step's own tok/s and validity
+    ends = [s for s in samples if s.valid is not None]
+    assert [s.step for s in ends] == [0, 1]
+    assert [s.tok_s for s in ends] == [st["output_tok_s"] for st in result["steps"]]
     assert [s["concurrency"] for s in result["steps"]] == [1, 2] and result["out"] == str(out)
     assert orjson.loads(out.read_bytes())["steps"][1]["requests_ok"] > 0
     assert proc.proc.poll() == 0

@@ -56,13 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="completion: native /completion (default); chat: /v1/chat/completions with usage")
     t.add_argument("--api-key", dest="api_key", metavar="KEY", help="sent as Authorization: Bearer KEY")
     t.add_argument("--preset", help="preset whose [bench] table gives the defaults")
-    shape = p.add_argument_group("load shape (one of)")
-    x = shape.add_mutually_exclusive_group()
-    x.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
-    x.add_argument("--ramp", action="store_true",
-                   help="double concurrency (from the first --concurrency value or 1) until tok/s gains < 3%%")
-    x.add_argument("--rate", metavar="R[,R...]",
-                   help="open loop: Poisson arrivals per second; latency counts from the intended send time")
+    shape = p.add_argument_group("load shape")
+    shape.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
+    shape.add_argument("--ramp", action="store_true",
+                       help="double concurrency (from the first --concurrency value, else 1) until tok/s gains < 3%%")
+    shape.add_argument("--rate", metavar="R[,R...]",
+                       help="open loop (instead of the above): Poisson arrivals per second, one step per value; "
+                       "latency counts from the intended send time")
     shape.add_argument("--max-concurrency", dest="max_concurrency", type=int, metavar="N",
                        help="where --ramp stops (default 1024)")
     tm = p.add_argument_group("timing")
@@ -132,6 +132,11 @@ def _default_url() -> str:
 
 def build_config(args: argparse.Namespace):
     from llama_tui.core import bench, config
+    from llama_tui.core.errors import UserError
+
+    if args.rate is not None and (args.ramp or args.concurrency is not None):
+        raise UserError("--rate (open loop) cannot be combined with --concurrency or --ramp (closed loop)",
+                        "pick one load shape")
 
     cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
     if args.no_stream:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -42,7 +42,7 @@ from llama_tui.core import hardware, paths, probe
 from llama_tui.core.config import APIS, parse_int_list
 from llama_tui.core.errors import UserError
 from llama_tui.core.loadgen import (DEFINITIONS, LiveCounters, RequestShape, StepPartial, StepPlan, Target,
-                                    json_lines, measure_ceiling, owner_env, run_plan)
+                                    is_loopback, json_lines, measure_ceiling, owner_env, run_plan)
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.core.stats import percentile
 
@@ -245,7 +245,8 @@ def check_targets(config: BenchConfig) -> dict[str, int]:
     for url in config.target_urls:
         t = Target.parse(url)
         try:
-            r = httpx.get(f"{t.url}/health", timeout=httpx.Timeout(5.0, connect=3.0), headers=headers, verify=False)
+            r = httpx.get(f"{t.url}/health", timeout=httpx.Timeout(5.0, connect=3.0), headers=headers,
+                          verify=not is_loopback(t.host))
         except httpx.HTTPError as exc:
             raise UserError(f"cannot reach {t.url}: {exc or type(exc).__name__}",
                             "start the fleet (`llama-tui fleet up`) or correct --url") from None
@@ -560,6 +561,18 @@ class _Live:
         if self.emit_to is not None:
             self.emit_to(sample)
 
+    def final(self, step: Mapping[str, Any]) -> None:
+        """One last sample carrying the step's own figures and whether they are valid."""
+        if self.emit_to is None:
+            return
+        now = time.monotonic()
+        base = self.last or BenchSample(t=0.0, step=self.index, concurrency=self.concurrency, rate=self.rate,
+                                        tok_s=0.0, inflight=0, requests_done=0, ttft_p50_ms=None, errors=0,
+                                        steps_total=self.steps_total, step_duration_s=round(self.t_end - self.t_start, 2))
+        self.emit_to(replace(base, t=round(now - self.t0, 3), tok_s=step["output_tok_s"] or 0.0, inflight=0,
+                             ttft_p50_ms=step["ttft_p50_ms"], ttft_p95_ms=step["ttft_p95_ms"], valid=step["valid"],
+                             phase="measure", step_elapsed_s=round(now - self.t_start, 2)))
+
 
 # --------------------------------------------------------------------------------------------- a session
 
@@ -737,6 +750,7 @@ class BenchSession:
         pr.close()
         self.steps_done += 1
         step = self._step_dict(part, mode, concurrency, rate, n_workers, index, started_at, reader, pre, post)
+        live.final(step)
         if not c.workers:
             per_worker = step.get("client_events_s_per_worker") or 0
             if self.ceiling and per_worker > 0.5 * self.ceiling:
