@@ -138,6 +138,7 @@ def main() -> int:
                 n0, l0, t0 = cpu_seconds([st.nginx.pid]), cpu_seconds(servers), time.monotonic()
                 m = measure(nginx_url if arm == "nginx" else instance_urls, args)
                 wall = time.monotonic() - t0
+                m["load"] = load1
                 m["nginx_cpu"] = 100 * (cpu_seconds([st.nginx.pid]) - n0) / wall
                 m["servers_cpu"] = 100 * (cpu_seconds(servers) - l0) / wall
                 arms[arm].append(m)
@@ -155,8 +156,12 @@ def main() -> int:
     ratio = a / b if b else float("nan")
     paired = [x["tok_s"] / y["tok_s"] for x, y in zip(arms["nginx"], arms["client"]) if y["tok_s"]]
     ng_cpu = statistics.mean(m["nginx_cpu"] for m in arms["nginx"])
-    print(f"per-round ratios: {', '.join(f'{p:.3f}' for p in paired)}; NGINX used {ng_cpu:.0f}% of a core "
-          f"while proxying (on a machine with {hardware.logical_cores()} cores that the fleet saturates)")
+    print(f"per-round ratios: {', '.join(f'{p:.3f}' for p in paired)} (median {statistics.median(paired):.3f}); "
+          f"NGINX used {ng_cpu:.0f}% of a core while proxying, on {hardware.logical_cores()} cores")
+    busy = max(os.getloadavg()[0], *(m["load"] for ms in arms.values() for m in ms))
+    if busy > hardware.logical_cores() + 1:
+        print(f"note: load average reached {busy:.1f} on {hardware.logical_cores()} cores: other processes competed "
+              "for the CPU, so the per-round spread is mostly theirs; rerun on a quiet machine for a tight ratio")
     print(f"through NGINX ({args.policy}): {a:.0f} tok/s   client-side round robin: {b:.0f} tok/s")
     print(f"ratio NGINX / client-side: {ratio:.3f} (target >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'}); "
           f"errors in all steps: {errors}")
