@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,22 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def free_block(n: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no free block of loopback ports")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -116,7 +98,7 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="llama-tui-nginx-vs-client-"))
     args.state_dir = str(state)
     os.environ["LLAMA_TUI_STATE_DIR"] = str(state)
-    base = free_block(args.instances + 1)
+    base = fleet.free_port_block(args.instances + 1)
     spec = fleet.FleetSpec(model=fleet.model_mod.resolve_model(args.model), instances=args.instances,
                            parallel=args.parallel, ctx_per_slot=512 if args.model == "tiny" else 2048,
                            threads=args.threads, base_port=base + 1, nginx_port=base, policy=args.policy,
