@@ -270,3 +270,21 @@ def test_hash_keeps_a_session_on_one_backend_and_spreads_the_rest(llama_server, 
               for i in range(20)}
     anonymous = {httpx.post(f"{front}/completion", json=body).headers["x-upstream"] for _ in range(20)}
     assert owners == anonymous == {addr(u) for u in urls}  # sessions and header-less requests use both
+
+
+def test_access_log_rotation_while_serving_loses_no_request(llama_server, nginx_front):
+    door, front = nginx_front([llama_server(parallel=1)], slots=1)
+    follower = AccessLogFollower(door.access_log)
+    body = {"prompt": "hi", "n_predict": 2}
+    for _ in range(3):
+        assert httpx.post(f"{front}/completion", json=body).status_code == 200
+    assert not door.rotate_access_log(max_bytes=1 << 20)  # small log: left alone
+    assert door.rotate_access_log(max_bytes=0)
+    for _ in range(2):
+        assert httpx.post(f"{front}/completion", json=body).status_code == 200
+    deadline = time.monotonic() + 5
+    while follower.total < 5 and time.monotonic() < deadline:
+        follower.poll()
+        time.sleep(0.05)
+    assert follower.total == 5 and door.access_log.with_name("access.log.1").exists()
+    assert len(door.access_log.read_text().splitlines()) == 2  # NGINX reopened its log

@@ -57,6 +57,7 @@ class _Tail:
         self._f = None
         self._ino: int | None = None
         self._buf = b""
+        self._open()  # hold the file from now on, so a rotation before the first read loses nothing
 
     def _open(self) -> bool:
         try:

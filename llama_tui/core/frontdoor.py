@@ -322,9 +322,6 @@ class FrontDoor:
     def _cmd(self, conf: Path, *extra: str) -> list[str]:
         return [str(self.nginx_bin), "-p", str(self.prefix), "-e", str(self.error_log), "-c", str(conf), *extra]
 
-    def render(self, spec: FrontDoorSpec) -> str:
-        return render(spec, self.prefix)
-
     def test(self, text: str) -> ConfigCheck:
         """`nginx -t` on `text` written to a candidate file next to the live one."""
         self._prepare()
