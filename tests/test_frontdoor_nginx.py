@@ -288,3 +288,11 @@ def test_access_log_rotation_while_serving_loses_no_request(llama_server, nginx_
         time.sleep(0.05)
     assert follower.total == 5 and door.access_log.with_name("access.log.1").exists()
     assert len(door.access_log.read_text().splitlines()) == 2  # NGINX reopened its log
+
+
+def test_nginx_carries_the_owner_marker(llama_server, nginx_front, isolated_dirs):
+    import psutil
+
+    door, _ = nginx_front([llama_server(parallel=1)], slots=1)
+    procs = [psutil.Process(door.pid), *psutil.Process(door.pid).children()]
+    assert len(procs) >= 2 and {p.environ().get("LLAMA_TUI_OWNER") for p in procs} == {str(isolated_dirs)}

@@ -346,7 +346,7 @@ class FrontDoor:
         return check
 
     def _env(self) -> dict[str, str]:
-        owner = self.owner or os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().resolve())
+        owner = self.owner or os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().expanduser().absolute())
         return {**os.environ, "LLAMA_TUI_OWNER": owner}
 
     def start(self, spec: FrontDoorSpec) -> subprocess.Popen:
