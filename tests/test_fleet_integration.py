@@ -142,9 +142,12 @@ def test_lifecycle_through_the_cli(fleet_dir):
     assert status()["running"] is False
 
 
-def test_foreground_up_stops_the_fleet_on_ctrl_c(fleet_dir):
+def test_foreground_up_stops_the_fleet_on_ctrl_c(fleet_dir, tiny_model, tmp_path):
     base, nport = free_port_block(2), free_port()
-    cmd = [sys.executable, "-m", "llama_tui", "fleet", "up", "--model", "tiny", "--instances", "1", "--threads", "1",
+    odd = tmp_path / "mödels with spaces" / "tiny ünïcode.gguf"  # such paths simply work
+    odd.parent.mkdir()
+    odd.write_bytes(tiny_model.read_bytes())
+    cmd = [sys.executable, "-m", "llama_tui", "fleet", "up", "--model", str(odd), "--instances", "1", "--threads", "1",
            "--ctx-per-slot", "512", "--base-port", str(base), "--nginx-port", str(nport)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -153,7 +156,7 @@ def test_foreground_up_stops_the_fleet_on_ctrl_c(fleet_dir):
     try:
         wait_for(lambda: any("Ctrl-C stops the fleet" in ln for ln in lines), 60, "the foreground message")
         st = state.read_state(fleet_dir)
-        assert st is not None and st.status == "running"
+        assert st is not None and st.status == "running" and st.instances[0].cmd[2] == str(odd)
         pids = [p.pid for p in st.refs()] + [st.supervisor_pid]
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -212,7 +215,8 @@ def test_scale_down_lets_open_streams_finish(fleet_dir, tiny_model):
 
 
 @pytest.mark.faults
-def test_a_sigkilled_instance_comes_back_on_its_port(fleet_dir, tiny_model):
+def test_a_sigkilled_instance_comes_back_on_its_port(fleet_dir, tiny_model, monkeypatch):
+    monkeypatch.setenv("LLAMA_TUI_LOG_MAX_BYTES", "1500")  # the supervisor caps each instance log at this
     spec = api_spec(tiny_model, instances=2)
     snap = fleet.up(spec, state_dir=fleet_dir)
     victim = snap.instances[1]
@@ -232,6 +236,9 @@ def test_a_sigkilled_instance_comes_back_on_its_port(fleet_dir, tiny_model):
     assert snap.instances[1].restarts == 1 and snap.instances[1].slots_total == 2
     assert complete(f"http://127.0.0.1:{victim.port}").status_code == 200
     assert snap.instances[0].pid == fleet.load_state(fleet_dir).instances[0].pid  # the other one untouched
+    log = Path(inst.log_path)  # two starts' worth of log went over the cap: rotated, both parts capped
+    wait_for(lambda: log.with_name(log.name + ".1").exists(), 10, "the instance log to be rotated")
+    assert log.with_name(log.name + ".1").stat().st_size <= 1500 and log.stat().st_size <= 1500
 
 
 @pytest.fixture(scope="module")

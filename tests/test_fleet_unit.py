@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +123,39 @@ def test_cli_bad_input_exits_2_with_one_line(args, cause, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and cause in err[0] and "(fix: " in err[0]
+
+
+@pytest.mark.parametrize("var, cause", [("LLAMA_SERVER_BIN", "LLAMA_SERVER_BIN points at"), ("NGINX_BIN", "NGINX_BIN points at")])
+def test_a_broken_binary_is_refused_before_anything_starts(var, cause, monkeypatch, tmp_path, isolated_dirs, capsys):
+    monkeypatch.setenv(var, str(tmp_path / "no-such-binary"))
+    code = cli.main(["fleet", "up", "--model", "tiny", "--detach", "--base-port", str(free_port_block(2)),
+                     "--nginx-port", str(free_port())])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and cause in err[0]
+    assert state.owned_processes(isolated_dirs) == [] and not (isolated_dirs / state.STATE_FILE).exists()
+
+
+def test_logs_follow_survives_rotation(isolated_dirs):
+    log = state.instance_log_path(isolated_dirs, 0)
+    log.parent.mkdir(parents=True)
+    log.write_text("first\n")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_tui", "fleet", "logs", "0", "-f"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in iter(proc.stdout.readline, "")], daemon=True).start()
+    try:
+        assert lines.get(timeout=30) == "first\n"
+        with open(log, "a") as f:
+            f.write("second\n")
+        assert lines.get(timeout=10) == "second\n"
+        assert state.rotate_log(log, 3)  # copy + truncate, as the supervisor does
+        with open(log, "a") as f:
+            f.write("third\n")
+        assert lines.get(timeout=10) == "third\n"
+    finally:
+        proc.send_signal(2)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
 
 
 def test_commands_without_a_fleet(isolated_dirs, capsys):

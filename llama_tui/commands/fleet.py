@@ -146,9 +146,6 @@ def run_up(args: argparse.Namespace) -> int:
     for warning in (fleet.oversubscription(spec.instances, threads), fleet.exposure_warning(spec)):
         if warning:
             info(f"WARNING: {warning}")
-    info(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
-         f"{threads} threads each) on ports {spec.base_port}-{spec.base_port + spec.instances - 1}, "
-         f"nginx on {spec.listen}:{spec.nginx_port}")
     t0 = time.monotonic()
     snap = fleet.up(spec, state_dir=args.state_dir, on_progress=lambda m: info(f"  {m}"))
     info(f"fleet ready in {time.monotonic() - t0:.1f}s")
@@ -337,20 +334,23 @@ def _log_path(target: str, state_dir: Path | None) -> Path:
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from llama_tui.core import state as st_mod
     from llama_tui.core.errors import UserError
 
     path = _log_path(args.target, args.state_dir)
     if not path.exists():
         raise UserError(f"{path} does not exist (yet)", "start the fleet with `llama-tui fleet up`")
     out = sys.stdout
-    for line in st_mod.tail_lines(path, max(0, args.lines)) if args.lines else []:
+    with open(path, "rb") as f:  # the tail and the follow position come from the same read
+        ino = os.fstat(f.fileno()).st_ino
+        f.seek(max(0, os.fstat(f.fileno()).st_size - (256 << 10)))
+        data = f.read()
+        pos = f.tell()
+    lines = data.decode(errors="replace").splitlines()
+    for line in lines[-args.lines:] if args.lines > 0 else []:
         out.write(line + "\n")
     out.flush()
     if not args.follow:
         return 0
-    pos = path.stat().st_size
-    ino = os.stat(path).st_ino
     try:
         while True:
             time.sleep(0.25)

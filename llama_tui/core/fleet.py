@@ -399,6 +399,10 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
                 validate_extra_args(spec.extra_args, llama_server)
+            if on_progress:
+                on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
+                            f"{spec.threads_for(spec.instances)} threads each) on ports {spec.base_port}-"
+                            f"{spec.port_of(spec.instances - 1)}, nginx on {spec.listen}:{spec.nginx_port}")
             payload = {"spec": spec.to_dict(), "llama_server": str(llama_server), "nginx_bin": str(nginx_bin)}
             paths.write_private(sd / st_mod.SPEC_FILE, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
             proc = _spawn_supervisor(sd, adopt=False)
