@@ -581,3 +581,33 @@ def test_peak_sampler_without_a_gpu_says_none(monkeypatch) -> None:
     f = peaks.fields()
     assert f["gpu_mem_peak_bytes"] is None and f["gpu_mem_peak_total_bytes"] is None
     assert f["rss_peak_bytes"][1] is None and f["rss_peak_total_bytes"] == f["rss_peak_bytes"][0]
+
+
+def test_adaptive_ramp_on_a_plateau_above_the_start_does_not_look_down() -> None:
+    tok = {1: 100, 2: 200, 4: 600, 8: 610, 16: 590}
+    ramp, seen = Ramp([1, 2, 4, 8, 16], 2), []
+    while (c := ramp.next()) is not None:
+        seen.append(c)
+        ramp.record(tok[c], True)
+    assert seen == [4, 8]
+
+
+def test_planner_refines_only_around_competitive_leaders() -> None:
+    axes = [[1, 2, 3, 4, 5], [1, 2, 4, 8, 16], [None], [None], [None]]
+
+    def score(ix):
+        return {(2, 2): 100.0, (4, 4): 80.0}.get(ix, 50.0)
+
+    def visit(share):
+        p = ShapePlanner(axes, adaptive=True, leader_share=share)
+        order = []
+        while (ix := p.next()) is not None:
+            order.append(ix[:2])
+            p.record(ix, score(ix[:2]))
+        return order
+
+    order = visit(0.9)
+    assert order[:5] == [(2, 2), (4, 4), (0, 4), (4, 0), (0, 0)]
+    # only the centre leads: its four neighbours are tried; (4, 4) at 80% of the best is not explored
+    assert sorted(order[5:]) == [(1, 2), (2, 1), (2, 3), (3, 2)]
+    assert (3, 4) in visit(0.5) and (4, 3) in visit(0.5)

@@ -220,12 +220,14 @@ class ShapePlanner:
     """Which shape to measure next, given each measured shape's score (best good tok/s, or None).
 
     Grid mode: every shape in order. Adaptive mode: the coarse pass, then the untried neighbours of
-    the leaders (the top `leaders` shapes), best leader first, until no leader has an untried one."""
+    the leaders (the top `leaders` shapes scoring at least `leader_share` of the best), best leader
+    first, until no leader has an untried neighbour: a climb from the best region, not a grid."""
 
-    def __init__(self, axes: list[list[Any]], adaptive: bool, leaders: int = 2) -> None:
+    def __init__(self, axes: list[list[Any]], adaptive: bool, leaders: int = 2, leader_share: float = 0.9) -> None:
         self.axes = axes
         self.adaptive = adaptive
         self.leaders = leaders
+        self.leader_share = leader_share
         self.scores: dict[tuple[int, ...], float | None] = {}
         self._queue = coarse_order(axes) if adaptive else grid_indices(axes)
 
@@ -240,7 +242,10 @@ class ShapePlanner:
         if not self.adaptive:
             return None
         ranked = sorted((s, i) for i, s in self.scores.items() if s is not None)
-        for _, leader in reversed(ranked[-self.leaders:]):
+        top = ranked[-1][0] if ranked else 0.0
+        for score, leader in reversed(ranked[-self.leaders:]):
+            if score < self.leader_share * top:
+                break
             for n in neighbours(leader, self.axes):
                 if n not in self.scores:
                     return n
@@ -291,12 +296,13 @@ class Ramp:
                 self._i = i + 1
                 return
             # The knee (or a failure) going up. Look below the start only when the start failed, or
-            # when the step above it was measured and did not beat it (overload past the start).
+            # when the step just above it fell by more than the gain threshold (the start is already
+            # past the peak). A plateau above the start means the knee is at or below the start.
             start_tok, start_ok = self.seen.get(self.start, (None, False))
-            above = [(t, ok) for j, (t, ok) in self.seen.items() if j > self.start]
-            beaten = any(ok and t is not None and (not start_ok or start_tok is None or t > start_tok)
-                         for t, ok in above)
-            if self.start > 0 and (not start_ok or (above and not beaten)):
+            up_tok, up_ok = self.seen.get(self.start + 1, (None, False))
+            fell = (start_ok and up_ok and start_tok is not None and up_tok is not None
+                    and up_tok < start_tok * (1 - self.gain))
+            if self.start > 0 and (not start_ok or fell):
                 self._dir, self._i = -1, self.start - 1
             else:
                 self._i = None
