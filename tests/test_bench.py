@@ -137,6 +137,18 @@ def test_two_worker_processes_merge_exactly(fleet2x2):
     assert set(step["per_upstream"]) == {addr(u) for u in urls}
 
 
+def test_several_urls_are_client_side_round_robin(fleet2x2):
+    _, urls = fleet2x2
+    step = bench.run_step(BenchConfig(urls=tuple(urls), concurrency=(2,), duration=2.0, warmup=0.3, n_predict=32,
+                                      workers=1))
+    assert step["errors"] == 0 and step["servers"] == urls  # each target is a llama-server: its /metrics is read
+    per = step["per_upstream"]  # no X-Upstream without NGINX: attributed to the target each request went to
+    assert set(per) == {addr(u) for u in urls}
+    a, b = per[addr(urls[0])]["requests_ok"], per[addr(urls[1])]["requests_ok"]
+    assert a > 0 and b > 0 and abs(a - b) <= max(2, (a + b) // 5), (a, b)
+    assert abs(step["token_agreement_pct"]) <= 2.0
+
+
 def test_open_loop_rate(fleet2x2):
     front, urls = fleet2x2
     step = bench.run_step(cfg(front, urls, n_predict=16, duration=2.0, warmup=0.2), rate=20.0)

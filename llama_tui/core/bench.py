@@ -269,6 +269,13 @@ def _fleet_state(state_dir: str | None) -> Any:
         return None
 
 
+def _probe(api_key: str | None = None) -> probe.Probe:
+    """A probe with timeouts for a machine under load (a benchmark is the load): a missed read costs a figure."""
+    import httpx
+
+    return probe.Probe(timeout=httpx.Timeout(10.0, connect=5.0), api_key=api_key)
+
+
 def _is_llama_server(url: str, pr: probe.Probe) -> bool:
     m = pr.metrics(url)
     return bool(m) and probe.TOKENS_PREDICTED_TOTAL in m
@@ -300,7 +307,7 @@ def discover_servers(config: BenchConfig) -> Servers:
             known.add(_norm_netloc(Target.parse(nginx)))
         if fleet_urls and all(_norm_netloc(t) in known for t in targets):
             return Servers(tuple(u.url for u in fleet_urls), "fleet", st)
-    with probe.Probe() as pr:
+    with _probe() as pr:
         direct = [t.url for t in targets if _is_llama_server(t.url, pr)]
     if direct and len(direct) == len(targets):
         return Servers(tuple(direct), "target", None)
@@ -334,7 +341,7 @@ class _CounterReader(threading.Thread):
         return (t0 + time.monotonic()) / 2, c
 
     def run(self) -> None:
-        with probe.Probe() as pr:
+        with _probe() as pr:
             self.stopped.wait(max(0.0, self.t_window - time.monotonic()))
             self.start_read = self._read(pr)
             self.stopped.wait(max(0.0, self.t_end - time.monotonic()))
@@ -625,7 +632,7 @@ class BenchSession:
     def metadata(self) -> dict[str, Any]:
         c = self.config
         props = None
-        with probe.Probe(api_key=c.api_key) as pr:
+        with _probe(c.api_key) as pr:
             for u in self.servers.urls + tuple(t.url for t in self.targets):
                 props = pr.props(u)
                 if props:
@@ -705,7 +712,7 @@ class BenchSession:
             self.pool = WorkerPool(n_workers)
         started_at = _iso_now()
         stopped = threading.Event()
-        pr = probe.Probe()
+        pr = _probe()
         pre = read_counters(self.servers.urls, pr) if self.servers.urls else None
         lead = 0.05 if n_workers == 1 else 0.4
         t_start = time.monotonic() + lead

@@ -19,6 +19,8 @@ How requests are made, and why:
 - Latency is measured from the request's intended start: in a closed loop that is when the request
   was issued; in open-loop mode it is the scheduled Poisson arrival time, so a late send (client or
   queueing delay) shows up as latency instead of being omitted (coordinated omission).
+- A closed-loop stream whose request failed within 50 ms waits 50 ms before the next one, so a target
+  that refuses everything is not hammered in a tight loop (the errors are still counted).
 """
 
 from __future__ import annotations
@@ -683,8 +685,9 @@ class StepRunner:
         self.ttft_new: list[float] = []
         self._seq = 0
         self._rr = plan.target_offset
-        # The unique part comes first: llama-server reuses the longest common prefix of the slot's last prompt.
-        self._nonce_rng = random.Random(f"{plan.seed}-{plan.worker}-nonce")
+        # Nonces never repeat across runs (a fixed --seed only fixes arrivals). The unique part comes first:
+        # llama-server reuses the longest common prefix of a slot's previous prompt.
+        self._nonce_rng = random.Random(os.urandom(16))
         self._cpu0: float | None = None
         self._events0 = 0
         self._loop: asyncio.AbstractEventLoop | None = None
