@@ -611,3 +611,14 @@ def test_planner_refines_only_around_competitive_leaders() -> None:
     # only the centre leads: its four neighbours are tried; (4, 4) at 80% of the best is not explored
     assert sorted(order[5:]) == [(1, 2), (2, 1), (2, 3), (3, 2)]
     assert (3, 4) in visit(0.5) and (4, 3) in visit(0.5)
+
+
+def test_config_from_settings_takes_the_preset_tables(tmp_path: Path) -> None:
+    from llama_tui.core import config
+
+    settings = config.load_settings(preset="demo", cli={"sweep.instances": "1,3"})
+    cfg = SweepConfig.from_settings(settings, tmp_path / "o", adaptive=True, threads=None, base_port=30001)
+    assert cfg.instances == (1, 3) and cfg.parallel == (1, 2, 4) and cfg.concurrency == (1, 2, 4, 8)
+    assert (cfg.duration, cfg.warmup, cfg.ctx_per_slot, cfg.n_predict) == (4.0, 1.0, 512, (64,))
+    assert cfg.threads is None and cfg.adaptive and cfg.base_port == 30001 and cfg.nginx_port == 18100
+    assert cfg.model.name.startswith("tiny") and cfg.out_dir.is_absolute()

@@ -95,13 +95,12 @@ def _latest_sweep() -> Path | None:
 
 
 def build_config(args: argparse.Namespace, argv: list[str] | None = None):
-    from llama_tui.core import config, model, results
+    from llama_tui.core import config, results
     from llama_tui.core.errors import UserError
     from llama_tui.core.sweep import SweepConfig
 
     cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
     settings = config.load_settings(preset=args.preset, cli=cli)
-    sw, fl, be = settings.section("sweep"), settings.section("fleet"), settings.section("bench")
 
     def int_list(value: Any, what: str) -> tuple[int, ...] | None:
         return None if value is None else config.parse_int_list(value, what)
@@ -118,26 +117,13 @@ def build_config(args: argparse.Namespace, argv: list[str] | None = None):
         out = _sweeps_root() / time.strftime("%Y%m%d-%H%M%S")
     if args.resume and not (out / "results.jsonl").is_file():
         raise UserError(f"--resume: {out} holds no sweep results", "pass the --out directory of an earlier sweep")
-    kw: dict[str, Any] = dict(
-        model=model.resolve_model(fl["model"]),
-        out_dir=out.absolute(),
-        instances=sw["instances"], parallel=sw["parallel"], concurrency=sw["concurrency"],
-        ctx_per_slot=fl["ctx_per_slot"], duration=sw["duration"], warmup=sw["warmup"], repeats=sw["repeats"],
-        slo=results.parse_slo(args.slo), policy=fl["policy"], host=fl["host"],
-        threads=int_list(args.threads, "--threads"),  # None: the budget, physical cores // instances
+    cfg = SweepConfig.from_settings(
+        settings, out,
+        slo=results.parse_slo(args.slo), threads=int_list(args.threads, "--threads"),
         batch=int_list(args.batch, "--batch"), ubatch=int_list(args.ubatch, "--ubatch"),
-        n_predict=int_list(args.n_predict, "--n-predict") or (be["n_predict"],),
-        prompt_tokens=be["prompt_tokens"], api=be["api"], stream=be["stream"], gpu_layers=fl["gpu_layers"],
-        gpus=fl["gpus"], extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"],
-        ready_timeout=fl["ready_timeout"], resume=bool(args.resume), adaptive=bool(args.adaptive),
-        budget_min=args.budget, command=tuple(argv if argv is not None else ["llama-tui", *sys.argv[1:]]),
-    )
-    if args.base_port is not None:
-        kw["base_port"] = args.base_port
-    if args.nginx_port is not None:
-        kw["nginx_port"] = args.nginx_port
-    cfg = SweepConfig(**kw)
-    cfg.validate()
+        n_predict=int_list(args.n_predict, "--n-predict"), base_port=args.base_port, nginx_port=args.nginx_port,
+        resume=bool(args.resume), adaptive=bool(args.adaptive), budget_min=args.budget,
+        command=tuple(argv if argv is not None else ["llama-tui", *sys.argv[1:]]))
     return cfg, settings
 
 

@@ -114,6 +114,27 @@ class SweepConfig:
             kw["concurrency"] = tuple(kw["concurrency"])
         return cls(**kw)
 
+    @classmethod
+    def from_settings(cls, settings: Any, out_dir: Path | str, **overrides: Any) -> "SweepConfig":
+        """From resolved `config.Settings`: the [sweep] table, with the model, context, policy and
+        llama-server options of [fleet] and the request shape of [bench]. `overrides` (field names of
+        this class) win when not None. Threads stay None (the budget) unless given. Validates."""
+        from llama_tui.core import model as model_mod
+
+        sw, fl, be = settings.section("sweep"), settings.section("fleet"), settings.section("bench")
+        kw: dict[str, Any] = dict(
+            model=model_mod.resolve_model(fl["model"]), out_dir=Path(out_dir).expanduser().absolute(),
+            instances=tuple(sw["instances"]), parallel=tuple(sw["parallel"]),
+            concurrency=sw["concurrency"] if sw["concurrency"] == "auto" else tuple(sw["concurrency"]),
+            ctx_per_slot=fl["ctx_per_slot"], duration=sw["duration"], warmup=sw["warmup"], repeats=sw["repeats"],
+            policy=fl["policy"], host=fl["host"], n_predict=(be["n_predict"],), prompt_tokens=be["prompt_tokens"],
+            api=be["api"], stream=be["stream"], gpu_layers=fl["gpu_layers"], gpus=tuple(fl["gpus"] or ()),
+            extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"], ready_timeout=fl["ready_timeout"])
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
     def params(self) -> dict[str, Any]:
         """What every cell shares; a cell measured under other parameters does not stand on resume."""
         return {"ctx_per_slot": self.ctx_per_slot, "duration": self.duration, "warmup": self.warmup,
