@@ -194,7 +194,7 @@ def summary_line(st: dict[str, Any]) -> str:
     load = f"c={st['concurrency']}" if st["mode"] == "closed" else f"rate={st['rate']:g}/s"
     valid = "valid" if st["valid"] else f"INVALID ({st['invalid_reason']})"
     return (f"step {st['step'] + 1} {load}: {_fmt(st['output_tok_s'])} tok/s (server {_fmt(st['server_output_tok_s'])}), "
-            f"TTFT p50 {_fmt(st['ttft_p50_ms'], '.1f')} ms, E2E p50 {_fmt(st['e2e_p50_ms'], '.0f')} ms, "
+            f"TTFT p50 {_fmt(st['ttft_p50_ms'], '.1f')} ms, E2E p50 {_fmt(st['e2e_p50_ms'], '.1f')} ms, "
             f"{st['requests_ok']} ok, {st['errors']} errors, client CPU {_fmt(st['client_cpu_percent'], '.0f')}%, {valid}")
 
 
@@ -206,7 +206,7 @@ def table(result: dict[str, Any]) -> str:
         rows.append((
             f"c={st['concurrency']}" if st["mode"] == "closed" else f"{st['rate']:g}/s",
             _fmt(st["output_tok_s"]), _fmt(st["server_output_tok_s"]), _fmt(st["ttft_p50_ms"], ".1f"),
-            _fmt(st["ttft_p99_ms"], ".1f"), _fmt(st["itl_p50_ms"], ".2f"), _fmt(st["e2e_p50_ms"], ".0f"),
+            _fmt(st["ttft_p99_ms"], ".1f"), _fmt(st["itl_p50_ms"], ".2f"), _fmt(st["e2e_p50_ms"], ".1f"),
             str(st["requests_ok"]), str(st["errors"]), _fmt(st["client_cpu_percent"], ".0f") + "%",
             "yes" if st["valid"] else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -234,6 +234,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"measured: {_fmt(cal['events_s'])} events/s at {_fmt(cal['client_cpu_percent'], '.0f')}% of a core, "
           f"{cal['concurrency']} streams, {_fmt(cal.get('events_per_read'), '.2f')} events per read, "
           f"loop lag p99 {_fmt(cal.get('loop_lag_p99_ms'), '.1f')} ms, {cal['errors']} errors")
+    epr = cal.get("events_per_read")
+    if epr is not None and epr > 1.2 or (cal.get("loop_lag_p99_ms") or 0) > bench.LOOP_LAG_LIMIT_MS:
+        print("note: the client read several events per read or its loop lagged (a busy machine?): reads were "
+              "batched, so this ceiling is optimistic; calibrate again on a quieter machine")
     print(f"a step above {bench.CEILING_FRACTION:.0%} of the ceiling per worker is marked invalid; "
           f"saved to {bench.calibration_path()}")
     return 0
