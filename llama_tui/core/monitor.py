@@ -7,8 +7,8 @@ value, the field is None (the UI shows "n/a").
 
 Cost matters: the TUI samples 16+ instances every second. Per process it reads two /proc files
 (`oneshot`), the process tree is rescanned only every `children_every_s` (llama-server rarely has
-children), and the two HTTP probes per instance use the standard library's http.client on a fresh
-loopback connection rather than a full async client. `benchmarks/monitor_cost.py` measures it.
+children), and the two HTTP probes per instance use the standard library's http.client over a
+kept-alive loopback connection rather than a full async client. `benchmarks/monitor_cost.py` measures it.
 """
 
 from __future__ import annotations
@@ -110,11 +110,15 @@ class Monitor:
         self._tokens_last: dict[Endpoint, tuple[float, float]] = {}  # -> (tokens total, monotonic)
         self._sys_last: tuple[float, float] | None = None  # (busy seconds, total seconds)
         self._pool: ThreadPoolExecutor | None = None
+        self._conns: dict[Endpoint, http.client.HTTPConnection] = {}  # keep-alive, one per server
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     # ------------------------------------------------------------------------------------ GPU
 
@@ -213,12 +217,36 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ servers
 
+    def _get(self, ep: Endpoint, path: str) -> tuple[int, bytes] | None:
+        """GET over a kept-alive connection (half the CPU of a fresh one). A reused connection that the
+        server closed meanwhile is retried once on a fresh one; a fresh one that fails is not."""
+        for _ in range(2):
+            conn = self._conns.pop(ep, None)
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(ep.host.strip("[]"), ep.port, timeout=self.http_timeout)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                if reused:
+                    continue
+                return None
+            if resp.will_close:
+                conn.close()
+            else:
+                self._conns[ep] = conn
+            return resp.status, body
+        return None
+
     def _server(self, ep: Endpoint) -> ServerSample:
         from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL,
                                           parse_prometheus, summarize_slots)  # (probe loads httpx: only when used)
 
-        slots_r = http_get(ep.host, ep.port, "/slots", self.http_timeout)
-        metrics_r = http_get(ep.host, ep.port, "/metrics", self.http_timeout)
+        slots_r = self._get(ep, "/slots")
+        metrics_r = self._get(ep, "/metrics")
         now = time.monotonic()
         if slots_r is None and metrics_r is None:
             self._tokens_last.pop(ep, None)
@@ -246,6 +274,8 @@ class Monitor:
 
     def servers(self, endpoints: Iterable[Endpoint]) -> dict[Endpoint, ServerSample]:
         eps = list(dict.fromkeys(endpoints))
+        for gone in [ep for ep in self._conns if ep not in eps]:
+            self._conns.pop(gone).close()
         if len(eps) <= 1:
             return {ep: self._server(ep) for ep in eps}
         if self._pool is None:
