@@ -79,18 +79,30 @@ def port_block() -> Callable[[int], int]:
 # ------------------------------------------------------------------------------------------------ isolation
 
 
+def _owned_by(proc: psutil.Process, owner: str) -> bool:
+    if proc.environ().get("LLAMA_TUI_OWNER") == owner:
+        return True
+    # nginx overwrites its environment with its process title, so the marker cannot be read back;
+    # its master's command line names the prefix (inside the state dir), and workers share its group.
+    cmd = " ".join(proc.cmdline())
+    return "nginx" in cmd and (owner + "/") in cmd
+
+
 def reap_owned(owner: str, timeout: float = 5.0) -> list[int]:
-    """Kill every process whose environment carries LLAMA_TUI_OWNER=owner. Returns their pids."""
+    """Kill every process owned by the state dir `owner` (marker or nginx prefix). Returns their pids."""
     victims = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get("LLAMA_TUI_OWNER") == owner:
+            if _owned_by(proc, owner):
                 victims.append(proc)
+                # nginx workers outlive a SIGKILLed master and name no prefix: take them with it.
+                victims.extend(proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+    victims = list({p.pid: p for p in victims}.values())
     for p in victims:
         try:
             p.kill()
@@ -203,14 +215,14 @@ def llama_server(started: Started, llama_server_bin: Path, tiny_model: Path, tmp
 
 
 @pytest.fixture
-def nginx_front(nginx_bin: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[FrontDoor, str]]]:
+def nginx_front(nginx_bin: Path, isolated_dirs: Path) -> Iterator[Callable[..., tuple[FrontDoor, str]]]:
     """Factory: real nginx in front of the given backend URLs; returns (FrontDoor, its base URL)."""
     doors: list[FrontDoor] = []
 
     def start(backend_urls: list[str], policy: str = "least_conn", slots: int = 2, **kw) -> tuple[FrontDoor, str]:
         backends = tuple(Backend(LOOPBACK, int(u.rsplit(":", 1)[1]), slots) for u in backend_urls)
         port = free_port()
-        door = FrontDoor(nginx_bin, prefix=tmp_path / f"nginx-{len(doors)}")
+        door = FrontDoor(nginx_bin, prefix=isolated_dirs / f"nginx-{len(doors)}")
         doors.append(door)
         door.start(FrontDoorSpec(port=port, backends=backends, policy=policy, **kw))
         return door, base_url(LOOPBACK, port)

@@ -1,0 +1,35 @@
+"""The test safety net finds what a test leaks: processes by their owner marker, nginx by its prefix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
+
+from conftest import free_port, reap_owned
+
+
+@pytest.mark.integration
+def test_reaper_finds_marked_processes_and_nginx(isolated_dirs, nginx_bin):
+    owner = str(isolated_dirs)
+    marked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, "LLAMA_TUI_OWNER": owner}, start_new_session=True)
+    door = FrontDoor(nginx_bin, prefix=isolated_dirs / "nginx")
+    door.start(FrontDoorSpec(port=free_port(), backends=(Backend("127.0.0.1", free_port(), 1),)))
+    nginx_pids = {door.pid} | {c.pid for c in psutil.Process(door.pid).children()}
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        reaped = set(reap_owned(owner))
+        assert marked.pid in reaped
+        assert nginx_pids <= reaped
+        assert unrelated.pid not in reaped and unrelated.poll() is None
+        assert marked.wait(timeout=5) is not None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        door.stop(timeout=2)
