@@ -43,7 +43,7 @@ from llama_tui.core import paths
 from llama_tui.core import state as st_mod
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import FleetSpec, check_ports
-from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.frontdoor import FrontDoor, FrontDoorSpec
 from llama_tui.core.monitor import Endpoint, Monitor, health
 from llama_tui.core.state import FleetState, InstanceState, NginxState
 
@@ -326,13 +326,10 @@ class Supervisor:
     # ------------------------------------------------------------------------------------ nginx
 
     def _door_spec(self) -> FrontDoorSpec:
-        backends = tuple(Backend(self.host, i.rec.port, self.spec.parallel)
-                         for i in sorted(self.instances, key=lambda x: x.rec.index) if i.rec.in_upstream)
-        kw = dict(port=self.spec.nginx_port, backends=backends, policy=self.state.nginx.policy,  # type: ignore[union-attr]
-                  listen=self.spec.listen, max_conns=self.spec.max_conns, max_concurrency=self.spec.max_concurrency,
-                  expose_admin=self.spec.expose_admin, api_key=self.spec.api_key, api_key_file=self.spec.api_key_file)
-        names = {f.name for f in dataclasses.fields(FrontDoorSpec)}
-        return FrontDoorSpec(**{k: v for k, v in kw.items() if k in names})
+        """NGINX in front of the instances that are in the upstream, with the current policy (the same
+        builder `llama-tui nginx render` uses, so it prints exactly the live config)."""
+        ports = [i.rec.port for i in sorted(self.instances, key=lambda x: x.rec.index) if i.rec.in_upstream]
+        return FrontDoorSpec.for_fleet(self.spec, ports, policy=self.state.nginx.policy)  # type: ignore[union-attr]
 
     def _record_nginx(self) -> None:
         ng = self.state.nginx
@@ -515,20 +512,11 @@ class Supervisor:
         """Feed NGINX's access log to the front door's follower and persist its per-upstream totals."""
         try:
             if self.follower is None:
-                from llama_tui.core import accesslog  # written by the front-door work; optional here
+                from llama_tui.core.accesslog import AccessLogFollower
 
-                follower_cls = getattr(accesslog, "AccessLogFollower", None)
-                if follower_cls is None:
-                    return
-                self.follower = follower_cls(self.door.access_log)
+                self.follower = AccessLogFollower(self.door.access_log)
             self.follower.poll()
-            if hasattr(self.follower, "to_json"):
-                data = self.follower.to_json()
-            else:
-                data = {"updated_at": time.time(), "upstreams": [dataclasses.asdict(s) for s in self.follower.stats()]}
-            paths.write_private(self.dir / st_mod.UPSTREAM_FILE, orjson.dumps(data))
-        except ImportError:
-            return
+            paths.write_private(self.dir / st_mod.UPSTREAM_FILE, orjson.dumps(self.follower.to_json()))
         except Exception as exc:  # statistics must never take the supervisor down
             if not self.follower_error_logged:
                 self.follower_error_logged = True
