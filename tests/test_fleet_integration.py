@@ -335,3 +335,30 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+def test_a_failed_policy_reload_keeps_the_old_config_and_shows_the_error(fleet_dir, tmp_path):
+    key = tmp_path / "api.key"
+    key.write_text("sekrit-key-0123456789\n")
+    base, nport = free_port_block(2), free_port()
+    up = cli_up(base, nport, "--api-key-file", str(key), instances=1)
+    assert up.returncode == 0, up.stderr
+    url = fleet.load_state(fleet_dir).nginx_url()
+    auth = {"Authorization": "Bearer sekrit-key-0123456789"}
+    assert httpx.get(f"{url}/health", headers=auth).status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 401  # the key is enforced at NGINX
+
+    key.unlink()  # a botched key rotation: the next render cannot read the key
+    bad = run_cli("fleet", "policy", "round_robin")
+    assert bad.returncode == 2 and "kept its previous config" in bad.stderr and str(key) in bad.stderr
+    data = status()
+    assert data["nginx"]["policy"] == "least_conn" and data["nginx"]["config_valid"] is False
+    assert str(key) in data["nginx"]["config_error"]
+    assert any("kept its previous config" in w for w in data["warnings"])
+    assert httpx.get(f"{url}/health", headers=auth).status_code == 200  # still serving the old config
+
+    key.write_text("sekrit-key-0123456789\n")
+    assert run_cli("fleet", "policy", "round_robin").returncode == 0
+    data = status()
+    assert data["nginx"]["policy"] == "round_robin" and data["nginx"]["config_valid"] is True
+    assert data["nginx"]["config_error"] is None and data["warnings"] == []
