@@ -27,7 +27,7 @@ from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
-from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
+from llama_tui.ui.controller import Controller, FleetForm, RunHandle, StepVerdict, next_policy
 from llama_tui.ui.screens.confirm import ConfirmScreen
 from llama_tui.ui.screens.fleet_form import FleetFormScreen
 from llama_tui.ui.screens.help import HelpScreen
@@ -41,6 +41,7 @@ from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
 MAX_SAMPLES = 2400  # 20 minutes of 0.5 s samples
 KEYMAP_FILE = "keymap.toml"
+RUN_NAMES = {"bench": "benchmark", "sweep": "sweep"}
 
 
 class LlamaTui(App[int]):
@@ -72,6 +73,7 @@ class LlamaTui(App[int]):
         self.status = ""
         self.autostarted = False
         self.bench_samples: tuple[BenchSample, ...] = ()
+        self.bench_verdicts: tuple[StepVerdict, ...] = ()
         self.bench_running = False
         self.bench_summary = ""
         self.sweep_progress: SweepProgress | None = None
@@ -129,7 +131,7 @@ class LlamaTui(App[int]):
         else:
             lines.append("llama-tui: no fleet running.")
         for kind in stopped:
-            lines.append(f"llama-tui: the {kind} started from the TUI was stopped.")
+            lines.append(f"llama-tui: the {RUN_NAMES.get(kind, kind)} started from the TUI was stopped.")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ polling
@@ -236,7 +238,8 @@ class LlamaTui(App[int]):
         if screen is None:
             return
         hint = "No benchmark yet. b runs the preset's concurrency ramp through NGINX (in its own process)."
-        screen.query_one(ThroughputPane).show(self.bench_samples, self.bench_running, hint, self.bench_summary)
+        screen.query_one(ThroughputPane).show(self.bench_samples, self.bench_verdicts, self.bench_running, hint,
+                                              self.bench_summary)
 
     def render_sweep(self) -> None:
         if isinstance(self.screen, SweepScreen):
@@ -426,32 +429,42 @@ class LlamaTui(App[int]):
             return
         self.bench_running = True
         self.bench_samples = ()
+        self.bench_verdicts = ()
         self.bench_summary = "starting the benchmark process…"
         self.render_bench()
         self._bench_worker()
 
     def action_bench_cancel(self) -> None:
-        self._cancel_run("bench", "benchmark")
+        self._stop_run("bench", "benchmark")
 
-    def _cancel_run(self, kind: str, name: str) -> None:
+    def _stop_run(self, kind: str, name: str) -> None:
+        """End a run early, keeping what it measured (its process writes its results and exits)."""
         run = self.runs.get(kind)
         if run is not None:
-            self._cancel(kind, run)
-            self.notify(f"{name} stopped", timeout=3)
+            try:
+                run.stop()
+            except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
+                self.notify(f"could not stop the {name}: {exc}", severity="error", timeout=6)
+                return
+            self.notify(f"stopping the {name}: it finishes the current step and keeps its results", timeout=4)
         elif (self.bench_running if kind == "bench" else self.sweep_running):
-            self._cancel_asked.add(kind)  # it is still starting: cancel as soon as it has
+            self._cancel_asked.add(kind)  # it is still starting: stop it as soon as it has
         else:
             self.notify(f"no {name} running", timeout=3)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="bench")
     def _bench_worker(self) -> None:
         samples: tuple[BenchSample, ...] = ()
+        verdicts: tuple[StepVerdict, ...] = ()
         try:
             run = self.controller.start_bench()
             self.post_message(msg.RunStarted("bench", run))
-            for sample in run.events():
-                samples = (*samples[-(MAX_SAMPLES - 1):], sample)
-                self.post_message(msg.BenchUpdated(samples))
+            for item in run.events():
+                if isinstance(item, StepVerdict):
+                    verdicts = (*verdicts, item)
+                else:
+                    samples = (*samples[-(MAX_SAMPLES - 1):], item)
+                self.post_message(msg.BenchUpdated(samples, verdicts))
             self.post_message(msg.RunEnded("bench", True, run.summary()))
         except UserError as exc:
             self.post_message(msg.RunEnded("bench", False, exc.one_line()))
@@ -460,12 +473,15 @@ class LlamaTui(App[int]):
 
     def on_run_started(self, message: msg.RunStarted) -> None:
         self.runs[message.kind] = message.handle  # type: ignore[assignment]
-        if message.kind in self._cancel_asked or self.leaving:
-            self._cancel_asked.discard(message.kind)
+        if self.leaving:
             self._cancel(message.kind, message.handle)  # type: ignore[arg-type]
+        elif message.kind in self._cancel_asked:
+            self._cancel_asked.discard(message.kind)
+            message.handle.stop()  # type: ignore[attr-defined]
 
     def on_bench_updated(self, message: msg.BenchUpdated) -> None:
         self.bench_samples = message.samples
+        self.bench_verdicts = message.verdicts
         self.bench_summary = ""
         self.render_bench()
 
@@ -507,7 +523,7 @@ class LlamaTui(App[int]):
                                        yes="Start"), answered)
 
     def action_sweep_cancel(self) -> None:
-        self._cancel_run("sweep", "sweep")
+        self._stop_run("sweep", "sweep")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
     def _sweep_worker(self) -> None:

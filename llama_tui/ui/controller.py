@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -58,6 +59,22 @@ class FleetForm:
 
 
 @dataclass(frozen=True)
+class StepVerdict:
+    """A finished benchmark step as the benchmark judged it (from its step result, not live samples)."""
+
+    step: int  # 0-based, as BenchSample.step
+    load: str  # "c=4" or "rate 2.0/s"
+    tok_s: float | None
+    valid: bool | None
+    reason: str | None = None
+
+    @classmethod
+    def from_step(cls, d: dict[str, Any]) -> "StepVerdict":
+        load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
+        return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
+
+
+@dataclass(frozen=True)
 class LogSource:
     label: str
     path: Path
@@ -71,6 +88,10 @@ class RunHandle(Generic[T]):
 
     def cancel(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def stop(self) -> None:
+        """End early but keep what was measured (default: cancel)."""
+        self.cancel()
 
     def summary(self) -> str | None:
         """One line about the finished run (where results went), or None."""
@@ -104,7 +125,7 @@ class Controller:
     def set_policy(self, policy: str) -> None:
         raise NotImplementedError
 
-    def start_bench(self) -> RunHandle[BenchSample]:
+    def start_bench(self) -> RunHandle[BenchSample | StepVerdict]:
         raise NotImplementedError
 
     def start_sweep(self) -> RunHandle[SweepProgress]:
@@ -173,21 +194,34 @@ def preset_toml(description: str, sections: dict[str, dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------ the real one
 
 
-class _BenchRun(RunHandle[BenchSample]):
+class _BenchRun(RunHandle[BenchSample | StepVerdict]):
+    """A `bench.BenchProcess`: its live samples, and each step's verdict as the step ends."""
+
     def __init__(self, proc: Any) -> None:
         self.proc = proc
+        self._steps_seen = 0
 
-    def events(self) -> Iterator[BenchSample]:
-        yield from self.proc.samples()
+    def _new_verdicts(self) -> Iterator[StepVerdict]:
+        steps = list(self.proc.steps)
+        for d in steps[self._steps_seen:]:
+            yield StepVerdict.from_step(d)
+        self._steps_seen = len(steps)
+
+    def events(self) -> Iterator[BenchSample | StepVerdict]:
+        for sample in self.proc.samples():
+            yield from self._new_verdicts()
+            yield sample
+        yield from self._new_verdicts()
+
+    def stop(self) -> None:
+        self.proc.stop()
 
     def cancel(self) -> None:
         self.proc.cancel()
 
     def summary(self) -> str | None:
-        result = self.proc.result()
-        if isinstance(result, dict) and result.get("out"):
-            return f"results written to {result['out']}"
-        return None
+        result = self.proc.result()  # raises the run's UserError if it failed
+        return f"results in {result['out']}" if result.get("out") else None
 
 
 class _SweepRun(RunHandle[SweepProgress]):
@@ -195,12 +229,16 @@ class _SweepRun(RunHandle[SweepProgress]):
         self.proc = proc
 
     def events(self) -> Iterator[SweepProgress]:
-        for event in self.proc.events():
-            if isinstance(event, SweepProgress):
-                yield event
+        yield from self.proc.events()
 
     def cancel(self) -> None:
-        self.proc.cancel()
+        self.proc.cancel()  # SIGTERM: the sweep finishes its step, tears its fleet down, stays resumable
+
+    def summary(self) -> str | None:
+        if self.proc.error:
+            raise UserError(self.proc.error, f"see {self.proc.log_path}")
+        result = self.proc.result() or {}
+        return f"sweep {result.get('status', 'ended')}: results in {result.get('out_dir', self.proc.log_path.parent)}"
 
 
 class CoreController(Controller):
@@ -217,6 +255,7 @@ class CoreController(Controller):
         self.settings = config.load_settings(preset=preset, cli=self.cli)  # bad options fail before the UI opens
         self._form = self._form_from(self.settings)
         self._monitor: Any = None
+        self._monitor_lock = threading.Lock()  # a Monitor is not thread-safe; polls may overlap briefly
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CoreController":
@@ -244,9 +283,10 @@ class CoreController(Controller):
     def snapshot(self) -> FleetSnapshot:
         from llama_tui.core import fleet
 
-        if self._monitor is None and hasattr(fleet, "Monitor"):
-            self._monitor = fleet.Monitor()
-        return fleet.snapshot(self.state_dir, monitor=self._monitor)
+        with self._monitor_lock:
+            if self._monitor is None:
+                self._monitor = fleet.Monitor()
+            return fleet.snapshot(self.state_dir, monitor=self._monitor)
 
     def form(self) -> FleetForm:
         return self._form
@@ -285,33 +325,56 @@ class CoreController(Controller):
 
     # ---------------------------------------------------------------- bench and sweep
 
-    def _target_url(self) -> str:
+    def _state(self) -> Any:
         from llama_tui.core import fleet
 
         state = fleet.load_state(self.state_dir)
         if state is None:
             raise UserError("no fleet is running", "start one first (key s)")
-        return state.nginx_url()
+        return state
 
-    def start_bench(self) -> RunHandle[BenchSample]:
+    def start_bench(self) -> RunHandle[BenchSample | StepVerdict]:
+        """The settings' [bench] steps against the fleet's NGINX, in a child process (bench.spawn)."""
         from llama_tui.core import bench
 
-        config = bench.BenchConfig.from_settings(self.settings, url=self._target_url())
+        url = self._state().nginx_url()
+        if not url:
+            raise UserError("the fleet has no NGINX front door yet", "wait until the fleet is ready")
+        sd = str(self.state_dir) if self.state_dir is not None else None
+        config = bench.BenchConfig.from_settings(self.settings, url=url, state_dir=sd)
         return _BenchRun(bench.spawn(config))
 
     def start_sweep(self) -> RunHandle[SweepProgress]:
-        from llama_tui.core import sweep
+        """The settings' [sweep] grid with the form's model and context, on free ports, in a child process."""
+        from llama_tui import cli
+        from llama_tui.commands import sweep as sweep_cmd
+        from llama_tui.core import fleet, sweep
 
-        config = sweep.SweepConfig.from_settings(self._settings_for(self._form))
+        settings = self._settings_for(self._form)
+        widest = max(settings.get("sweep.instances"))
+        base = fleet.free_port_block(widest + 1)  # instances on base.., the sweep's NGINX on the port after
+        f = self._form
+        argv = ["sweep", "--model", f.model or "tiny", "--ctx-per-slot", str(f.ctx_per_slot), "--policy", f.policy,
+                "--base-port", str(base), "--nginx-port", str(base + widest)]
+        if f.preset or self.preset:
+            argv += ["--preset", str(f.preset or self.preset)]
+        if f.gpu_layers is not None:
+            argv += ["--gpu-layers", str(f.gpu_layers)]
+        if f.gpus:
+            argv += ["--gpus", ",".join(map(str, f.gpus))]
+        args = cli.build_parser().parse_args(argv)
+        config, _ = sweep_cmd.build_config(args, argv=["llama-tui", *argv])
         return _SweepRun(sweep.spawn(config))
 
     # ---------------------------------------------------------------- logs, models, presets
 
     def log_sources(self, snap: FleetSnapshot) -> list[LogSource]:
+        from llama_tui.core import fleet
+
         out = [LogSource(f"instance {i.index} :{i.port}", Path(i.log_path)) for i in snap.instances if i.log_path]
-        if snap.nginx and snap.nginx.config_path:
-            logs = Path(snap.nginx.config_path).parent.parent / "logs"
-            out.append(LogSource("nginx error log", logs / "error.log"))
+        state = fleet.load_state(self.state_dir)
+        if state is not None and state.nginx is not None and state.nginx.error_log:
+            out.append(LogSource("NGINX error log", Path(state.nginx.error_log)))
         return out
 
     def find_models(self) -> list[Path]:
@@ -349,5 +412,7 @@ class CoreController(Controller):
         return path
 
     def close(self) -> None:
-        if self._monitor is not None and hasattr(self._monitor, "close"):
-            self._monitor.close()
+        with self._monitor_lock:
+            if self._monitor is not None:
+                self._monitor.close()
+                self._monitor = None

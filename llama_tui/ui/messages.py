@@ -9,6 +9,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
+from llama_tui.ui.controller import StepVerdict
 
 
 class FleetPolled(Message):
@@ -41,9 +42,10 @@ class ActionProgress(Message):
 
 
 class BenchUpdated(Message):
-    def __init__(self, samples: tuple[BenchSample, ...]) -> None:
+    def __init__(self, samples: tuple[BenchSample, ...], verdicts: tuple[StepVerdict, ...]) -> None:
         super().__init__()
         self.samples = samples
+        self.verdicts = verdicts
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, BenchUpdated)

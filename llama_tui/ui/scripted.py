@@ -26,7 +26,8 @@ from llama_tui.core.snapshots import (
     UpstreamSnapshot,
     UpstreamStat,
 )
-from llama_tui.ui.controller import Controller, FleetForm, LogSource, Progress, RunHandle, check_preset_name
+from llama_tui.ui.controller import (Controller, FleetForm, LogSource, Progress, RunHandle, StepVerdict,
+                                    check_preset_name)
 
 T = TypeVar("T")
 T0 = 1_700_000_000.0  # the fixed "now" of every scripted snapshot
@@ -109,7 +110,7 @@ def bench_ramp(concurrency: Sequence[int] = (1, 2, 4, 8), step_s: float = 6.0, w
     out: list[BenchSample] = []
     t = 0.0
     done = 0
-    for step, c in enumerate(concurrency, start=1):
+    for step, c in enumerate(concurrency):  # 0-based, as core/bench numbers steps
         level = 6100.0 * (1 - math.exp(-c / 2.2))
         k = 0
         while k * period < step_s - 1e-9:
@@ -124,8 +125,21 @@ def bench_ramp(concurrency: Sequence[int] = (1, 2, 4, 8), step_s: float = 6.0, w
             out.append(BenchSample(
                 t=t, step=step, concurrency=c, rate=None, tok_s=round(tok, 1), inflight=c, requests_done=done,
                 ttft_p50_ms=round(18 + 9.5 * c, 1), errors=0, phase=phase, ttft_p95_ms=round(31 + 17 * c, 1),
-                valid=True, steps_total=len(concurrency), step_elapsed_s=into, step_duration_s=step_s))
+                valid=None, steps_total=len(concurrency), step_elapsed_s=into, step_duration_s=step_s))
             k += 1
+    return tuple(out)
+
+
+def bench_events(samples: Sequence[BenchSample], invalid: Sequence[int] = ()) -> tuple[BenchSample | StepVerdict, ...]:
+    """Samples with each finished step's verdict after its last sample, the way the bench process sends them."""
+    out: list[BenchSample | StepVerdict] = []
+    for n, s in enumerate(samples):
+        out.append(s)
+        nxt = samples[n + 1] if n + 1 < len(samples) else None
+        if nxt is not None and nxt.step != s.step:
+            measured = [x.tok_s for x in samples if x.step == s.step and x.phase == "measure"]
+            out.append(StepVerdict(s.step, f"c={s.concurrency}", round(sum(measured) / max(1, len(measured)), 1),
+                                   s.step not in invalid, "client CPU at 97% of a core" if s.step in invalid else None))
     return tuple(out)
 
 
@@ -198,12 +212,12 @@ class ScriptedController(Controller):
     """Fixed content in, recorded calls out. Actions change the scripted fleet the way the core would."""
 
     def __init__(self, snap: FleetSnapshot | Callable[[], FleetSnapshot] | None = None,
-                 bench: Sequence[BenchSample] | None = None, sweep: Sequence[SweepProgress] | None = None,
+                 bench: Sequence[BenchSample | StepVerdict] | None = None, sweep: Sequence[SweepProgress] | None = None,
                  hold_runs: bool = True, run_interval: float = 0.0, autostart: bool = False,
                  logs: Sequence[LogSource] = (), models: Sequence[Path] = (), form: FleetForm | None = None,
                  start_error: UserError | None = None, presets: Sequence[PresetInfo] = ()) -> None:
         self._snap = snap if snap is not None else empty_fleet()
-        self.bench_items = tuple(bench) if bench is not None else bench_ramp()
+        self.bench_items = tuple(bench) if bench is not None else bench_events(bench_ramp())
         self.sweep_items = tuple(sweep) if sweep is not None else (sweep_progress(3), sweep_progress(7))
         self.hold_runs = hold_runs
         self.run_interval = run_interval
@@ -273,7 +287,7 @@ class ScriptedController(Controller):
         self.runs.append(run)
         return run
 
-    def start_bench(self) -> RunHandle[BenchSample]:
+    def start_bench(self) -> RunHandle[BenchSample | StepVerdict]:
         self._record("start_bench")
         return self._run(self.bench_items)
 
@@ -329,3 +343,14 @@ class ChangingFleet:
         ups = tuple(replace(u, requests=u.requests + 11 * n, rps=10 + 3 * math.sin(n / 4 + k),
                             inflight=(n + k) % 4) for k, u in enumerate(self.base.nginx.upstreams))
         return replace(self.base, taken_at=T0 + n, instances=insts, nginx=replace(self.base.nginx, upstreams=ups))
+
+
+async def wait_for(pilot: object, condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Let the app run until `condition()` holds (polls and workers finish on their own time)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await pilot.pause(0.02)  # type: ignore[attr-defined]

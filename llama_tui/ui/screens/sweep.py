@@ -15,10 +15,11 @@ from llama_tui.ui import units
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap, best_result
 from llama_tui.ui.widgets.throughput_chart import bar
 
-RESULT_COLUMNS = (("instances", "inst", 4), ("parallel", "par", 4), ("concurrency", "conc", 5),
+RESULT_COLUMNS = (("n", "#", 3), ("instances", "inst", 4), ("parallel", "par", 4), ("concurrency", "conc", 5),
                   ("tok_s", "tok/s", 7), ("ttft_p50", "TTFT p50", 8), ("ttft_p95", "p95", 7),
                   ("errors", "err", 4), ("valid", "valid", 5))
 SORT_KEYS = {
+    "n": lambda r: 0,  # replaced by the finishing order itself (see ResultsTable.resort)
     "instances": lambda r: (r.instances, r.parallel, r.concurrency),
     "parallel": lambda r: (r.parallel, r.instances, r.concurrency),
     "concurrency": lambda r: (r.concurrency, r.instances, r.parallel),
@@ -29,10 +30,6 @@ SORT_KEYS = {
     "valid": lambda r: r.valid,
 }
 DESCENDING = {"tok_s", "valid"}
-
-
-def row_key(r: SweepCellResult) -> str:
-    return f"{r.instances}x{r.parallel}@{r.concurrency}"
 
 
 def progress_line(p: SweepProgress | None, running: bool) -> str:
@@ -56,48 +53,47 @@ class ResultsTable(DataTable):
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", **kw)
         self.sort_column = "tok_s"
-        self._shown: dict[str, SweepCellResult] = {}
-        self._best: str | None = None
+        self._shown: list[SweepCellResult] = []  # in the order the sweep finished them; row key = position
+        self._best: int | None = None
 
     def on_mount(self) -> None:
         for key, label, width in RESULT_COLUMNS:
             self.add_column(label, key=key, width=width)
 
-    def _cells(self, r: SweepCellResult, best: bool) -> list[Text | str]:
+    def _cells(self, n: int, r: SweepCellResult, best: bool) -> list[Text | str]:
         style = None
         if best:
             style = self.get_component_rich_style("results-table--best", partial=True)
         elif not r.valid:
             style = self.get_component_rich_style("results-table--invalid", partial=True)
-        values = [("★" if best else " ") + str(r.instances), str(r.parallel), str(r.concurrency), units.num(r.tok_s),
-                  units.ms(r.ttft_p50_ms), units.ms(r.ttft_p95_ms), str(r.errors), "yes" if r.valid else "NO"]
+        values = [("★" if best else " ") + str(n + 1), str(r.instances), str(r.parallel), str(r.concurrency),
+                  units.num(r.tok_s), units.ms(r.ttft_p50_ms), units.ms(r.ttft_p95_ms), str(r.errors),
+                  "yes" if r.valid else "NO"]
         return [Text(v, style=style) if style else v for v in values]
 
     def show(self, results: tuple[SweepCellResult, ...]) -> None:
+        if len(results) < len(self._shown):  # a new sweep: start over
+            self.clear()
+            self._shown, self._best = [], None
         best = best_result(results)
-        best_key = row_key(best) if best else None
-        changed = False
-        for r in results:
-            key = row_key(r)
-            if key not in self._shown:
-                self.add_row(*self._cells(r, key == best_key), key=key)
-                self._shown[key] = r
-                changed = True
-        if best_key != self._best:
-            for key in (self._best, best_key):
-                if key and key in self._shown:
-                    for (col, _, _), cell in zip(RESULT_COLUMNS, self._cells(self._shown[key], key == best_key)):
-                        self.update_cell(key, col, cell)
-            self._best = best_key
-        if changed:
-            self.resort()
+        best_n = next((n for n, r in enumerate(results) if r is best), None)
+        for n in range(len(self._shown), len(results)):
+            self.add_row(*self._cells(n, results[n], n == best_n), key=str(n))
+            self._shown.append(results[n])
+        if best_n != self._best:
+            for n in (self._best, best_n):
+                if n is not None and n < len(self._shown):
+                    for (col, _, _), cell in zip(RESULT_COLUMNS, self._cells(n, self._shown[n], n == best_n)):
+                        self.update_cell(str(n), col, cell)
+            self._best = best_n
+        self.resort()
 
     def resort(self) -> None:
         get = SORT_KEYS[self.sort_column]
 
-        def by(values: tuple) -> object:  # a row's cells name its point: "★2", "4", "16" -> 2x4@16
-            key = f"{str(values[0]).lstrip('★ ')}x{values[1]}@{values[2]}"
-            return get(self._shown[key])
+        def by(values: tuple) -> object:  # the first cell is the row's finishing number: "★3" -> results[2]
+            n = int(str(values[0]).lstrip("★ ")) - 1
+            return n if self.sort_column == "n" else (get(self._shown[n]), n)
 
         self.sort(key=by, reverse=self.sort_column in DESCENDING)
 

@@ -17,6 +17,7 @@ from textual.widgets import Static
 
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.ui import units
+from llama_tui.ui.controller import StepVerdict
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 AXIS_W = 6
@@ -45,6 +46,7 @@ class ThroughputChart(Widget):
                          "throughput-chart--invalid", "throughput-chart--axis", "throughput-chart--empty"}
 
     samples: reactive[tuple[BenchSample, ...]] = reactive((), layout=False)
+    invalid_steps: reactive[frozenset[int]] = reactive(frozenset())  # steps the benchmark judged invalid
     hint: reactive[str] = reactive("")
 
     def render(self) -> Text:
@@ -62,7 +64,7 @@ class ThroughputChart(Widget):
                  for k in ("bar", "bar-alt", "warmup", "invalid", "axis")}
         col_style = []
         for s in pts:
-            if s.valid is False:
+            if s.valid is False or s.step in self.invalid_steps:
                 col_style.append(style["invalid"])
             elif s.phase == "warmup":
                 col_style.append(style["warmup"])
@@ -100,18 +102,7 @@ def ramp_progress(s: BenchSample) -> float | None:
     into = 0.0
     if s.step_elapsed_s is not None and s.step_duration_s:
         into = min(1.0, s.step_elapsed_s / s.step_duration_s)
-    return min(1.0, (s.step - 1 + into) / s.steps_total)
-
-
-def best_step(samples: tuple[BenchSample, ...]) -> tuple[float, BenchSample] | None:
-    """The step with the highest mean tok/s over its measured (not warm-up) live samples."""
-    by_step: dict[int, list[BenchSample]] = {}
-    for s in samples:
-        if s.phase != "warmup":
-            by_step.setdefault(s.step, []).append(s)
-    if not by_step:
-        return None
-    return max(((sum(x.tok_s for x in v) / len(v), v[-1]) for v in by_step.values()), key=lambda m: m[0])
+    return min(1.0, (s.step + into) / s.steps_total)
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -124,39 +115,60 @@ class ThroughputPane(Vertical):
         yield ThroughputChart(id="throughput-chart")
         yield Static(id="throughput-stats")
         yield Static(id="ramp-line")
+        yield Static(id="validity-line")
 
     def on_mount(self) -> None:
         self.border_title = "Throughput · benchmark via NGINX, streamed"
 
-    def show(self, samples: tuple[BenchSample, ...], running: bool, hint: str = "", summary: str = "") -> None:
+    def show(self, samples: tuple[BenchSample, ...], verdicts: tuple[StepVerdict, ...], running: bool,
+             hint: str = "", summary: str = "") -> None:
         chart = self.query_one(ThroughputChart)
         chart.samples = samples
+        chart.invalid_steps = frozenset(v.step for v in verdicts if v.valid is False)
         chart.hint = hint
         self.set_class(running, "-running")
+        self.set_class(bool(chart.invalid_steps), "-degraded")
         stats = self.query_one("#throughput-stats", Static)
         ramp = self.query_one("#ramp-line", Static)
+        verdict = self.query_one("#validity-line", Static)
         if not samples:
             stats.update("")
             ramp.update(summary)
+            verdict.update("")
             return
         last = samples[-1]
-        invalid = any(s.valid is False for s in samples)
-        self.set_class(invalid, "-degraded")
-        valid = {True: "[$success]valid[/]", False: "[$error]INVALID[/]", None: "valid n/a"}[last.valid]
-        stats.update(f"[b]{units.num(last.tok_s)}[/b] tok/s  TTFT p50 {units.ms(last.ttft_p50_ms)} "
-                     f"p95 {units.ms(last.ttft_p95_ms)}  errors {last.errors}  {valid}"
-                     + ("  (warm-up)" if last.phase == "warmup" else ""))
+        stats.update(f"[b]{units.num(last.tok_s)}[/b] tok/s · TTFT p50 {units.ms(last.ttft_p50_ms)} "
+                     f"p95 {units.ms(last.ttft_p95_ms)} · errors {last.errors}"
+                     + (" · warm-up" if last.phase == "warmup" else ""))
+        verdict.update(validity(last, verdicts))
         frac = ramp_progress(last)
-        steps = f"step {last.step}/{last.steps_total}" if last.steps_total else f"step {last.step}"
-        load = f"c={last.concurrency}" if last.concurrency is not None else f"rate {units.num(last.rate, 1)}/s"
+        steps = f"step {last.step + 1}/{last.steps_total}" if last.steps_total else f"step {last.step + 1}"
+        load = load_label(last)
         if running:
-            pct = f"{bar(frac, 12)} {frac * 100:.0f}% · " if frac is not None else ""
-            ramp.update(f"ramp {steps} {load} {pct}in flight {last.inflight} · {last.requests_done:,} req")
-        else:
-            best = best_step(samples)
-            text = f"ramp ended at {steps} {load}, {last.requests_done:,} requests"
-            if best:
-                b = best[1]
-                where = f"c={b.concurrency}" if b.concurrency is not None else f"rate {units.num(b.rate, 1)}/s"
-                text += f"; best {units.num(best[0])} tok/s at {where} (mean of live samples)"
-            ramp.update(text + (f"  {summary}" if summary else ""))
+            pct = f" {bar(frac, 12)} {frac * 100:.0f}%" if frac is not None else ""
+            ramp.update(f"{steps} {load}{pct} · {last.inflight} in flight · {last.requests_done:,} req")
+            return
+        text = f"ended at {steps} {load}"
+        finished = [v for v in verdicts if v.tok_s is not None]
+        if finished:
+            best = max(finished, key=lambda v: v.tok_s or 0.0)
+            text += f" · best {units.num(best.tok_s)} tok/s at {best.load}"
+        ramp.update(text + (f" · {summary}" if summary else ""))
+
+
+def load_label(s: BenchSample) -> str:
+    return f"c={s.concurrency}" if s.concurrency is not None else f"rate {units.num(s.rate, 1)}/s"
+
+
+def validity(last: BenchSample, verdicts: tuple[StepVerdict, ...]) -> str:
+    """The live sample's flag when it has one; else the verdict on the last finished step."""
+    if last.valid is not None:
+        return "[$success]valid[/]" if last.valid else "[$error]INVALID[/]"
+    if not verdicts:
+        return "valid: judged when step 1 ends"
+    v = verdicts[-1]
+    if v.valid is None:
+        return f"step {v.step + 1} valid n/a"
+    if v.valid:
+        return f"step {v.step + 1} [$success]valid[/]"
+    return f"step {v.step + 1} [$error]INVALID[/]: {v.reason or 'no reason given'}"
