@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from rich.text import Text
@@ -14,7 +15,7 @@ from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, SystemSamp
 from llama_tui.ui import units
 
 TOTAL_KEY = "total"
-STATES = ("starting", "ready", "restarting", "failed", "stopped")
+STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class FleetPane(Vertical):
         failed = [i for i in snap.instances if i.state == "failed"]
         self.set_class(bool(failed) or snap.supervisor_alive is False, "-degraded")
         if snap.running:
-            model = snap.model or "model n/a"
+            model = Path(snap.model).name if snap.model else "model n/a"
             shape = f"{len(snap.instances)} x {units.num(snap.parallel)} slots"
             sup = f"supervisor {snap.supervisor_pid}" if snap.supervisor_pid else "supervisor n/a"
             if snap.supervisor_alive is False:

@@ -1,0 +1,209 @@
+"""The TUI against the real demo fleet (real llama-server + NGINX), and in a real terminal (a pty).
+
+Every fleet a test starts is stopped in its `finally`; the conftest safety net fails the test if anything
+carrying its owner marker is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import pty
+import re
+import signal
+import struct
+import sys
+import termios
+import threading
+import time
+
+import httpx
+import pytest
+
+from llama_tui import cli
+from llama_tui.core import fleet
+from llama_tui.ui.app import make_app
+from llama_tui.ui.controller import CoreController
+from llama_tui.ui.screens.logs import LogsScreen
+from llama_tui.ui.scripted import wait_for
+from llama_tui.ui.widgets.fleet_table import FleetTable
+
+from conftest import REPO, free_port_block
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
+
+
+def demo_args(base: int) -> list[str]:
+    return ["--preset", "demo", "--base-port", str(base), "--nginx-port", str(base + 2)]
+
+
+def nginx_health(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+class Terminal:
+    """`python -m llama_tui ARGS` in a 120x40 pseudo-terminal; collects what it draws."""
+
+    def __init__(self, args: list[str], cols: int = 120, rows: int = 40) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: its own session, the pty as its controlling terminal
+            os.environ["TERM"] = "xterm-256color"
+            os.chdir(REPO)
+            os.execv(sys.executable, [sys.executable, "-m", "llama_tui", *args])
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.raw = bytearray()
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.status: int | None = None
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self.lock:
+                self.raw.extend(chunk)
+
+    def text(self) -> str:
+        with self.lock:
+            return ANSI.sub(b"", bytes(self.raw)).decode(errors="replace")
+
+    def wait_text(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text()):
+            if time.monotonic() > deadline or self.exited():
+                raise AssertionError(f"{pattern!r} not on screen after {timeout}s; screen tail:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def exited(self) -> bool:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status is not None
+
+    def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise AssertionError(f"the TUI did not exit within {timeout}s; screen tail:\n{self.text()[-3000:]}")
+            time.sleep(0.05)
+        self.reader.join(timeout=5)
+        assert self.status is not None
+        return os.waitstatus_to_exitcode(self.status)
+
+    def hang_up(self) -> None:
+        """What an SSH drop does: the terminal goes away (the session gets SIGHUP)."""
+        os.close(self.fd)
+
+    def kill(self) -> None:
+        if not self.exited():
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+
+
+def test_terminal_hangup_exits_cleanly_without_a_fleet():
+    term = Terminal([])
+    try:
+        term.wait_text(r"No fleet running", timeout=60)
+        term.hang_up()
+        assert term.wait_exit(timeout=20) == 0
+    finally:
+        term.kill()
+    assert "Traceback" not in term.text()
+
+
+@pytest.mark.integration
+def test_pilot_against_the_real_demo_fleet(tiny_model):
+    base = free_port_block(3)
+    args = cli.build_parser().parse_args(demo_args(base))
+    app = make_app(CoreController.from_args(args))
+
+    async def scenario() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            def ready() -> bool:
+                snap = app.fleet
+                return bool(snap and snap.running and len(snap.instances) == 2
+                            and all(i.state == "ready" for i in snap.instances))
+
+            await wait_for(pilot, ready, timeout=120, what="the demo fleet to start")
+            table = app.screen.query_one(FleetTable)
+            ports = {str(table.get_row_at(r)[1]) for r in range(table.row_count)}
+            assert {str(base), str(base + 1)} <= ports
+            await wait_for(pilot, lambda: app.fleet.nginx is not None and app.fleet.nginx.config_valid is True,
+                           timeout=30, what="NGINX's config state")
+
+            await pilot.press("b")
+            await wait_for(pilot, lambda: any(s.tok_s > 0 for s in app.bench_samples), timeout=60,
+                           what="a live tok/s above zero")
+            await pilot.press("b")  # stop it: the step ends, results are kept
+            await wait_for(pilot, lambda: not app.bench_running, timeout=60, what="the benchmark to end")
+            assert "results in" in app.bench_summary, app.bench_summary
+
+            await pilot.press("p")  # least_conn -> random_two_least_conn; NGINX reloads
+            await wait_for(pilot, lambda: app.fleet.nginx.policy == "random_two_least_conn", timeout=60,
+                           what="the new policy")
+
+            await pilot.press("l")
+            await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+            await wait_for(pilot, lambda: app.screen.query_one("Log").line_count > 3, timeout=20,
+                           what="instance 0's log")
+            await pilot.press("escape")
+
+            await pilot.press("q")
+            await wait_for(pilot, lambda: app.farewell != "")
+
+    try:
+        asyncio.run(scenario())
+        assert f"2 instances on :{base}-{base + 1}" in app.farewell
+        state = fleet.load_state()
+        assert state is not None and state.supervisor_alive  # q left it running
+        assert nginx_health(base + 2) == 200
+    finally:
+        fleet.down()
+
+
+@pytest.mark.integration
+def test_cli_starts_the_demo_fleet_quits_leaving_it_and_reattaches_after_a_hangup(tiny_model):
+    base = free_port_block(3)
+    term = Terminal(demo_args(base))
+    try:
+        term.wait_text(str(base + 1), timeout=120)  # both instances' ports on screen
+        assert str(base) in term.text()
+        term.wait_text(r"\bready\b", timeout=120)
+        term.send(b"q")
+        assert term.wait_exit(timeout=30) == 0
+        out = term.text()
+        assert "Traceback" not in out
+        assert "the fleet keeps running (2 instances" in out
+        assert nginx_health(base + 2) == 200  # the fleet keeps serving
+
+        again = Terminal(demo_args(base))  # reattach: the same fleet, not a second one
+        try:
+            again.wait_text(str(base + 1), timeout=60)
+            again.wait_text(r"\bready\b", timeout=60)
+            again.hang_up()
+            assert again.wait_exit(timeout=30) == 0
+        finally:
+            again.kill()
+        assert "Traceback" not in again.text()
+        assert "already running" not in again.text()
+        assert nginx_health(base + 2) == 200
+        state = fleet.load_state()
+        assert state is not None and len(state.instances) == 2
+    finally:
+        term.kill()
+        fleet.down()
