@@ -220,8 +220,12 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
 
     async def during():
         task = asyncio.create_task(load())
-        await asyncio.sleep(0.05)
-        live = await asyncio.to_thread(frontdoor.read_stub_status, door.prefix)
+        live = None
+        while not task.done():  # read while streams are in flight, however slow the machine is
+            live = await asyncio.to_thread(frontdoor.read_stub_status, door.prefix)
+            if live and live["writing"] >= 1:
+                break
+            await asyncio.sleep(0.01)
         return await task, live
 
     upstreams, live = asyncio.run(during())
