@@ -74,18 +74,7 @@ def _state_dir_option(p: argparse.ArgumentParser) -> None:
                    help="the fleet's state dir (default: $LLAMA_TUI_STATE_DIR or ~/.local/state/llama-tui)")
 
 
-def _doctor_check(data: dict[str, Any]) -> None:
-    from llama_tui.core import fleet  # loaded only when doctor runs
-
-    fleet.doctor_check(data)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from llama_tui.core import doctor
-
-    if _doctor_check not in doctor.EXTRA_CHECKS:
-        doctor.EXTRA_CHECKS.append(_doctor_check)
-
     p = sub.add_parser("fleet", help="start, inspect, scale, restart and stop a fleet of llama-server instances")
     fsub = p.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
 

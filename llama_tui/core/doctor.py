@@ -6,14 +6,10 @@ import platform
 import sys
 from dataclasses import asdict
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 from llama_tui import __version__
 from llama_tui.core import binaries, gpu, hardware, paths
-
-# Later layers (a running fleet's thread budget, say) add their own checks here.
-EXTRA_CHECKS: list[Callable[[dict[str, Any]], None]] = []
-
 
 def _pkg_version(name: str) -> str | None:
     try:
@@ -66,8 +62,9 @@ def report() -> dict[str, Any]:
         "problems": problems,
         "warnings": warnings,
     }
-    for check in EXTRA_CHECKS:
-        check(data)
+    from llama_tui.core import fleet  # the running fleet, if any, and its thread budget
+
+    fleet.doctor_check(data)
     return data
 
 
