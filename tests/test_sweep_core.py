@@ -67,8 +67,9 @@ class FakeRunner:
             self.stop.set()
         errors = 3 if self.errors_at is not None and concurrency >= self.errors_at else 0
         tok = self.perf(shape, concurrency, n_predict)
-        return {"output_tok_s": tok, "server_output_tok_s": tok * 1.01, "ttft_p50_ms": self.ttft(shape, concurrency) / 2,
-                "ttft_p95_ms": self.ttft(shape, concurrency), "ttft_p99_ms": self.ttft(shape, concurrency) * 1.2,
+        ttft = self.ttft(shape, concurrency)
+        return {"output_tok_s": tok, "server_output_tok_s": tok * 1.01, "ttft_p50_ms": ttft / 2,
+                "ttft_p95_ms": ttft, "ttft_p99_ms": ttft * 1.2,
                 "itl_p50_ms": 1.0, "itl_p95_ms": 2.0, "tpot_p50_ms": 1.1, "e2e_p95_ms": 100.0 + concurrency,
                 "errors": errors, "requests_ok": 50, "valid": True, "rss_peak_bytes": [100 << 20] * shape.instances,
                 "rss_peak_total_bytes": (100 << 20) * shape.instances, "gpu_mem_peak_bytes": None,
@@ -125,7 +126,8 @@ def test_grid_2x2x2_writes_eight_rows_csv_best_frontier_and_metadata(model: Path
     assert {(r["instances"], r["threads"]) for r in rows} == {(1, 2), (2, 1)}
     expected = max(rows, key=lambda r: r["output_tok_s"])
     best = orjson.loads((out / "best.json").read_bytes())["best"]
-    assert best["cell_id"] == expected["cell_id"] and (best["instances"], best["parallel"], best["concurrency"]) == (2, 2, 4)
+    assert best["cell_id"] == expected["cell_id"]
+    assert (best["instances"], best["parallel"], best["concurrency"]) == (2, 2, 4)
     front = orjson.loads((out / "frontier.json").read_bytes())["frontier"]
     assert front and front[-1]["cell_id"] == expected["cell_id"]
     meta = orjson.loads((out / "metadata.json").read_bytes())
@@ -353,7 +355,8 @@ def test_extra_dimensions_are_swept_and_recorded(model: Path, tmp_path: Path) ->
                      ubatch=(32,), n_predict=(16, 32), repeats=2), runner)
     rows = jsonl_rows(out)
     assert len(rows) == 2 * 2 * 2 * 2  # threads x batch x n_predict x repeats
-    assert {(r["threads"], r["batch"], r["ubatch"]) for r in rows} == {(1, 64, 32), (1, 128, 32), (2, 64, 32), (2, 128, 32)}
+    assert {(r["threads"], r["batch"], r["ubatch"]) for r in rows} == {
+        (1, 64, 32), (1, 128, 32), (2, 64, 32), (2, 128, 32)}
     assert {r["n_predict"] for r in rows} == {16, 32} and {r["repeat"] for r in rows} == {0, 1}
     assert Shape(1, 2, 1, 64, 32).server_args() == ("--batch-size", "64", "--ubatch-size", "32")
 
@@ -435,7 +438,7 @@ def test_free_memory_uses_nvml_when_asked(monkeypatch) -> None:
     assert fit.free_memory(want_gpu=False)[1] is None
 
 
-# ------------------------------------------------------------------------------------------------ fingerprint, config, report
+# ------------------------------------------------------------------------------------------------ fingerprint, config
 
 
 def test_fingerprint_ignores_the_path_but_not_the_content(model: Path, tmp_path: Path) -> None:
@@ -622,3 +625,14 @@ def test_config_from_settings_takes_the_preset_tables(tmp_path: Path) -> None:
     assert (cfg.duration, cfg.warmup, cfg.ctx_per_slot, cfg.n_predict) == (4.0, 1.0, 512, (64,))
     assert cfg.threads is None and cfg.adaptive and cfg.base_port == 30001 and cfg.nginx_port == 18100
     assert cfg.model.name.startswith("tiny") and cfg.out_dir.is_absolute()
+
+
+def test_heatmap_says_why_a_shape_has_no_number() -> None:
+    rows = [row(500, 90, instances=1, parallel=1), row(900, 10, valid=False, instances=1, parallel=2),
+            row(700, 10, errors=2, instances=2, parallel=1), row(800, 10, instances=2, parallel=2),
+            {"status": "oom", "instances": 3, "parallel": 1, "concurrency": None},
+            {"status": "no_fit", "instances": 3, "parallel": 2, "concurrency": None}]
+    lines = sweep.heatmap(rows, {"ttft_p95_ms": 50})
+    assert lines[1].split()[2:] == ["slo", "invalid"]
+    assert lines[2].split()[2:4] == ["errors", "800"] and lines[2].rstrip().endswith("<")
+    assert lines[3].split()[2:] == ["oom", "no", "fit"]

@@ -150,7 +150,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         return run_report(args)
     cfg, settings = build_config(args)
     stop = threading.Event()
-    sweep.install_stop_handlers(stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down (Ctrl-C again to force)"))
+    sweep.install_stop_handlers(
+        stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down (Ctrl-C again to force)"))
     info(f"sweep -> {cfg.out_dir}")
     res = sweep.run(cfg, on_event=_print_event, stop=stop)
     if args.json:

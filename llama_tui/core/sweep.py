@@ -414,7 +414,7 @@ class PeakSampler:
         rss = [self.rss.get(p) for p in self.pids]
         gpu = [self.gpu.get(p) for p in self.pids] if self.gpu else None
         return {"rss_peak_bytes": rss,
-                "rss_peak_total_bytes": sum(r for r in rss if r is not None) if any(r is not None for r in rss) else None,
+                "rss_peak_total_bytes": sum(r for r in rss if r is not None) if self.rss else None,
                 "gpu_mem_peak_bytes": gpu,
                 "gpu_mem_peak_total_bytes": sum(g for g in gpu if g is not None) if gpu else None}
 
@@ -453,7 +453,8 @@ class FleetRunner:
         st = state.read_state(self.state_dir)
         if st is not None:
             fleet.down(state_dir=self.state_dir)
-            notes.append(f"stopped the fleet an interrupted sweep left running ({len(st.instances)} instances)")
+            n = len(st.instances)
+            notes.append(f"stopped the fleet an interrupted sweep left running ({n} instance{'' if n == 1 else 's'})")
         stray = state.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
         if stray:
             for p in stray:
@@ -906,14 +907,16 @@ def heatmap(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, float] | None =
     pars = sorted({r["parallel"] for r in rows if r.get("parallel") is not None})
     best: dict[tuple[int, int], float] = {}
     note: dict[tuple[int, int], str] = {}
+    why_not = {results.NO_FIT: "no fit", results.OOM: "oom", results.LAUNCH_FAILED: "failed"}
     for r in rows:
         key = (r.get("instances"), r.get("parallel"))
         if results.is_good(r) and results.within_slo(r, slo):
             best[key] = max(best.get(key, 0.0), float(r["output_tok_s"]))  # type: ignore[index]
         elif r.get("status") in (results.NO_FIT, results.OOM, results.LAUNCH_FAILED):
-            note.setdefault(key, {"no_fit": "no fit", "oom": "oom", "launch_failed": "failed"}[r["status"]])  # type: ignore[arg-type]
+            note.setdefault(key, why_not[r["status"]])  # type: ignore[arg-type]
         elif results.is_measured(r):
-            note.setdefault(key, "errors" if (r.get("errors") or 0) else ("slo" if slo else "invalid"))  # type: ignore[arg-type]
+            reason = "errors" if (r.get("errors") or 0) else "invalid" if not r.get("valid") else "slo"
+            note.setdefault(key, reason)  # type: ignore[arg-type]
     top = max(best.values(), default=0.0)
     table = []
     for i in insts:
