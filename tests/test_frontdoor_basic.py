@@ -138,3 +138,11 @@ def test_read_stub_status_without_nginx_is_none(tmp_path):
     s.bind(str(tmp_path / "nginx" / "status.sock"))
     s.close()
     assert frontdoor.read_stub_status(tmp_path / "nginx") is None
+
+
+def test_a_candidate_that_cannot_be_written_is_a_failed_check_not_a_crash(nginx_bin, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the prefix should be")
+    door = FrontDoor(nginx_bin, prefix=blocker / "nginx")
+    check = door.test("events {}\nhttp {}\n")
+    assert not check.ok and "cannot write" in check.error

@@ -335,9 +335,12 @@ class FrontDoor:
 
     def test(self, text: str) -> ConfigCheck:
         """`nginx -t` on `text` written to a candidate file next to the live one."""
-        self._prepare()
         candidate = self.prefix / "nginx.conf.candidate"
-        paths.write_private(candidate, text)
+        try:
+            self._prepare()
+            paths.write_private(candidate, text)
+        except OSError as exc:  # e.g. a full disk: the running config stays, the error is reported
+            return ConfigCheck(False, f"cannot write {candidate}: {exc.strerror or exc}")
         try:
             proc = subprocess.run(self._cmd(candidate, "-t", "-q"), capture_output=True, text=True, timeout=30,
                                   stdin=subprocess.DEVNULL)

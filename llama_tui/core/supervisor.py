@@ -238,6 +238,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------ processes
 
+    def _open_instance_log(self, rec: st_mod.InstanceState) -> int:
+        """The instance's log, opened for appending; /dev/null when it cannot be opened (full disk)."""
+        log_path = Path(rec.log_path)
+        try:
+            paths.ensure_private_dir(log_path.parent)
+            return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            log(f"instance {rec.index}: cannot open its log {log_path} ({exc}); its output is discarded")
+            return os.open(os.devnull, os.O_WRONLY)
+
     def _spawn(self, inst: Instance, restart: bool = False) -> None:
         rec = inst.rec
         rec.cmd = self.spec.command(self.state.llama_server or "llama-server", rec.index, rec.threads)
@@ -245,13 +255,14 @@ class Supervisor:
         env["LLAMA_TUI_OWNER"] = self.owner
         if rec.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
-        log_path = Path(rec.log_path)
-        paths.ensure_private_dir(log_path.parent)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = self._open_instance_log(rec)
         try:
             banner = (f"--- llama-tui: instance {rec.index} {'restart' if restart else 'start'} at "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(rec.cmd)}\n")
-            os.write(fd, banner.encode())
+            try:
+                os.write(fd, banner.encode())
+            except OSError:
+                pass  # a full disk loses the banner, not the instance
             proc = subprocess.Popen(rec.cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
                                     start_new_session=True, close_fds=True, cwd=str(self.dir))
         except OSError as exc:

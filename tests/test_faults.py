@@ -1,0 +1,174 @@
+"""Faults against a real supervised fleet (tiny model, llama-server + NGINX started by llama-tui itself).
+
+- an instance SIGKILLed mid-benchmark: only its in-flight requests fail, they are attributed to it,
+  NGINX routes around it, the supervisor restarts it, the benchmark carries on and traffic comes back;
+- the disk under the state dir fills up: instances and NGINX keep serving, status still answers,
+  `fleet down` still stops everything.
+(Supervisor killed, NGINX killed, a corrupt model: tests/test_fleet_integration.py. A damaged results
+file: tests/test_sweep_integration.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import psutil
+import pytest
+
+from llama_tui.core import bench, fleet, state
+from llama_tui.core.bench import BenchConfig
+
+from conftest import free_port, free_port_block, reap_owned, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def start_fleet(state_dir: Path, tiny_model: Path, instances: int = 2) -> fleet.FleetState:
+    spec = fleet.FleetSpec(model=tiny_model, instances=instances, parallel=2, ctx_per_slot=2048, threads=1,
+                           base_port=free_port_block(instances + 1), nginx_port=free_port(), ready_timeout=60,
+                           policy="least_conn")
+    fleet.up(spec, state_dir=state_dir)
+    return fleet.load_state(state_dir)
+
+
+def instance(state_dir: Path, index: int) -> Any:
+    s = fleet.load_state(state_dir)
+    return next(i for i in s.instances if i.index == index) if s else None
+
+
+def test_instance_killed_mid_benchmark(isolated_dirs, tiny_model):
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        victim = instance(isolated_dirs, 0)
+        victim_addr = f"127.0.0.1:{victim.port}"
+        samples = []
+        box: dict[str, Any] = {}
+        config = BenchConfig(url=st.nginx_url(), concurrency=(8,), duration=8.0, warmup=0.0, n_predict=400,
+                             prompt_tokens=8, workers=1, timeout=30, state_dir=str(isolated_dirs))
+        t = threading.Thread(target=lambda: box.setdefault("step", bench.run_step(config, on_sample=samples.append)))
+        t.start()
+        wait_for(lambda: samples and samples[-1].tok_s > 0 and samples[-1].inflight >= 6, 20, "load in flight")
+        killed_at = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        t.join(timeout=90)
+        assert not t.is_alive()
+        step = box["step"]
+
+        # Only the killed instance's in-flight streams failed, and they are attributed to it.
+        assert step["errors"] >= 1, "the kill hit no stream: the test proved nothing"
+        assert set(step["errors_by_class"]) <= {"truncated"}, step["errors_by_class"]
+        assert step["errors"] <= 8  # at most what was in flight (concurrency 8)
+        others = {a: u for a, u in step["per_upstream"].items() if a != victim_addr}
+        assert others and all(u["errors"] == 0 for u in others.values()), step["per_upstream"]
+        assert step["per_upstream"][victim_addr]["errors"] == step["errors"]
+        # The benchmark carried on: far more requests finished than were lost.
+        assert step["requests_ok"] > 4 * step["errors"], (step["requests_ok"], step["errors"])
+
+        # The supervisor restarted it on the same port, and NGINX sends it traffic again.
+        back = wait_for(lambda: (lambda i: i if i and i.state == "ready" and i.restarts == 1 else None)(
+            instance(isolated_dirs, 0)), 20, "the instance ready again with restarts == 1")
+        assert back.port == victim.port and back.pid != victim.pid
+        seen: set[str] = set()
+
+        def served_by_victim() -> bool:
+            r = httpx.post(f"{st.nginx_url()}/completion", timeout=30,
+                           json={"prompt": "x", "n_predict": 4, "ignore_eos": True})
+            assert r.status_code == 200
+            seen.add(r.headers["x-upstream"])
+            return victim_addr in seen
+
+        wait_for(served_by_victim, 20, "NGINX to route to the restarted instance")
+        recovery_s = time.monotonic() - killed_at
+        assert recovery_s < 40
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def _owner(p: psutil.Process) -> str | None:
+    try:
+        return p.environ().get("LLAMA_TUI_OWNER")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def _fill(where: Path) -> None:
+    with open(where / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "dev_full"])
+def test_a_full_disk_does_not_stop_the_fleet(how, tmp_path, tiny_model, monkeypatch):
+    """tmpfs: the state dir on a small tmpfs filled to the last byte (needs root to mount; falls back to
+    dev_full otherwise). dev_full: every instance log is /dev/full, which fails every write with ENOSPC."""
+    sd = tmp_path / "full"
+    mounted = how == "tmpfs" and _mount_tmpfs(sd, "16m")
+    monkeypatch.setenv("LLAMA_TUI_STATE_DIR", str(sd))
+    try:
+        st = start_fleet(sd, tiny_model)
+        if mounted:
+            _fill(sd)
+            assert shutil.disk_usage(sd).free < 64 * 1024
+        else:
+            for inst in st.instances:
+                log = Path(inst.log_path)
+                log.unlink()
+                log.symlink_to("/dev/full")
+        # Restarting on the full disk (as after a crash) works: the logs are best-effort.
+        old_pids = {i.pid for i in st.instances}
+        fleet.restart(state_dir=sd)
+        # The state file cannot be rewritten on a full disk, so look the instances up by their owner marker.
+        running = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"
+                   and _owner(p) == str(sd)}
+        assert len(running) == 2 and running.isdisjoint(old_pids), (running, old_pids)
+
+        # Serving goes on: every request through NGINX succeeds, with logs that cannot be written.
+        for _ in range(30):
+            r = httpx.post(f"{st.nginx_url()}/completion", timeout=30,
+                           json={"prompt": "hello", "n_predict": 32, "ignore_eos": True, "cache_prompt": False})
+            assert r.status_code == 200 and r.json()["timings"]["predicted_n"] == 32
+        time.sleep(2.5)  # a few supervisor ticks (state writes, log rotation) on the full disk
+        assert all(state.alive(p) for p in running)
+        status = run_cli("fleet", "status", "--json", env={"LLAMA_TUI_STATE_DIR": str(sd)})
+        assert status.returncode == 0, status.stderr
+        assert '"supervisor_alive": true' in status.stdout
+        down = run_cli("fleet", "down", env={"LLAMA_TUI_STATE_DIR": str(sd)})
+        assert down.returncode == 0, down.stderr
+        assert not any(state.alive(p) for p in running)
+    finally:
+        fleet.down(sd, timeout=5)
+        leftovers = reap_owned(str(sd))  # this state dir is outside the per-test safety net
+        if mounted:
+            subprocess.run(["umount", "-l", str(sd)], capture_output=True)
+    assert not leftovers, f"processes left running: {leftovers}"
