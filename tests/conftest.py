@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import psutil
@@ -230,6 +230,18 @@ def nginx_front(nginx_bin: Path, isolated_dirs: Path) -> Iterator[Callable[..., 
     yield start
     for d in doors:
         d.stop(timeout=3)
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `fn` until it returns something truthy (and return that), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
 
 
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess[str]:

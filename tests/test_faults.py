@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import psutil
@@ -26,20 +26,9 @@ import pytest
 from llama_tui.core import bench, fleet, state
 from llama_tui.core.bench import BenchConfig
 
-from conftest import free_port, free_port_block, reap_owned, run_cli
+from conftest import wait_for, free_port, free_port_block, reap_owned, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def start_fleet(state_dir: Path, tiny_model: Path, instances: int = 2) -> fleet.FleetState:

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -19,20 +19,9 @@ import pytest
 from llama_tui.core import fleet, state
 from llama_tui.core.errors import UserError
 
-from conftest import REPO, free_port, free_port_block, run_cli
+from conftest import wait_for, REPO, free_port, free_port_block, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
