@@ -306,10 +306,12 @@ def load_settings(
         if raw is None:
             continue
         section, key = dotted.split(".", 1)
+        option = f"--{key.replace('_', '-')}"
         try:
             values[section][key] = SCHEMA[section][key][0](raw)
         except (ValueError, TypeError) as exc:
-            raise UserError(f"bad value for --{key.replace('_', '-')} {raw!r}: {exc}",
-                            f"correct --{key.replace('_', '-')}") from None
+            raise UserError(f"bad value for {option} {raw!r}: {exc}", f"correct {option}") from None
+        except UserError as exc:  # list parsers explain themselves; say which option it was
+            raise UserError(f"bad value for {option}: {exc.cause}", exc.fix) from None
         sources[dotted] = "cli"
     return Settings(str(chosen) if chosen else None, values, sources)

@@ -343,7 +343,7 @@ class FrontDoor:
             return ConfigCheck(False, f"cannot write {candidate}: {exc.strerror or exc}")
         try:
             proc = subprocess.run(self._cmd(candidate, "-t", "-q"), capture_output=True, text=True, timeout=30,
-                                  stdin=subprocess.DEVNULL)
+                                  umask=0o077, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return ConfigCheck(False, f"cannot run nginx -t: {exc}")
         if proc.returncode != 0:
@@ -373,9 +373,14 @@ class FrontDoor:
         sock = self.status_socket
         if sock.exists():  # left by an NGINX that was killed; it would block the listen
             sock.unlink()
-        with open(self.prefix / "logs" / "stderr.log", "ab") as logf:
-            self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, start_new_session=True, env=self._env())
+        fd = os.open(self.prefix / "logs" / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            # umask 077: the pid file and the logs NGINX creates are private (0600) like the rest of the state dir
+            self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=fd,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=self._env(),
+                                         umask=0o077)
+        finally:
+            os.close(fd)
         self.spec = spec
         self._wait_listening(spec)
         return self.proc
