@@ -80,7 +80,8 @@ def port_block() -> Callable[[int], int]:
 
 
 def _owned_by(proc: psutil.Process, owner: str) -> bool:
-    if proc.environ().get("LLAMA_TUI_OWNER") == owner:
+    marker = proc.environ().get("LLAMA_TUI_OWNER")
+    if marker is not None and (marker == owner or marker.startswith(owner + "/")):
         return True
     # nginx overwrites its environment with its process title, so the marker cannot be read back;
     # its master's command line names the prefix (inside the state dir), and workers share its group.
@@ -89,7 +90,8 @@ def _owned_by(proc: psutil.Process, owner: str) -> bool:
 
 
 def reap_owned(owner: str, timeout: float = 5.0) -> list[int]:
-    """Kill every process owned by the state dir `owner` (marker or nginx prefix). Returns their pids."""
+    """Kill every process owned by `owner` or a directory below it (a sweep runs its fleets in
+    OUT/fleet-state): found by the LLAMA_TUI_OWNER marker, or nginx by its prefix. Returns their pids."""
     victims = []
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
@@ -121,7 +123,7 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
                 ("LLAMA_TUI_STATE_DIR", "LLAMA_TUI_CONFIG_DIR", "LLAMA_TUI_CACHE_DIR")]:
         monkeypatch.delenv(var, raising=False)
     yield state
-    leftovers = reap_owned(str(state))
+    leftovers = reap_owned(str(tmp_path))  # the state dir, and any other state dir the test made
     assert not leftovers, f"processes left running after the test: {leftovers}"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
 
-from conftest import free_port, reap_owned
+from conftest import free_port, reap_owned, wait_for
 
 
 @pytest.mark.integration
@@ -33,3 +33,20 @@ def test_reaper_finds_marked_processes_and_nginx(isolated_dirs, nginx_bin):
         unrelated.kill()
         unrelated.wait()
         door.stop(timeout=2)
+
+
+def test_reaper_covers_state_dirs_below_the_owner(tmp_path):
+    sweep_fleet = tmp_path / "out" / "fleet-state"  # where a sweep runs its fleets
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, "LLAMA_TUI_OWNER": str(sweep_fleet)}, start_new_session=True)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                               env={**os.environ, "LLAMA_TUI_OWNER": str(tmp_path) + "-other"},
+                               start_new_session=True)
+    try:
+        wait_for(lambda: psutil.Process(child.pid).environ().get("LLAMA_TUI_OWNER") == str(sweep_fleet), 10,
+                 "the child to exec with its marker")
+        assert reap_owned(str(tmp_path)) == [child.pid]
+        assert child.wait(timeout=5) is not None and sibling.poll() is None
+    finally:
+        sibling.kill()
+        sibling.wait()
