@@ -51,7 +51,9 @@ DEFINITIONS = {
                "its scheduled arrival) to the first event carrying a token (chat: the first content delta)",
     "itl_ms": "inter-token latency: each gap between consecutive token-carrying events of a request whose later "
               "event arrived inside the window; an event carrying k tokens gives k samples of gap/k "
-              "(chat: per content chunk)",
+              "(chat: per content chunk). Events that arrive in one socket read share a timestamp, so their "
+              "gap is 0: ITL is resolved only to the client's read granularity (sub-ms tiny-model tokens "
+              "often show p50 0.00)",
     "tpot_ms": "time per output token: (E2E - TTFT) / (n - 1) per request with n >= 2 tokens (vLLM's definition)",
     "e2e_ms": "end-to-end latency: from the intended start to the final event (last token) of the response",
     "output_tok_s": "tokens completed inside the window / window length. Tokens come from the server: the native "
