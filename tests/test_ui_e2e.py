@@ -7,16 +7,7 @@ carrying its owner marker is left.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import pty
 import re
-import signal
-import struct
-import sys
-import termios
-import threading
-import time
 
 import httpx
 import pytest
@@ -27,11 +18,10 @@ from llama_tui.ui.app import make_app
 from llama_tui.ui.controller import CoreController
 from llama_tui.ui.screens.logs import LogsScreen
 from llama_tui.ui.scripted import wait_for
+from llama_tui.ui.terminal_harness import Terminal
 from llama_tui.ui.widgets.fleet_table import FleetTable
 
-from conftest import REPO, free_port_block
-
-ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
+from conftest import free_port_block
 
 
 def demo_args(base: int) -> list[str]:
@@ -43,76 +33,6 @@ def nginx_health(port: int) -> int | None:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
     except httpx.HTTPError:
         return None
-
-
-class Terminal:
-    """`python -m llama_tui ARGS` in a 120x40 pseudo-terminal; collects what it draws."""
-
-    def __init__(self, args: list[str], cols: int = 120, rows: int = 40) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: its own session, the pty as its controlling terminal
-            os.environ["TERM"] = "xterm-256color"
-            os.chdir(REPO)
-            os.execv(sys.executable, [sys.executable, "-m", "llama_tui", *args])
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        self.raw = bytearray()
-        self.lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.status: int | None = None
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            with self.lock:
-                self.raw.extend(chunk)
-
-    def text(self) -> str:
-        with self.lock:
-            return ANSI.sub(b"", bytes(self.raw)).decode(errors="replace")
-
-    def wait_text(self, pattern: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.text()):
-            if time.monotonic() > deadline or self.exited():
-                raise AssertionError(f"{pattern!r} not on screen after {timeout}s; screen tail:\n{self.text()[-3000:]}")
-            time.sleep(0.1)
-
-    def send(self, keys: bytes) -> None:
-        os.write(self.fd, keys)
-
-    def exited(self) -> bool:
-        if self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
-        return self.status is not None
-
-    def wait_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while not self.exited():
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                raise AssertionError(f"the TUI did not exit within {timeout}s; screen tail:\n{self.text()[-3000:]}")
-            time.sleep(0.05)
-        self.reader.join(timeout=5)
-        assert self.status is not None
-        return os.waitstatus_to_exitcode(self.status)
-
-    def hang_up(self) -> None:
-        """What an SSH drop does: the terminal goes away (the session gets SIGHUP)."""
-        os.close(self.fd)
-
-    def kill(self) -> None:
-        if not self.exited():
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
 
 
 def test_terminal_hangup_exits_cleanly_without_a_fleet():
@@ -181,9 +101,8 @@ def test_cli_starts_the_demo_fleet_quits_leaving_it_and_reattaches_after_a_hangu
     base = free_port_block(3)
     term = Terminal(demo_args(base))
     try:
-        term.wait_text(str(base + 1), timeout=120)  # both instances' ports on screen
-        assert str(base) in term.text()
-        term.wait_text(r"\bready\b", timeout=120)
+        term.wait_text(rf"{base + 1}\s+\d+\s+ready", timeout=120)  # instance 1's row: port, pid, ready
+        assert re.search(rf"{base}\s+\d+\s+ready", term.text())
         term.send(b"q")
         assert term.wait_exit(timeout=30) == 0
         out = term.text()
@@ -193,8 +112,7 @@ def test_cli_starts_the_demo_fleet_quits_leaving_it_and_reattaches_after_a_hangu
 
         again = Terminal(demo_args(base))  # reattach: the same fleet, not a second one
         try:
-            again.wait_text(str(base + 1), timeout=60)
-            again.wait_text(r"\bready\b", timeout=60)
+            again.wait_text(rf"{base + 1}\s+\d+\s+ready", timeout=60)
             again.hang_up()
             assert again.wait_exit(timeout=30) == 0
         finally:

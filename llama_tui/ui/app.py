@@ -21,6 +21,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.timer import Timer
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from llama_tui.core.errors import UserError
@@ -35,6 +36,7 @@ from llama_tui.ui.screens.logs import LogsScreen
 from llama_tui.ui.screens.main import MainScreen
 from llama_tui.ui.screens.sweep import SweepScreen
 from llama_tui.ui.widgets.fleet_table import FleetPane, FleetTable
+from llama_tui.ui.widgets.stable_table import show_text
 from llama_tui.ui.widgets.sweep_heatmap import best_result
 from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
@@ -46,7 +48,7 @@ RUN_NAMES = {"bench": "benchmark", "sweep": "sweep"}
 
 class LlamaTui(App[int]):
     TITLE = "llama-tui"
-    CSS_PATH = "llama_tui.tcss"
+    CSS_PATH = Path(__file__).with_name("llama_tui.tcss")  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {FleetCommands}
     BINDINGS = [
         Binding("w", "sweep", "Sweep", id="sweep.screen"),
@@ -128,8 +130,10 @@ class LlamaTui(App[int]):
             door = f", NGINX on {snap.nginx.listen or '127.0.0.1'}:{snap.nginx.port}" if snap.nginx else ""
             lines.append(f"llama-tui: the fleet keeps running ({len(ports)} instances on {span}{door}). "
                          "`llama-tui` reattaches; `llama-tui fleet down` stops it.")
-        else:
+        elif not self.busy:
             lines.append("llama-tui: no fleet running.")
+        if self.busy:  # the core call goes on without us (the fleet's supervisor is its own process)
+            lines.append(f"llama-tui: left while {self.busy}; `llama-tui fleet status` shows how it ended.")
         for kind in stopped:
             lines.append(f"llama-tui: the {RUN_NAMES.get(kind, kind)} started from the TUI was stopped.")
         return "\n".join(lines)
@@ -229,9 +233,10 @@ class LlamaTui(App[int]):
             text, cls = f"{self.busy}…", "-busy"
         else:
             text, cls = self.status, ""
-        line = screen.query_one("#status-line")
-        line.update(text)
-        line.set_classes(cls)
+        line = screen.query_one("#status-line", Static)
+        show_text(line, text)
+        for c in ("-error", "-busy"):
+            line.set_class(c == cls, c)
 
     def render_bench(self) -> None:
         screen = self.main_screen()

@@ -31,18 +31,24 @@ def size(v: int | None) -> str:
     return NA  # pragma: no cover
 
 
-def duration(s: float | None) -> str:
-    """Compact elapsed time: 42s, 5m03s, 2h07m, 3d04h."""
+def duration(s: float | None, seconds_after_a_minute: bool = True) -> str:
+    """Compact elapsed time: 42s, 5m03s, 2h07m, 3d04h (5m without seconds_after_a_minute)."""
     if s is None:
         return NA
     s = max(0, int(s))
     if s < 60:
         return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
+        return f"{s // 60}m{s % 60:02d}s" if seconds_after_a_minute else f"{s // 60}m"
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def age(s: float | None) -> str:
+    """How long something has been up: seconds only in its first minute (42s, 12m, 2h07m), so a 1 s
+    refresh does not redraw every uptime cell every second."""
+    return duration(s, seconds_after_a_minute=False)
 
 
 def ms(v: float | None) -> str:

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
 from llama_tui.ui import units
+from llama_tui.ui.widgets.stable_table import StableTable, show_text
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap, best_result
 from llama_tui.ui.widgets.throughput_chart import bar
 
@@ -47,7 +48,7 @@ def progress_line(p: SweepProgress | None, running: bool) -> str:
             f"elapsed {units.duration(p.t)}  ETA {eta}")
 
 
-class ResultsTable(DataTable):
+class ResultsTable(StableTable):
     COMPONENT_CLASSES = {"results-table--best", "results-table--invalid"}
 
     def __init__(self, **kw) -> None:
@@ -69,7 +70,7 @@ class ResultsTable(DataTable):
         values = [("★" if best else " ") + str(n + 1), str(r.instances), str(r.parallel), str(r.concurrency),
                   units.num(r.tok_s), units.ms(r.ttft_p50_ms), units.ms(r.ttft_p95_ms), str(r.errors),
                   "yes" if r.valid else "NO"]
-        return [Text(v, style=style) if style else v for v in values]
+        return [Text(v, style=style or "") for v in values]  # Text: no markup parsing per redraw
 
     def show(self, results: tuple[SweepCellResult, ...]) -> None:
         if len(results) < len(self._shown):  # a new sweep: start over
@@ -134,7 +135,7 @@ class SweepScreen(Screen):
         self.set_class(event.size.width < 100, "-narrow")
 
     def show(self, progress: SweepProgress | None, running: bool) -> None:
-        self.query_one("#sweep-progress", Static).update(progress_line(progress, running))
+        show_text(self.query_one("#sweep-progress", Static), progress_line(progress, running))
         self.query_one(SweepHeatmap).progress = progress
         if progress is not None:
             self.query_one(ResultsTable).show(progress.results)

@@ -9,12 +9,14 @@ from typing import Any, Callable
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, SystemSample
 from llama_tui.ui import units
+from llama_tui.ui.widgets.stable_table import StableTable, show_text
 
 TOTAL_KEY = "total"
+EMPTY = Text("")
 STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
@@ -45,7 +47,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("gpu_mem", "GPU mem", 7, True, _gpu_mem, 5),
     Column("gpu_util", "GPU%", 4, False, lambda i: units.pct(i.gpu_util_percent)),
     Column("restarts", "rst", 3, True, lambda i: str(i.restarts)),
-    Column("uptime", "uptime", 6, False, lambda i: units.duration(i.uptime_s)),
+    Column("uptime", "uptime", 6, False, lambda i: units.age(i.uptime_s)),
 )
 NARROW_LABELS = {"gpu_mem": "GPU", "req": "req"}
 NARROW_STATES = {"restarting": "restart", "starting": "start"}
@@ -88,7 +90,7 @@ def system_line(sysm: SystemSample | None) -> str:
     return "  ·  ".join(parts)
 
 
-class FleetTable(DataTable):
+class FleetTable(StableTable):
     """Instances keyed by port. Cells change in place, so the cursor stays on its row."""
 
     COMPONENT_CLASSES = {f"fleet-table--{s}" for s in STATES} | {"fleet-table--total"}
@@ -122,11 +124,11 @@ class FleetTable(DataTable):
         self._build_columns()
         return True
 
-    def _styled(self, key: str, value: str, state: str | None) -> Text | str:
+    def _styled(self, key: str, value: str, state: str | None) -> Text:
         if key == "state" and state:
             shown = NARROW_STATES.get(value, value) if self.narrow else value
             return Text(shown, style=self.get_component_rich_style(f"fleet-table--{state}", partial=True))
-        return value
+        return Text(value)  # a Text, not a str: DataTable parses str cells as markup on every redraw
 
     def selected_port(self) -> int | None:
         if self.row_count == 0:
@@ -144,9 +146,9 @@ class FleetTable(DataTable):
                     self._cells = {ck: v for ck, v in self._cells.items() if ck[0] != key}
             for inst in snap.instances:
                 if str(inst.port) not in self.rows:
-                    self.add_row(*[""] * len(cols), key=str(inst.port))
+                    self.add_row(*[EMPTY] * len(cols), key=str(inst.port))
             if snap.instances:
-                self.add_row(*[""] * len(cols), key=TOTAL_KEY)
+                self.add_row(*[EMPTY] * len(cols), key=TOTAL_KEY)
             self._ports = ports
         for inst in snap.instances:
             for c in cols:
@@ -191,14 +193,14 @@ class FleetPane(Vertical):
             sup = f"supervisor {snap.supervisor_pid}" if snap.supervisor_pid else "supervisor n/a"
             if snap.supervisor_alive is False:
                 sup += " (gone)"
-            self.border_title = f"Fleet · {model} · {shape}"
-            self.border_subtitle = sup
+            titles = (f"Fleet · {model} · {shape}", sup)
         else:
-            self.border_title = "Fleet · none running"
-            self.border_subtitle = ""
-        self.query_one("#fleet-empty", Static).update(idle_hint)
-        self.query_one("#system-line", Static).update(system_line(snap.system))
+            titles = ("Fleet · none running", "")
+        if titles != (self.border_title, self.border_subtitle):  # setting them repaints the pane, even unchanged
+            self.border_title, self.border_subtitle = titles
+        show_text(self.query_one("#fleet-empty", Static), idle_hint)
+        show_text(self.query_one("#system-line", Static), system_line(snap.system))
         problems = [f"instance {i.index} :{i.port} {i.state}: {i.last_error or 'no error recorded'}" for i in failed]
         problems += list(snap.warnings)
-        self.query_one("#fleet-problems", Static).update("\n".join(problems))
+        show_text(self.query_one("#fleet-problems", Static), "\n".join(problems))
         self.query_one("#fleet-problems", Static).display = bool(problems)

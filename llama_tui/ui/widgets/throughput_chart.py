@@ -8,6 +8,7 @@ results, are drawn dim. The figures are the client's: tokens counted from the se
 from __future__ import annotations
 
 import math
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -18,6 +19,7 @@ from textual.widgets import Static
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.ui import units
 from llama_tui.ui.controller import StepVerdict
+from llama_tui.ui.widgets.stable_table import show_text
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 AXIS_W = 6
@@ -132,28 +134,28 @@ class ThroughputPane(Vertical):
         ramp = self.query_one("#ramp-line", Static)
         verdict = self.query_one("#validity-line", Static)
         if not samples:
-            stats.update("")
-            ramp.update(summary)
-            verdict.update("")
+            show_text(stats, "")
+            show_text(ramp, summary)
+            show_text(verdict, "")
             return
         last = samples[-1]
-        stats.update(f"[b]{units.num(last.tok_s)}[/b] tok/s · TTFT p50 {units.ms(last.ttft_p50_ms)} "
+        show_text(stats, f"[b]{units.num(last.tok_s)}[/b] tok/s · TTFT p50 {units.ms(last.ttft_p50_ms)} "
                      f"p95 {units.ms(last.ttft_p95_ms)} · errors {last.errors}"
                      + (" · warm-up" if last.phase == "warmup" else ""))
-        verdict.update(validity(last, verdicts))
+        show_text(verdict, validity(last, verdicts))
         frac = ramp_progress(last)
         steps = f"step {last.step + 1}/{last.steps_total}" if last.steps_total else f"step {last.step + 1}"
         load = load_label(last)
         if running:
             pct = f" {bar(frac, 12)} {frac * 100:.0f}%" if frac is not None else ""
-            ramp.update(f"{steps} {load}{pct} · {last.inflight} in flight · {last.requests_done:,} req")
+            show_text(ramp, f"{steps} {load}{pct} · {last.inflight} in flight · {last.requests_done:,} req")
             return
         text = f"ended at {steps} {load}"
         finished = [v for v in verdicts if v.tok_s is not None]
         if finished:
             best = max(finished, key=lambda v: v.tok_s or 0.0)
             text += f" · best {units.num(best.tok_s)} tok/s at {best.load}"
-        ramp.update(text + (f" · {summary}" if summary else ""))
+        show_text(ramp, text + (f" · {summary}" if summary else ""))
 
 
 def load_label(s: BenchSample) -> str:

@@ -11,10 +11,11 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from llama_tui.core.snapshots import UpstreamSnapshot
 from llama_tui.ui import units
+from llama_tui.ui.widgets.stable_table import StableTable, show_text
 
 BACKEND_COLUMNS = (("backend", "backend", 7), ("requests", "req", 6), ("rps", "req/s", 5),
                    ("inflight", "in-fl", 5), ("errors", "err", 4), ("p50", "p50", 6), ("p95", "p95", 6))
@@ -35,7 +36,7 @@ def short_address(address: str) -> str:
     return address[len("127.0.0.1"):] if address.startswith("127.0.0.1:") else address
 
 
-class BackendTable(DataTable):
+class BackendTable(StableTable):
     """Backends keyed by address, updated in place."""
 
     COMPONENT_CLASSES = {"backend-table--error"}
@@ -57,7 +58,7 @@ class BackendTable(DataTable):
             self.clear()
             self._cells.clear()
             for addr in rows:
-                self.add_row(*[""] * len(BACKEND_COLUMNS), key=addr)
+                self.add_row(*[Text("")] * len(BACKEND_COLUMNS), key=addr)
             self._rows = rows
         err_style = self.get_component_rich_style("backend-table--error", partial=True)
         for s in stats:
@@ -68,7 +69,7 @@ class BackendTable(DataTable):
                 if self._cells.get((s.address, key)) != value:
                     self._cells[(s.address, key)] = value
                     bad = key == "errors" and s.errors > 0
-                    self.update_cell(s.address, key, Text(value, style=err_style) if bad else value)
+                    self.update_cell(s.address, key, Text(value, style=err_style if bad else ""))
 
 
 class UpstreamPane(Vertical):
@@ -86,22 +87,22 @@ class UpstreamPane(Vertical):
         self.set_class(up is None, "-empty")
         self.set_class(up is not None and up.config_valid is False, "-degraded")
         if up is None:
-            self.query_one("#nginx-line", Static).update("NGINX not running")
-            self.query_one("#nginx-error", Static).update("")
-            self.query_one("#backend-summary", Static).update("")
-            self.query_one("#stub-line", Static).update("")
+            show_text(self.query_one("#nginx-line", Static), "NGINX not running")
+            show_text(self.query_one("#nginx-error", Static), "")
+            show_text(self.query_one("#backend-summary", Static), "")
+            show_text(self.query_one("#stub-line", Static), "")
             self.query_one(BackendTable).show(None)
             return
         config = {True: "config valid", False: "config INVALID", None: "config n/a"}[up.config_valid]
         where = f"{up.listen or '127.0.0.1'}:{up.port}" if up.port else "port n/a"
         pid = f"pid {up.pid}" if up.pid else "pid n/a"
-        self.query_one("#nginx-line", Static).update(
+        show_text(self.query_one("#nginx-line", Static), 
             f"{where} {pid} · [b]{up.policy or 'n/a'}[/b] · {config}")
-        self.query_one("#nginx-error", Static).update(Text(up.config_error or ""))
+        show_text(self.query_one("#nginx-error", Static), Text(up.config_error or ""))
         self.query_one(BackendTable).show(up)
         reqs = sum(s.requests for s in up.upstreams)
         errs = sum(s.errors for s in up.upstreams)
         rps = sum(s.rps for s in up.upstreams)
-        self.query_one("#backend-summary", Static).update(
+        show_text(self.query_one("#backend-summary", Static), 
             f"{len(up.upstreams)} backends  {reqs:,} req  {rps:.1f} req/s  {errs} err")
-        self.query_one("#stub-line", Static).update(stub_line(up.stub_status))
+        show_text(self.query_one("#stub-line", Static), stub_line(up.stub_status))
