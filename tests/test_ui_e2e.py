@@ -7,6 +7,7 @@ carrying its owner marker is left.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 import httpx
@@ -124,4 +125,66 @@ def test_cli_starts_the_demo_fleet_quits_leaving_it_and_reattaches_after_a_hangu
         assert state is not None and len(state.instances) == 2
     finally:
         term.kill()
+        fleet.down()
+
+
+TINY_SWEEP = """description = "a 1 x (1, 2) x (1, 2) sweep of the tiny model that ends in seconds"
+[fleet]
+model = "tiny"
+threads = 1
+ctx_per_slot = 256
+[bench]
+n_predict = 16
+prompt_tokens = 8
+[sweep]
+instances = [1]
+parallel = [1, 2]
+concurrency = [1, 2]
+duration = 1.0
+warmup = 0.5
+"""
+
+
+@pytest.mark.integration
+def test_sweep_from_the_tui_runs_in_its_own_process_and_apply_best_starts_that_shape(tiny_model):
+    from llama_tui.core import paths
+    from llama_tui.ui.screens.confirm import ConfirmScreen
+    from llama_tui.ui.screens.sweep import ResultsTable, SweepScreen
+
+    presets = paths.user_presets_dir()
+    presets.mkdir(parents=True)
+    (presets / "tinysweep.toml").write_text(TINY_SWEEP)
+    base = free_port_block(3)
+    ctrl = CoreController(preset="tinysweep", cli={"fleet.base_port": base, "fleet.nginx_port": base + 2})
+    app = make_app(ctrl)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.polls >= 1)
+            await pilot.press("w")
+            await wait_for(pilot, lambda: isinstance(app.screen, SweepScreen))
+            await pilot.press("w")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: "sweep" in app.runs, timeout=30, what="the sweep process")
+            pid = app.runs["sweep"].proc.pid  # type: ignore[attr-defined]
+            assert pid != os.getpid()
+            await wait_for(pilot, lambda: not app.sweep_running, timeout=180, what="the sweep to finish")
+            p = app.sweep_progress
+            assert p is not None and p.done and p.cells_total == 4 and len(p.results) == 4, p
+            assert app.screen.query_one(ResultsTable).row_count == 4
+            assert "sweep done" in str(app.screen.query_one("#sweep-progress").render())
+            best = max((r for r in p.results if r.valid), key=lambda r: r.tok_s)
+            await pilot.press("a")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.fleet is not None and app.fleet.running
+                           and app.fleet.parallel == best.parallel and len(app.fleet.instances) == best.instances
+                           and all(i.state == "ready" for i in app.fleet.instances), timeout=120,
+                           what="the best shape's fleet")
+            await pilot.press("q")
+
+    try:
+        asyncio.run(scenario())
+    finally:
         fleet.down()

@@ -155,3 +155,12 @@ def test_log_follow_starts_at_the_tail_of_a_big_file(tmp_path):
     _, lines, _ = read_from(log, -1)
     assert lines[-1] == "line 019999" and 1000 < len(lines) < 20000
     assert all(line.startswith("line ") and len(line) == 11 for line in lines)  # no partial first line
+
+
+def test_readme_screenshot_script_writes_the_bench_state(tmp_path):
+    from llama_tui.ui import screenshot
+
+    out = tmp_path / "docs" / "screenshot.svg"
+    assert screenshot.main([str(out), "--scripted"]) == 0
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "Throughput" in svg and "step&#160;3/4" in svg
