@@ -242,7 +242,8 @@ class LlamaTui(App[int]):
         screen = self.main_screen()
         if screen is None:
             return
-        hint = "No benchmark yet. b runs the preset's concurrency ramp through NGINX (in its own process)."
+        hint = ("The benchmark process is starting (it checks the targets first)…" if self.bench_running else
+                "No benchmark yet. b runs the preset's concurrency ramp through NGINX (in its own process).")
         screen.query_one(ThroughputPane).show(self.bench_samples, self.bench_verdicts, self.bench_running, hint,
                                               self.bench_summary)
 
@@ -435,7 +436,7 @@ class LlamaTui(App[int]):
         self.bench_running = True
         self.bench_samples = ()
         self.bench_verdicts = ()
-        self.bench_summary = "starting the benchmark process…"
+        self.bench_summary = ""
         self.render_bench()
         self._bench_worker()
 
