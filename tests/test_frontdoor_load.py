@@ -23,7 +23,7 @@ import pytest
 from llama_tui.core.accesslog import AccessLogFollower
 from llama_tui.core.config import POLICIES
 
-from conftest import free_port, free_port_block, run_cli
+from conftest import free_port, free_port_block, run_cli, wait_for
 from frontdoor_load import LoadResult, load, run_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,7 +35,14 @@ def check_clean(res: LoadResult, door) -> AccessLogFollower:
     """Zero failures client-side, and NGINX's log agrees: every request served, no backend error."""
     assert res.failed == 0, res.describe()
     follower = AccessLogFollower(door.access_log)
-    follower.poll()
+
+    def logged_all() -> bool:
+        # NGINX writes a request's log line when it finalizes the request, which can be just after the
+        # client has read the last byte: wait (briefly) for the last lines, then compare exactly.
+        follower.poll()
+        return follower.summary()["requests"] >= res.requests
+
+    wait_for(logged_all, 10, "NGINX to log every request")
     summary = follower.summary()
     assert summary["requests"] == res.requests and summary["by_client_status"] == {"200": res.requests}
     assert summary["no_live_upstreams"] == 0
