@@ -36,7 +36,7 @@ from llama_tui.ui.screens.logs import LogsScreen
 from llama_tui.ui.screens.main import MainScreen
 from llama_tui.ui.screens.sweep import SweepScreen
 from llama_tui.ui.widgets.fleet_table import FleetPane, FleetTable
-from llama_tui.ui.widgets.stable_table import show_text
+from llama_tui.ui.widgets.redraw import show_text
 from llama_tui.ui.widgets.sweep_heatmap import best_result
 from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
 from llama_tui.ui import units
-from llama_tui.ui.widgets.stable_table import StableTable, show_text
+from llama_tui.ui.widgets.redraw import show_text
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap, best_result
 from llama_tui.ui.widgets.throughput_chart import bar
 
@@ -48,7 +48,7 @@ def progress_line(p: SweepProgress | None, running: bool) -> str:
             f"elapsed {units.duration(p.t)}  ETA {eta}")
 
 
-class ResultsTable(StableTable):
+class ResultsTable(DataTable):
     COMPONENT_CLASSES = {"results-table--best", "results-table--invalid"}
 
     def __init__(self, **kw) -> None:

@@ -6,17 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, SystemSample
 from llama_tui.ui import units
-from llama_tui.ui.widgets.stable_table import StableTable, show_text
+from llama_tui.ui.widgets.keyed_table import Cell, Col, KeyedTable
+from llama_tui.ui.widgets.redraw import show_text
 
 TOTAL_KEY = "total"
-EMPTY = Text("")
+LEFT_ALIGNED = {"state", "slots", "req", "index", "port", "pid", "uptime"}
 STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
@@ -90,83 +90,58 @@ def system_line(sysm: SystemSample | None) -> str:
     return "  ·  ".join(parts)
 
 
-class FleetTable(StableTable):
-    """Instances keyed by port. Cells change in place, so the cursor stays on its row."""
+class FleetTable(KeyedTable):
+    """Instances keyed by port, then the totals row. Rows change in place; the cursor stays on its row."""
 
     COMPONENT_CLASSES = {f"fleet-table--{s}" for s in STATES} | {"fleet-table--total"}
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kw)
+        super().__init__(pin_last=True, **kw)
         self.narrow = False
-        self._cells: dict[tuple[str, str], str] = {}
-        self._ports: list[int] = []
+        self._last: FleetSnapshot | None = None
 
     def on_mount(self) -> None:
-        self._build_columns()
+        self.set_columns(self._cols())
 
     def columns_shown(self) -> tuple[Column, ...]:
         return tuple(c for c in COLUMNS if c.narrow or not self.narrow)
 
-    def _build_columns(self) -> None:
-        self.clear(columns=True)
-        self._cells.clear()
-        self._ports = []
+    def _cols(self) -> list[Col]:
+        out = []
         for c in self.columns_shown():
             label = NARROW_LABELS.get(c.key, c.label) if self.narrow else c.label
             width = c.narrow_width if self.narrow and c.narrow_width else c.width
-            self.add_column(label, key=c.key, width=width)
+            out.append(Col(c.key, label, width, right=c.key not in LEFT_ALIGNED))
+        return out
 
     def set_narrow(self, narrow: bool) -> bool:
         """Drop the less important columns below 100 columns; True when the table was rebuilt."""
         if narrow == self.narrow:
             return False
         self.narrow = narrow
-        self._build_columns()
+        self.set_columns(self._cols())
+        if self._last is not None:
+            self.show(self._last)
         return True
 
-    def _styled(self, key: str, value: str, state: str | None) -> Text:
-        if key == "state" and state:
-            shown = NARROW_STATES.get(value, value) if self.narrow else value
-            return Text(shown, style=self.get_component_rich_style(f"fleet-table--{state}", partial=True))
-        return Text(value)  # a Text, not a str: DataTable parses str cells as markup on every redraw
-
     def selected_port(self) -> int | None:
-        if self.row_count == 0:
-            return None
-        row_key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        return None if row_key.value in (None, TOTAL_KEY) else int(row_key.value)
+        key = self.cursor_key()
+        return None if key in (None, TOTAL_KEY) else int(key)
+
+    def _cell(self, key: str, value: str, state: str | None) -> Cell:
+        if key == "state" and state:
+            return (NARROW_STATES.get(value, value) if self.narrow else value), f"fleet-table--{state}"
+        return value, None
 
     def show(self, snap: FleetSnapshot) -> None:
+        self._last = snap
         cols = self.columns_shown()
-        ports = [i.port for i in snap.instances]
-        if ports != self._ports:  # rows come or go: keep existing rows, append new ones, totals stay last
-            for key in [k for k in (*map(str, self._ports), TOTAL_KEY) if k in self.rows]:
-                if key == TOTAL_KEY or int(key) not in ports:
-                    self.remove_row(key)
-                    self._cells = {ck: v for ck, v in self._cells.items() if ck[0] != key}
-            for inst in snap.instances:
-                if str(inst.port) not in self.rows:
-                    self.add_row(*[EMPTY] * len(cols), key=str(inst.port))
-            if snap.instances:
-                self.add_row(*[EMPTY] * len(cols), key=TOTAL_KEY)
-            self._ports = ports
-        for inst in snap.instances:
-            for c in cols:
-                self._set(str(inst.port), c.key, c.cell(inst), inst.state)
+        rows: list[tuple[str, list[Cell]]] = [
+            (str(i.port), [self._cell(c.key, c.cell(i), i.state) for c in cols]) for i in snap.instances]
         if snap.instances:
             tot = totals(snap)
-            style = self.get_component_rich_style("fleet-table--total", partial=True)
-            for c in cols:
-                self._set(TOTAL_KEY, c.key, tot[c.key], None, style)
-
-    def _set(self, row: str, col: str, value: str, state: str | None, style: Any = None) -> None:
-        cache_key = (row, col)
-        marker = f"{value}\x00{state}"
-        if self._cells.get(cache_key) == marker:
-            return
-        self._cells[cache_key] = marker
-        cell = Text(value, style=style) if style is not None else self._styled(col, value, state)
-        self.update_cell(row, col, cell)
+            rows.append((TOTAL_KEY, [(tot[c.key], "fleet-table--total") for c in cols]))
+        self.set_rows(rows)
 
 
 class FleetPane(Vertical):

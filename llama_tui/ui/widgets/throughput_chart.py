@@ -8,18 +8,21 @@ results, are drawn dim. The figures are the client's: tokens counted from the se
 from __future__ import annotations
 
 import math
+import textwrap
 
-from rich.text import Text
+from rich.segment import Segment
+from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.ui import units
 from llama_tui.ui.controller import StepVerdict
-from llama_tui.ui.widgets.stable_table import show_text
+from llama_tui.ui.widgets.redraw import show_text
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 AXIS_W = 6
@@ -44,6 +47,8 @@ def short(v: float) -> str:
 
 
 class ThroughputChart(Widget):
+    """Drawn line by line (Line API) from a cache rebuilt only when the samples or the size change."""
+
     COMPONENT_CLASSES = {"throughput-chart--bar", "throughput-chart--bar-alt", "throughput-chart--warmup",
                          "throughput-chart--invalid", "throughput-chart--axis", "throughput-chart--empty"}
 
@@ -51,19 +56,39 @@ class ThroughputChart(Widget):
     invalid_steps: reactive[frozenset[int]] = reactive(frozenset())  # steps the benchmark judged invalid
     hint: reactive[str] = reactive("")
 
-    def render(self) -> Text:
-        width, height = self.content_size.width, self.content_size.height
-        if not self.samples:
-            return Text(self.hint, style=self.get_component_rich_style("throughput-chart--empty", partial=True))
-        return self.draw(width, height)
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._cache_key: object = None
+        self._strips: list[Strip] = []
 
-    def draw(self, width: int, height: int) -> Text:
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._cache_key = None
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size.width, self.size.height
+        key = (self.invalid_steps, self.hint, width, height)
+        drawn = self._cache_key
+        # samples: compared by identity (a fresh tuple arrives with every change; the key holds it alive)
+        if drawn is None or drawn[0] is not self.samples or drawn[1] != key:  # type: ignore[index]
+            self._cache_key = (self.samples, key)
+            self._strips = self.draw(width, height)
+        return self._strips[y] if y < len(self._strips) else Strip.blank(width, self.rich_style)
+
+    def _style(self, name: str) -> Style:
+        return self.rich_style + self.get_component_rich_style(f"throughput-chart--{name}", partial=True)
+
+    def draw(self, width: int, height: int) -> list[Strip]:
+        base = self.rich_style
+        if not self.samples:
+            empty = self._style("empty")
+            return [Strip([Segment(line, empty)]).adjust_cell_length(width, base)
+                    for line in textwrap.wrap(self.hint, max(1, width))[:height]]
         rows = max(1, height - 1)
         cols = max(1, width - AXIS_W)
         pts = self.samples[-cols:]
         vmax = nice_ceiling(max(s.tok_s for s in pts))
-        style = {k: self.get_component_rich_style(f"throughput-chart--{k}", partial=True)
-                 for k in ("bar", "bar-alt", "warmup", "invalid", "axis")}
+        style = {k: self._style(k) for k in ("bar", "bar-alt", "warmup", "invalid", "axis")}
         col_style = []
         for s in pts:
             if s.valid is False or s.step in self.invalid_steps:
@@ -73,13 +98,20 @@ class ThroughputChart(Widget):
             else:
                 col_style.append(style["bar"] if s.step % 2 else style["bar-alt"])
         levels = [min(rows * 8, round(s.tok_s / vmax * rows * 8)) for s in pts]
-        out = Text(no_wrap=True, overflow="crop")
+        strips = []
         for r in range(rows - 1, -1, -1):
             label = short(vmax) if r == rows - 1 else ("0" if r == 0 else "")
-            out.append(f"{label:>{AXIS_W - 1}}┤" if label else " " * (AXIS_W - 1) + "│", style["axis"])
-            for x, lv in enumerate(levels):
-                out.append(BLOCKS[max(0, min(8, lv - r * 8))], col_style[x])
-            out.append("\n")
+            segments = [Segment(f"{label:>{AXIS_W - 1}}┤" if label else " " * (AXIS_W - 1) + "│", style["axis"])]
+            run, run_style = "", None
+            for x, lv in enumerate(levels):  # one segment per run of columns in the same style
+                if col_style[x] is not run_style and run:
+                    segments.append(Segment(run, run_style))
+                    run = ""
+                run_style = col_style[x]
+                run += BLOCKS[max(0, min(8, lv - r * 8))]
+            if run:
+                segments.append(Segment(run, run_style))
+            strips.append(Strip(segments).adjust_cell_length(width, base))
         axis = ["─"] * len(pts)
         x = 0
         prev = None
@@ -94,8 +126,9 @@ class ThroughputChart(Widget):
                 x += len(tag)
                 continue
             x += 1
-        out.append(" " * (AXIS_W - 1) + "└" + "".join(axis), style["axis"])
-        return out
+        strips.append(Strip([Segment(" " * (AXIS_W - 1) + "└" + "".join(axis), style["axis"])])
+                      .adjust_cell_length(width, base))
+        return strips
 
 
 def ramp_progress(s: BenchSample) -> float | None:

@@ -15,7 +15,8 @@ from textual.widgets import Static
 
 from llama_tui.core.snapshots import UpstreamSnapshot
 from llama_tui.ui import units
-from llama_tui.ui.widgets.stable_table import StableTable, show_text
+from llama_tui.ui.widgets.keyed_table import Col, KeyedTable
+from llama_tui.ui.widgets.redraw import show_text
 
 BACKEND_COLUMNS = (("backend", "backend", 7), ("requests", "req", 6), ("rps", "req/s", 5),
                    ("inflight", "in-fl", 5), ("errors", "err", 4), ("p50", "p50", 6), ("p95", "p95", 6))
@@ -36,40 +37,24 @@ def short_address(address: str) -> str:
     return address[len("127.0.0.1"):] if address.startswith("127.0.0.1:") else address
 
 
-class BackendTable(StableTable):
+class BackendTable(KeyedTable):
     """Backends keyed by address, updated in place."""
 
     COMPONENT_CLASSES = {"backend-table--error"}
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(show_cursor=False, **kw)
+        super().__init__([Col(k, label, w, right=k not in ("backend",)) for k, label, w in BACKEND_COLUMNS],
+                         show_cursor=False, **kw)
         self.can_focus = False
-        self._cells: dict[tuple[str, str], str] = {}
-        self._rows: tuple[str, ...] = ()
-
-    def on_mount(self) -> None:
-        for key, label, width in BACKEND_COLUMNS:
-            self.add_column(label, key=key, width=width)
 
     def show(self, up: UpstreamSnapshot | None) -> None:
-        stats = up.upstreams if up else ()
-        rows = tuple(s.address for s in stats)
-        if rows != self._rows:
-            self.clear()
-            self._cells.clear()
-            for addr in rows:
-                self.add_row(*[Text("")] * len(BACKEND_COLUMNS), key=addr)
-            self._rows = rows
-        err_style = self.get_component_rich_style("backend-table--error", partial=True)
-        for s in stats:
-            values = {"backend": short_address(s.address), "requests": units.num(s.requests), "rps": units.num(s.rps, 1),
-                      "inflight": str(s.inflight), "errors": str(s.errors), "p50": units.ms(s.p50_ms),
-                      "p95": units.ms(s.p95_ms)}
-            for key, value in values.items():
-                if self._cells.get((s.address, key)) != value:
-                    self._cells[(s.address, key)] = value
-                    bad = key == "errors" and s.errors > 0
-                    self.update_cell(s.address, key, Text(value, style=err_style if bad else ""))
+        rows = []
+        for s in up.upstreams if up else ():
+            err = "backend-table--error" if s.errors else None
+            rows.append((s.address, [(short_address(s.address), None), (units.num(s.requests), None),
+                                     (units.num(s.rps, 1), None), (str(s.inflight), None), (str(s.errors), err),
+                                     (units.ms(s.p50_ms), None), (units.ms(s.p95_ms), None)]))
+        self.set_rows(rows)
 
 
 class UpstreamPane(Vertical):
