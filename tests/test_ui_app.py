@@ -548,3 +548,25 @@ def test_wide_terminal_puts_upstream_and_throughput_side_by_side():
         assert "pid" in [c.key for c in app.screen.query_one(FleetTable).columns_shown()]
 
     drive(ctrl, scenario, size=(120, 40))
+
+
+def test_many_instances_at_80x24_keep_the_totals_row_and_scroll_under_the_cursor():
+    ctrl = scripted.ScriptedController(scripted.running_fleet(16, 4))
+
+    def shown(app) -> list[str]:
+        table = app.screen.query_one(FleetTable)
+        return [table.render_line(y).text.split()[0] for y in range(1, table.size.height)]
+
+    async def scenario(app, pilot):
+        table = app.screen.query_one(FleetTable)
+        assert table.row_count == 17 and table.size.height < 18  # it does not all fit
+        first = shown(app)
+        assert first[0] == "0" and first[-1] == "Σ"  # totals pinned to the bottom line
+        await pilot.press("pagedown")
+        assert table.selected_port() == 18090
+        now = shown(app)
+        assert now[-1] == "Σ" and "10" in now and "0" not in now  # rows scrolled, totals still there
+        await pilot.press("end")
+        assert table.cursor_key() == "total" and table.selected_port() is None
+
+    drive(ctrl, scenario, size=(80, 24))
