@@ -92,11 +92,14 @@ def test_client_status_and_aborts(tmp_path):
     log = tmp_path / "access.log"
     log.write_text(line(T0 + 1, completion="")  # the client hung up mid-stream
                    + line(T0 + 2, status=499, ustatus="-", header="-", response="0.200")  # before any byte
-                   + line(T0 + 3, status=400, ustatus="400"))  # the backend refused the request
+                   + line(T0 + 2.5, status=499, ustatus="200")  # while streaming (a benchmark's window end)
+                   + line(T0 + 3, status=400, ustatus="400")  # the backend refused the request
+                   + line(T0 + 3.5, status=499, ustatus="502"))  # the backend failed, then the client left
     f = AccessLogFollower(log)
     f.poll()
     s = by_addr(f, now=T0 + 4)[A]
-    assert s.requests == 3 and s.aborted == 1 and s.errors == 2 and s.errors_by_status == {"499": 1, "400": 1}
+    assert s.requests == 5 and s.aborted == 3
+    assert s.errors == 2 and s.errors_by_status == {"400": 1, "502": 1}
 
 
 def test_truncated_streams_come_from_the_error_log(tmp_path):

@@ -213,16 +213,22 @@ class AccessLogFollower:
             b.requests += 1
             last = i == len(addrs) - 1
             code = statuses[i].strip() if i < len(statuses) else "-"
-            if not code.isdigit():
-                code = str(status) if last else "-"
-            if code == "-" or int(code) >= 400:
-                b.errors += 1
-                b.by_status[code] += 1
-            elif last and status >= 400:
-                b.errors += 1
-                b.by_status[f"client {status}"] += 1
-            elif last and not e.get("completion"):
+            backend_error = code.isdigit() and code != "499" and int(code) >= 400
+            if last and status == 499 and not backend_error:
+                # The client went away (e.g. a benchmark ending its window, with requests still queued or
+                # streaming): not the backend's failure.
                 b.aborted += 1
+            else:
+                if not code.isdigit():
+                    code = str(status) if last else "-"
+                if code == "-" or int(code) >= 400:
+                    b.errors += 1
+                    b.by_status[code] += 1
+                elif last and status >= 400:
+                    b.errors += 1
+                    b.by_status[f"client {status}"] += 1
+                elif last and not e.get("completion"):
+                    b.aborted += 1
             rt = responses[i] if i < len(responses) else None
             ht = headers[i] if i < len(headers) else None
             if last:  # the try that served the response ended with the request
