@@ -18,7 +18,7 @@ from llama_tui.core import frontdoor
 from llama_tui.core.accesslog import AccessLogFollower
 from llama_tui.core.frontdoor import Backend, FrontDoorSpec
 
-from conftest import LOOPBACK, free_port
+from conftest import LOOPBACK, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +178,7 @@ def test_max_conns_excess_waits_instead_of_502(llama_server, nginx_front):
 
     assert asyncio.run(many()) == [(200, 1)] * 6
     follower = AccessLogFollower(door.access_log)
-    follower.poll()
+    wait_for(lambda: follower.poll() is not None and follower.summary()["requests"] >= 6, 10, "6 logged requests")
     assert follower.summary()["overflowed"] >= 1 and follower.summary()["no_live_upstreams"] == 0
     assert sum(s.requests for s in follower.stats()) == 6 and not any(s.errors for s in follower.stats())
 
@@ -231,7 +231,8 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
     upstreams, live = asyncio.run(during())
     assert live["writing"] >= 1 and live["requests"] >= 1
     follower = AccessLogFollower(door.access_log)
-    follower.poll()
+    wait_for(lambda: follower.poll() is not None and follower.summary()["requests"] >= len(upstreams), 10,
+             "every request logged")
     stats = {s.address: s for s in follower.stats()}
     for u in urls:
         assert stats[addr(u)].requests == upstreams.count(addr(u))
@@ -257,9 +258,12 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
         return False
 
     assert asyncio.run(cut())
-    time.sleep(0.3)
-    follower.poll()
-    assert {s.address: s for s in follower.stats()}[addr(urls[1])].errors_by_status.get("truncated") == 1
+
+    def truncated() -> int | None:
+        follower.poll()
+        return {s.address: s for s in follower.stats()}[addr(urls[1])].errors_by_status.get("truncated")
+
+    assert wait_for(truncated, 10, "the truncated stream in NGINX's error log") == 1
 
 
 def test_hash_keeps_a_session_on_one_backend_and_spreads_the_rest(llama_server, nginx_front):
