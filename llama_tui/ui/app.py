@@ -51,11 +51,11 @@ class LlamaTui(App[int]):
     CSS_PATH = Path(__file__).with_name("llama_tui.tcss")  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {FleetCommands}
     BINDINGS = [
-        Binding("w", "sweep", "Sweep", id="sweep.screen"),
-        Binding("l", "logs", "Logs", id="logs.screen"),
-        Binding("ctrl+s", "screenshot_svg", "SVG", id="app.screenshot"),
-        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
-        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("w", "sweep", "Sweep", tooltip="the sweep screen: progress, heatmap, results", id="sweep.screen"),
+        Binding("l", "logs", "Logs", tooltip="follow an instance's log or NGINX's error log", id="logs.screen"),
+        Binding("ctrl+s", "screenshot_svg", "SVG", tooltip="save an SVG screenshot", id="app.screenshot"),
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="this help", id="app.help"),
+        Binding("q", "quit", "Quit", tooltip="leave; the fleet keeps running", id="app.quit"),
     ]
 
     def __init__(self, controller: Controller, refresh_s: float = 1.0, keymap: dict[str, str] | None = None,
@@ -402,12 +402,18 @@ class LlamaTui(App[int]):
         return paths.config_dir() / self.keymap_file
 
     def key_list(self) -> list[tuple[str, str]]:
-        out = []
-        for binding in (*MainScreen.BINDINGS, *self.BINDINGS, *SweepScreen.BINDINGS):
-            assert isinstance(binding, Binding)
-            key = self._keymap.get(binding.id, binding.key) if binding.id else binding.key
-            shown = binding.key_display if key == binding.key and binding.key_display else key
-            out.append((shown, f"{binding.description}  [dim]({binding.id})[/dim]"))
+        """(key as bound now, what it does) for every declared key; a ("", heading) row starts a group."""
+        out: list[tuple[str, str]] = []
+        for heading, bindings in (("", (*MainScreen.BINDINGS, *self.BINDINGS)),
+                                  ("on the sweep screen", SweepScreen.BINDINGS)):
+            if heading:
+                out.append(("", heading))
+            for binding in bindings:
+                assert isinstance(binding, Binding)
+                key = self._keymap.get(binding.id, binding.key) if binding.id else binding.key
+                shown = binding.key_display if key == binding.key and binding.key_display else key
+                out.append((shown, f"{binding.description}: {binding.tooltip or binding.description}  "
+                                   f"[dim]({binding.id})[/dim]"))
         return out
 
     def action_screenshot_svg(self) -> None:

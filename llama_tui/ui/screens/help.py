@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 MEANINGS = (
-    ("tok/s (Fleet)", "the server's own rate: llamacpp:predicted_tokens_seconds from each instance's /metrics"),
+    ("tok/s (Fleet)", "the server's own count: llamacpp:tokens_predicted_total from /metrics, per second between polls"),
     ("tok/s (Throughput)", "client-side: streamed tokens (server-counted) completed per second, through NGINX"),
     ("slots", "busy/total from /slots; req p/d = requests processing/deferred from /metrics"),
     ("CPU%, RSS", "per llama-server process (psutil); GPU mem/GPU% per process via NVML, n/a without one"),
@@ -31,7 +31,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         keys = Table.grid(padding=(0, 2))
         for key, what in self.keys:
-            keys.add_row(f"[b]{key}[/b]", what)
+            keys.add_row(f"[b]{key}[/b]", what) if key else keys.add_row("", f"[b]{what}[/b]")
         meanings = Table.grid(padding=(0, 2))
         for name, what in MEANINGS:
             meanings.add_row(f"[b]{name}[/b]", what)

@@ -20,14 +20,17 @@ SHORT_BELOW = 32  # rows: below this the panes collapse to their summary lines
 
 class MainScreen(Screen):
     BINDINGS = [
-        Binding("s", "app.start", "Start", id="fleet.start"),
-        Binding("x", "app.stop", "Stop", id="fleet.stop"),
-        Binding("plus", "app.scale(1)", "Scale up", key_display="+", id="fleet.scale_up", group=SCALE),
-        Binding("minus", "app.scale(-1)", "Scale down", key_display="-", id="fleet.scale_down", group=SCALE),
-        Binding("r", "app.restart", "Restart", id="fleet.restart"),
-        Binding("b", "app.bench", "Bench", id="bench.ramp"),
-        Binding("p", "app.policy", "Policy", id="nginx.policy"),
-        Binding("e", "app.edit", "Edit", id="fleet.edit"),
+        Binding("s", "app.start", "Start", tooltip="start the configured fleet (e edits it first)", id="fleet.start"),
+        Binding("x", "app.stop", "Stop", tooltip="stop every instance and NGINX (asks first)", id="fleet.stop"),
+        Binding("plus", "app.scale(1)", "Scale up", key_display="+", tooltip="add one instance",
+                id="fleet.scale_up", group=SCALE),
+        Binding("minus", "app.scale(-1)", "Scale down", key_display="-",
+                tooltip="remove one instance (it drains first)", id="fleet.scale_down", group=SCALE),
+        Binding("r", "app.restart", "Restart", tooltip="restart the instance under the cursor", id="fleet.restart"),
+        Binding("b", "app.bench", "Bench",
+                tooltip="benchmark ramp through NGINX in its own process; again: stop it", id="bench.ramp"),
+        Binding("p", "app.policy", "Policy", tooltip="next NGINX balancing policy (NGINX reloads)", id="nginx.policy"),
+        Binding("e", "app.edit", "Edit", tooltip="fleet form: model, shape, GPUs, policy; presets", id="fleet.edit"),
     ]
 
     def compose(self) -> ComposeResult:

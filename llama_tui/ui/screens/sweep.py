@@ -109,11 +109,15 @@ class ResultsTable(DataTable):
 
 class SweepScreen(Screen):
     BINDINGS = [
-        Binding("w", "app.sweep_start", "Start sweep", id="sweep.start"),
-        Binding("c", "app.sweep_cancel", "Cancel", id="sweep.cancel"),
-        Binding("a", "app.apply_best", "Apply best", id="sweep.apply_best"),
-        Binding("o", "cycle_sort", "Sort", id="sweep.sort"),
-        Binding("escape", "app.pop_screen", "Back", id="sweep.back"),
+        Binding("w", "app.sweep_start", "Start sweep", tooltip="the preset's sweep grid, in its own process (asks first)",
+                id="sweep.start"),
+        Binding("c", "app.sweep_cancel", "Cancel", tooltip="stop the sweep after its current step (resumable)",
+                id="sweep.cancel"),
+        Binding("a", "app.apply_best", "Apply best", tooltip="restart the fleet as the best shape (asks first)",
+                id="sweep.apply_best"),
+        Binding("o", "cycle_sort", "Sort", tooltip="sort the results by the next column (or click a header)",
+                id="sweep.sort"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to the main screen", id="sweep.back"),
     ]
 
     def compose(self) -> ComposeResult:
