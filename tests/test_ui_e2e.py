@@ -22,6 +22,7 @@ from llama_tui.ui.scripted import wait_for
 from llama_tui.ui.terminal_harness import Terminal
 from llama_tui.ui.widgets.fleet_table import FleetTable
 
+import conftest
 from conftest import free_port_block
 
 
@@ -189,3 +190,31 @@ def test_sweep_from_the_tui_runs_in_its_own_process_and_apply_best_starts_that_s
         asyncio.run(scenario())
     finally:
         fleet.down()
+
+
+@pytest.mark.integration
+@pytest.mark.faults
+def test_opening_the_tui_adopts_a_fleet_whose_supervisor_died(tiny_model, isolated_dirs):
+    base = free_port_block(3)
+    spec = fleet.FleetSpec(model=tiny_model, instances=2, parallel=1, ctx_per_slot=256, threads=1,
+                           base_port=base, nginx_port=base + 2, ready_timeout=60)
+    fleet.up(spec, state_dir=isolated_dirs)
+    try:
+        before = fleet.load_state(isolated_dirs)
+        os.kill(before.supervisor_pid, 9)
+        conftest.wait_for(lambda: not fleet.load_state(isolated_dirs).supervisor_alive, 10, "the supervisor to die")
+        app = make_app(CoreController(state_dir=isolated_dirs))
+
+        async def scenario() -> None:
+            async with app.run_test(size=(120, 40)) as pilot:
+                await wait_for(pilot, lambda: app.fleet is not None and app.fleet.supervisor_alive is True,
+                               timeout=60, what="the TUI to adopt the orphaned fleet")
+                await pilot.press("q")
+
+        asyncio.run(scenario())
+        after = fleet.load_state(isolated_dirs)
+        assert after.supervisor_pid != before.supervisor_pid and after.supervisor_alive
+        assert [i.pid for i in after.instances] == [i.pid for i in before.instances]  # taken over, not restarted
+        assert nginx_health(base + 2) == 200
+    finally:
+        fleet.down(isolated_dirs, timeout=5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -256,6 +257,7 @@ class CoreController(Controller):
         self._form = self._form_from(self.settings)
         self._monitor: Any = None
         self._monitor_lock = threading.Lock()  # a Monitor is not thread-safe; polls may overlap briefly
+        self._adopt_tried_at = -self.ADOPT_EVERY_S
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CoreController":
@@ -280,13 +282,28 @@ class CoreController(Controller):
 
     # ---------------------------------------------------------------- fleet
 
+    ADOPT_EVERY_S = 30.0  # how often to try again when adopting an orphaned fleet fails
+
     def snapshot(self) -> FleetSnapshot:
         from llama_tui.core import fleet
 
         with self._monitor_lock:
             if self._monitor is None:
                 self._monitor = fleet.Monitor()
-            return fleet.snapshot(self.state_dir, monitor=self._monitor)
+            snap = fleet.snapshot(self.state_dir, monitor=self._monitor)
+            if snap.running and snap.supervisor_alive is False and self._may_adopt():
+                # The supervisor died (killed, OOM): its instances and NGINX still serve. Opening the TUI
+                # starts a new supervisor that takes them over; a failure shows as a poll error.
+                fleet.adopt(self.state_dir)
+                snap = fleet.snapshot(self.state_dir, monitor=self._monitor)
+            return snap
+
+    def _may_adopt(self) -> bool:
+        now = time.monotonic()
+        if now - self._adopt_tried_at < self.ADOPT_EVERY_S:
+            return False
+        self._adopt_tried_at = now
+        return True
 
     def form(self) -> FleetForm:
         return self._form
