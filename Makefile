@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run test clean-venv
+.PHONY: setup run test screenshot clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: llama-tui needs Python 3.11+ (fix: run make with PYTHON=python3.11 or newer)")'
@@ -25,6 +25,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's screenshot: the TUI on a real demo fleet with a benchmark ramp running.
+screenshot: setup
+	$(BIN)/python -m llama_tui.ui.screenshot docs/screenshot.svg
 
 clean-venv:
 	rm -rf $(VENV)
