@@ -18,7 +18,7 @@ from llama_tui.core import frontdoor
 from llama_tui.core.accesslog import AccessLogFollower
 from llama_tui.core.frontdoor import Backend, FrontDoorSpec
 
-from conftest import LOOPBACK, free_port, wait_for
+from conftest import LOOPBACK, wait_for
 
 pytestmark = pytest.mark.integration
 

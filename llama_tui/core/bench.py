@@ -40,6 +40,7 @@ import orjson
 from llama_tui import __version__
 from llama_tui.core import hardware, paths, probe
 from llama_tui.core.config import APIS, parse_int_list
+from llama_tui.core.childproc import EventStream
 from llama_tui.core.errors import UserError
 from llama_tui.core.loadgen import (DEFINITIONS, LiveCounters, RequestShape, StepPartial, StepPlan, Target,
                                     is_loopback, json_lines, measure_ceiling, owner_env, run_plan)
@@ -957,7 +958,7 @@ class BenchProcess:
 
     def __init__(self, config: BenchConfig) -> None:
         self.config = config
-        self._samples: queue.Queue = queue.Queue()
+        self._samples: EventStream[BenchSample] = EventStream()
         self.steps: list[dict[str, Any]] = []
         self._result: dict[str, Any] | None = None
         self._error: UserError | None = None
@@ -1004,19 +1005,11 @@ class BenchProcess:
                 self._error = UserError(f"benchmark process exited with code {self.proc.returncode}"
                                         + (f": {tail}" if tail else ""), "see the message above")
             self._done.set()
-            self._samples.put(None)
+            self._samples.close()
 
     def samples(self, timeout: float | None = None) -> Iterator[BenchSample]:
         """Live samples until the benchmark ends (blocks between them)."""
-        while True:
-            try:
-                s = self._samples.get(timeout=timeout)
-            except queue.Empty:
-                return
-            if s is None:
-                self._samples.put(None)  # later callers stop too
-                return
-            yield s
+        return self._samples.iter(timeout)
 
     def done(self) -> bool:
         return self._done.is_set()

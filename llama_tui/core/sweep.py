@@ -31,11 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from llama_tui.core import fit, hardware, paths, results
+from llama_tui.core.childproc import EventStream
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
 
@@ -583,7 +584,7 @@ class Sweep:
         existing = read_existing(out)
         if existing and not cfg.resume:
             raise UserError(f"{out} already holds sweep results",
-                            f"pass --resume to continue that sweep, or another --out directory")
+                            "pass --resume to continue that sweep, or another --out directory")
         self.fp = results.fingerprint(cfg.model)
         self.store = results.ResultStore(out, cfg.slo)
         meta = self.store.metadata() or {}
@@ -1051,12 +1052,10 @@ class SweepProcess:
     current step, tears its fleet down and leaves a resumable directory)."""
 
     def __init__(self, proc: subprocess.Popen, log_path: Path) -> None:
-        import queue
-
         self.proc = proc
         self.pid = proc.pid
         self.log_path = log_path
-        self._q: "queue.Queue[SweepProgress | None]" = queue.Queue()
+        self._q: EventStream[SweepProgress] = EventStream()
         self._result: dict[str, Any] | None = None
         self._error: str | None = None
         self._reader = threading.Thread(target=self._read, name="sweep-events", daemon=True)
@@ -1076,34 +1075,13 @@ class SweepProcess:
             elif "error" in msg:
                 self._error = msg["error"]
         self.proc.wait()
-        self._q.put(None)
+        self._q.close()
 
     def events(self, timeout: float | None = None) -> Iterator[SweepProgress]:
-        import queue
-
-        while True:
-            try:
-                ev = self._q.get(timeout=timeout)
-            except queue.Empty:
-                return
-            if ev is None:
-                self._q.put(None)  # later callers see the end too
-                return
-            yield ev
+        return self._q.iter(timeout)
 
     def poll(self) -> list[SweepProgress]:
-        import queue
-
-        out = []
-        while True:
-            try:
-                ev = self._q.get_nowait()
-            except queue.Empty:
-                return out
-            if ev is None:
-                self._q.put(None)
-                return out
-            out.append(ev)
+        return self._q.drain()
 
     def cancel(self) -> None:
         if self.proc.poll() is None:
