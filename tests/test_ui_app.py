@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -505,11 +506,14 @@ def test_rows_update_in_place_and_the_cursor_stays():
 
 def test_poll_errors_show_and_polling_goes_on():
     calls = {"n": 0}
+    seen = threading.Event()  # the poll after the failure waits until the test has seen the error
 
     def flaky():
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("state file unreadable")
+        if calls["n"] >= 3:
+            seen.wait(30)
         return scripted.running_fleet()
 
     ctrl = scripted.ScriptedController(flaky)
@@ -517,6 +521,7 @@ def test_poll_errors_show_and_polling_goes_on():
     async def scenario(app, pilot):
         await wait_for(pilot, lambda: app.poll_error is not None, what="the failed poll")
         assert "OSError: state file unreadable" in str(app.screen.query_one("#status-line").render())
+        seen.set()
         await wait_for(pilot, lambda: app.poll_error is None and calls["n"] >= 3, what="recovery")
 
     drive(ctrl, scenario, refresh_s=0.05)
