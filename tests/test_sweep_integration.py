@@ -100,10 +100,13 @@ def test_grid_2x2x2_then_adaptive_finds_the_grid_best(tiny_model: Path, no_lefto
     res2 = sweep.run(SweepConfig(out_dir=out2, adaptive=True, **common))
     rows2 = [r for r in rows_of(out2) if results.is_measured(r)]
     assert res2.status == "done" and len(rows2) < len(rows)
-    # It measured the grid's best cell, and its own best is a batching shape at full concurrency.
+    # It measured the grid's best cell, and it reports the best of what it measured. Which shape wins is
+    # a measurement (noisy on 2 shared cores), so it is not asserted here; finding a grid's best on a
+    # known throughput surface is test_sweep_core.py::test_adaptive_sweep_finds_the_grid_best_with_fewer_cells.
     coords = {(r["instances"], r["parallel"], r["concurrency"]) for r in rows2}
     assert (best["instances"], best["parallel"], best["concurrency"]) in coords
-    assert res2.best is not None and (res2.best["parallel"], res2.best["concurrency"]) == (8, 8)
+    good2 = [r for r in rows2 if results.is_good(r)]
+    assert res2.best is not None and res2.best["cell_id"] == max(good2, key=lambda r: r["output_tok_s"])["cell_id"]
 
 
 def _sweep_cmd(out: Path, base: int, *extra: str) -> list[str]:
