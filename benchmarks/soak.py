@@ -59,6 +59,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="threads per instance (default 1)")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args()
+    # SIGTERM (e.g. `timeout`, `kill`) ends the soak like Ctrl-C: the finally below stops its fleet.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = random.Random(args.seed)
     model_path = model.resolve_model(args.model)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
