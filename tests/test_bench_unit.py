@@ -15,15 +15,18 @@ from llama_tui.core.loadgen import LiveCounters
 
 
 def test_client_bottleneck_names_each_reason():
-    assert bench.client_bottleneck(1000.0, 0.3, 2.0, 10_000.0) == []
-    [r] = bench.client_bottleneck(7500.0, 0.3, 2.0, 10_000.0)
+    # (events/s per worker, max worker CPU, mean loop lag ms, mean E2E ms, ceiling)
+    assert bench.client_bottleneck(1000.0, 0.3, 2.0, 200.0, 10_000.0) == []
+    [r] = bench.client_bottleneck(7500.0, 0.3, 2.0, 200.0, 10_000.0)
     assert "75% of its calibrated ceiling" in r and "--workers" in r
-    [r] = bench.client_bottleneck(1000.0, 0.95, 2.0, 10_000.0)
+    [r] = bench.client_bottleneck(1000.0, 0.95, 2.0, 200.0, 10_000.0)
     assert "CPU saturated (95%" in r
-    [r] = bench.client_bottleneck(1000.0, 0.3, 40.0, 10_000.0)
-    assert "lag p99 40 ms" in r
-    assert len(bench.client_bottleneck(9000.0, 0.99, 99.0, 10_000.0)) == 3
-    assert bench.client_bottleneck(9000.0, None, None, None) == []  # no ceiling known: nothing to compare
+    [r] = bench.client_bottleneck(1000.0, 0.3, 20.0, 200.0, 10_000.0)
+    assert "started requests late" in r and "10% of the mean request" in r
+    # a lag that is small next to the request does not invalidate the throughput
+    assert bench.client_bottleneck(1000.0, 0.3, 8.0, 200.0, 10_000.0) == []
+    assert len(bench.client_bottleneck(9000.0, 0.99, 99.0, 200.0, 10_000.0)) == 3
+    assert bench.client_bottleneck(9000.0, None, None, None, None) == []  # no ceiling known: nothing to compare
 
 
 def test_parse_rates():

@@ -193,6 +193,8 @@ def _fmt(v: Any, spec: str = ",.0f") -> str:
 def summary_line(st: dict[str, Any]) -> str:
     load = f"c={st['concurrency']}" if st["mode"] == "closed" else f"rate={st['rate']:g}/s"
     valid = "valid" if st["valid"] else f"INVALID ({st['invalid_reason']})"
+    if st.get("latency_note"):
+        valid += f"; latency: {st['latency_note']}"
     return (f"step {st['step'] + 1} {load}: {_fmt(st['output_tok_s'])} tok/s (server {_fmt(st['server_output_tok_s'])}), "
             f"TTFT p50 {_fmt(st['ttft_p50_ms'], '.1f')} ms, E2E p50 {_fmt(st['e2e_p50_ms'], '.1f')} ms, "
             f"{st['requests_ok']} ok, {st['errors']} errors, client CPU {_fmt(st['client_cpu_percent'], '.0f')}%, {valid}")
@@ -208,12 +210,17 @@ def table(result: dict[str, Any]) -> str:
             _fmt(st["output_tok_s"]), _fmt(st["server_output_tok_s"]), _fmt(st["ttft_p50_ms"], ".1f"),
             _fmt(st["ttft_p99_ms"], ".1f"), _fmt(st["itl_p50_ms"], ".2f"), _fmt(st["e2e_p50_ms"], ".1f"),
             str(st["requests_ok"]), str(st["errors"]), _fmt(st["client_cpu_percent"], ".0f") + "%",
-            "yes" if st["valid"] else "NO"))
+            ("yes" if st["valid"] else "NO") + ("" if st.get("latency_valid", True) else "*")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
     meta = result["metadata"]
     lines.append(f"({meta['streaming']}, api {meta['api']}, n_predict {meta['n_predict']}, latencies in ms; "
                  f"definitions: llama-tui bench --help)")
+    for st in result["steps"]:
+        if not st["valid"]:
+            lines.append(f"NO  step {st['step'] + 1}: {st['invalid_reason']}")
+        if st.get("latency_note"):
+            lines.append(f"*   step {st['step'] + 1}: {st['latency_note']}")
     return "\n".join(lines)
 
 
