@@ -99,7 +99,9 @@ def test_grid_2x2x2_then_adaptive_finds_the_grid_best(tiny_model: Path, no_lefto
     out2 = no_leftovers / "adaptive"
     res2 = sweep.run(SweepConfig(out_dir=out2, adaptive=True, **common))
     rows2 = [r for r in rows_of(out2) if results.is_measured(r)]
-    assert res2.status == "done" and len(rows2) < len(rows)
+    # Never more work than the grid (fewer cells when a ramp stops at its knee; on this 2x2x2 grid a
+    # parallel-8 ramp also looks below its start when that cell was judged invalid, so it can be all 8).
+    assert res2.status == "done" and len(rows2) <= len(rows)
     # It measured the grid's best cell, and it reports the best of what it measured. Which shape wins is
     # a measurement (noisy on 2 shared cores), so it is not asserted here; finding a grid's best on a
     # known throughput surface is test_sweep_core.py::test_adaptive_sweep_finds_the_grid_best_with_fewer_cells.

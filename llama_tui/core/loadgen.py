@@ -81,8 +81,9 @@ DEFINITIONS = {
                           "length (100 = one core)",
     "loop_lag_p99_ms": "p99 of how late a 10 ms timer fired on the load generator's event loop(s)",
     "valid": "false when the throughput may be the client's rather than the servers': a worker above 70% of its "
-             "calibrated ceiling (events/s), a worker's CPU above 90% of a core, or a mean event-loop lag above 5% "
-             "of the mean request (requests started late, so the offered load fell short)",
+             "calibrated ceiling (events/s), a worker's CPU above 90% of a core, or a mean event-loop lag, beyond "
+             "the probe's 1 ms resolution, above 5% of the mean request (requests started late, so the offered "
+             "load fell short)",
     "latency_valid": "false when the client's event-loop lag p99 exceeds 25 ms: the latency percentiles then "
                      "include client scheduling delay (typically other processes, such as the fleet, holding the "
                      "cores); throughput is judged by `valid`",
