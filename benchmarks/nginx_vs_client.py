@@ -67,6 +67,16 @@ def measure_helper(target: str | list[str], args: argparse.Namespace) -> dict:
             "cpu": 100 * res.cpu_s / res.duration_s, "server_tok_s": None, "valid": None, "why": None}
 
 
+def add_load_options(ap: argparse.ArgumentParser) -> None:
+    """The closed-loop load of an A/B script's steps (what `measure_bench` reads)."""
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured step")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3, help="steps per arm, alternating")
+    ap.add_argument("--n-predict", dest="n_predict", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=None, help="bench worker processes (default: auto)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny")
@@ -74,12 +84,7 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="threads per instance")
     ap.add_argument("--policy", default="least_conn")
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured step")
-    ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=3, help="steps per arm, alternating")
-    ap.add_argument("--n-predict", dest="n_predict", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=None, help="bench worker processes (default: auto)")
+    add_load_options(ap)
     ap.add_argument("--engine", choices=("bench", "helper"), default="bench")
     args = ap.parse_args()
 

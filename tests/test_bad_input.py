@@ -47,6 +47,7 @@ CASES: dict[str, Case] = {
     "port out of range": Case(_up("--base-port", "70000"), "port"),
     "nginx port zero": Case(_up("--nginx-port", "0"), "port"),
     "port in use": Case(_up("--nginx-port", "{busy}"), "{busy}"),
+    "more pinned cores than exist": Case(_up("--instances", "999", "--pin-cpus"), "--pin-cpus"),
     "unknown preset": Case(["fleet", "up", "--preset", "no-such-preset", "--detach"], "unknown preset"),
     "preset invalid toml": Case(["fleet", "up", "--preset", "broken", "--detach"], "broken.toml",
                                 prepare=_write("config/presets/broken.toml", "[fleet]\ninstances = = 2\n")),

@@ -351,3 +351,35 @@ def test_a_failed_policy_reload_keeps_the_old_config_and_shows_the_error(fleet_d
     data = status()
     assert data["nginx"]["policy"] == "round_robin" and data["nginx"]["config_valid"] is True
     assert data["nginx"]["config_error"] is None and data["warnings"] == []
+
+
+def _affinities(pid: int) -> set[tuple[int, ...]]:
+    """The CPU affinity of every thread of `pid`, as a set of distinct masks."""
+    return {tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_pinned_instances_keep_their_own_cores_across_restarts(fleet_dir, tiny_model):
+    from llama_tui.core import hardware
+
+    n = min(3, len(hardware.core_groups()))
+    spec = api_spec(tiny_model, instances=n, pin_cpus=True)
+    snap = fleet.up(spec, state_dir=fleet_dir)
+    pinned = [i.cpus for i in snap.instances]
+    assert all(pinned) and len({c for cpus in pinned for c in cpus}) == sum(len(c) for c in pinned)  # disjoint
+    for inst in snap.instances:  # every thread of the real llama-server, the main one included
+        assert _affinities(inst.pid) == {tuple(sorted(inst.cpus))}, inst.index
+        assert complete(f"http://127.0.0.1:{inst.port}").status_code == 200
+    victim = snap.instances[-1]
+    os.kill(victim.pid, signal.SIGKILL)
+    back = wait_for(lambda: (i := fleet.load_state(fleet_dir).instances[-1]).state == "ready"
+                    and i.pid != victim.pid and i, 20, "the killed pinned instance to be ready again")
+    assert back.cpus == victim.cpus and _affinities(back.pid) == {tuple(sorted(victim.cpus))}
+    # More instances than this machine has cores: refused before any starts; the fleet is as it was.
+    cores = len(hardware.core_groups())
+    with pytest.raises(UserError) as exc:
+        fleet.scale(cores + 1, state_dir=fleet_dir)
+    assert "--pin-cpus" in exc.value.cause and f"0 of {cores} are free" in exc.value.cause
+    after = fleet.snapshot(fleet_dir)
+    assert len(after.instances) == n and all(i.state == "ready" for i in after.instances)
+    assert [i.pid for i in after.instances] == [i.pid for i in snap.instances[:-1]] + [back.pid]
+    assert status()["instances"][0]["cpus"] == pinned[0]

@@ -276,3 +276,60 @@ def test_control_socket_path_stays_short(tmp_path):
     p = state.control_path(deep)
     assert len(str(p).encode()) <= 104
     assert state.control_path(tmp_path) == tmp_path.absolute() / "control.sock" or len(str(tmp_path)) > 80
+
+
+# ------------------------------------------------------------------------------------- CPU pinning
+
+SMT = ((0, 4), (1, 5), (2, 6), (3, 7))  # four physical cores with two hardware threads each
+
+
+def test_cpu_lists_parse_and_format_like_the_kernel():
+    assert hardware._parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert hardware.format_cpus([11, 0, 1, 2, 3, 8, 10]) == "0-3,8,10-11"
+    assert hardware.format_cpus([5]) == "5" and hardware.format_cpus(None) == "-"
+
+
+def test_cores_are_allocated_whole_disjoint_and_first_free_first():
+    first = hardware.allocate_cores(2, set(), SMT)
+    assert first == (0, 4, 1, 5)  # two physical cores with their SMT siblings
+    second = hardware.allocate_cores(1, set(first), SMT)
+    assert second == (2, 6)
+    assert hardware.allocate_cores(2, set(first) | set(second), SMT) is None  # one core left
+    assert hardware.allocate_cores(1, {4}, SMT) == (1, 5)  # a core is taken when any of its CPUs is
+
+
+def test_this_machines_core_groups_cover_its_cpus_once():
+    groups = hardware.core_groups()
+    cpus = [c for g in groups for c in g]
+    assert len(cpus) == len(set(cpus)) == hardware.logical_cores()
+    assert len(groups) >= hardware.physical_cores()
+
+
+def test_pinning_needs_a_core_per_thread(monkeypatch):
+    monkeypatch.setattr(hardware, "core_groups", lambda: SMT)
+    fleet.FleetSpec.from_settings(_settings(model="tiny", instances=4, threads=1, pin_cpus=True))
+    fleet.FleetSpec.from_settings(_settings(model="tiny", instances=2, threads=2, pin_cpus=True))
+    with pytest.raises(UserError) as exc:
+        fleet.FleetSpec.from_settings(_settings(model="tiny", instances=3, threads=2, pin_cpus=True))
+    assert "3 instances x 2 threads need 6 physical cores" in exc.value.cause
+    assert "at most 2 instance(s) at --threads 2" in exc.value.fix
+    monkeypatch.setattr(hardware, "can_pin", lambda: False)  # macOS
+    with pytest.raises(UserError) as exc:
+        fleet.FleetSpec.from_settings(_settings(model="tiny", instances=1, pin_cpus=True))
+    assert "does not offer" in exc.value.cause and exc.value.fix == "drop --pin-cpus"
+    fleet.FleetSpec.from_settings(_settings(model="tiny", instances=1, pin_cpus=False))  # unpinned: fine anywhere
+
+
+def test_the_pin_trampoline_sets_affinity_then_becomes_the_command(tmp_path):
+    from llama_tui.core.supervisor import pinned
+
+    assert pinned(["/bin/true"], None) == ["/bin/true"]
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    proc = subprocess.Popen(pinned([sys.executable, "-c", "import os; print(os.getpid(), sorted(os.sched_getaffinity(0)))"],
+                                   [cpu]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert stdout.split() == [str(proc.pid), f"[{cpu}]"]  # exec, not a child: the recorded pid is the server
+    missing = subprocess.run(pinned([str(tmp_path / "no-such-server"), "-m", "x"], [cpu]), capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode == 127 and "cannot start" in missing.stderr and "no-such-server" in missing.stderr

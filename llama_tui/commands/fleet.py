@@ -21,6 +21,7 @@ FLEET_OPTIONS = {
     "threads": "fleet.threads",
     "gpu_layers": "fleet.gpu_layers",
     "gpus": "fleet.gpus",
+    "pin_cpus": "fleet.pin_cpus",
     "base_port": "fleet.base_port",
     "host": "fleet.host",
     "nginx_port": "fleet.nginx_port",
@@ -46,6 +47,8 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
     g.add_argument("--threads", metavar="T", help="threads per instance (default: physical cores // instances)")
     g.add_argument("--gpu-layers", dest="gpu_layers", metavar="L", help="--n-gpu-layers for every instance")
     g.add_argument("--gpus", metavar="0,1,...", help="pin instances to GPUs round-robin (CUDA_VISIBLE_DEVICES)")
+    g.add_argument("--pin-cpus", dest="pin_cpus", action=argparse.BooleanOptionalAction, default=None,
+                   help="give each instance its own physical cores (Linux CPU affinity; needs instances x threads <= cores)")
     g.add_argument("--base-port", dest="base_port", metavar="PORT", help="port of instance 0")
     g.add_argument("--host", help="address instances bind to (loopback only; default 127.0.0.1)")
     g.add_argument("--nginx-port", dest="nginx_port", metavar="PORT", help="port NGINX listens on")
@@ -224,6 +227,11 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
         rows.append((f"  {i.index}", str(i.port), _fmt(i.pid), i.state, str(i.restarts), _fmt_uptime(i.uptime_s),
                      _fmt(i.threads), slots, procdef, _fmt(i.server_tok_s), _fmt(i.cpu_percent, digits=1),
                      _fmt_bytes(i.rss_bytes), _fmt_bytes(i.gpu_memory_bytes), _fmt(i.gpu_util_percent)))
+    if any(i.cpus for i in snap.instances):  # pinned (--pin-cpus): which CPUs each instance runs on
+        from llama_tui.core.hardware import format_cpus
+
+        rows = [r + (c,) for r, c in zip(rows, ["cpus"] + [format_cpus(i.cpus) for i in snap.instances])]
+        header = rows[0]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     for r in rows:
         lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip())

@@ -152,6 +152,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "threads": (_opt(lambda v: _as_int(v, 1)), None, "threads per instance; auto = physical cores // instances"),
         "gpu_layers": (_opt(lambda v: _as_int(v, 0)), None, "--n-gpu-layers; auto leaves llama-server's default"),
         "gpus": (_gpus, (), "GPU indices to pin instances to, round-robin (CUDA_VISIBLE_DEVICES)"),
+        "pin_cpus": (_as_bool, False, "give each instance its own physical cores (Linux CPU affinity)"),
         "host": (str, "127.0.0.1", "address instances bind to (loopback only)"),
         "base_port": (_port, 18080, "port of instance 0; instance i gets base_port + i"),
         "nginx_port": (_port, 18000, "port NGINX listens on"),

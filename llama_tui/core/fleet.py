@@ -73,6 +73,7 @@ class FleetSpec:
     threads: int | None = None  # None: physical cores // instances
     gpu_layers: int | None = None
     gpus: tuple[int, ...] = ()
+    pin_cpus: bool = False  # each instance on its own physical cores (Linux CPU affinity)
     host: str = "127.0.0.1"
     base_port: int = 18080
     nginx_port: int = 18000
@@ -101,7 +102,7 @@ class FleetSpec:
         spec = cls(
             model=model_mod.resolve_model(f["model"]),
             instances=f["instances"], parallel=f["parallel"], ctx_per_slot=f["ctx_per_slot"],
-            threads=f["threads"], gpu_layers=f["gpu_layers"], gpus=tuple(f["gpus"] or ()),
+            threads=f["threads"], gpu_layers=f["gpu_layers"], gpus=tuple(f["gpus"] or ()), pin_cpus=f["pin_cpus"],
             host=f["host"], base_port=f["base_port"], nginx_port=f["nginx_port"], listen=f["listen"],
             policy=f["policy"], max_conns=f["max_conns"], max_concurrency=f["max_concurrency"],
             extra_args=extra, api_key=f["api_key"], expose_admin=f["expose_admin"],
@@ -124,6 +125,7 @@ class FleetSpec:
             raise UserError(f"--listen must be an IP address, got {self.listen!r}",
                             "use 127.0.0.1 (default) or 0.0.0.0 for every interface") from None
         self.check_port_range(self.instances)
+        self.check_pinning(self.instances)
         if self.policy not in config.POLICIES:
             raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
 
@@ -138,6 +140,22 @@ class FleetSpec:
         if self.base_port <= self.nginx_port <= last:
             raise UserError(f"--nginx-port {self.nginx_port} collides with the instance ports "
                             f"{self.base_port}-{last}", "pick an --nginx-port outside that range")
+
+    def check_pinning(self, instances: int) -> None:
+        """With `pin_cpus`, every instance needs physical cores of its own: instances x threads of them."""
+        if not self.pin_cpus:
+            return
+        if not hardware.can_pin():
+            raise UserError("--pin-cpus needs CPU affinity, which this OS does not offer (macOS has none)",
+                            "drop --pin-cpus")
+        threads = self.threads_for(instances)
+        cores = len(hardware.core_groups())
+        if instances * threads > cores:
+            fit = cores // threads
+            raise UserError(f"--pin-cpus: {instances} instances x {threads} threads need {instances * threads} "
+                            f"physical cores of their own; this process may use {cores}",
+                            (f"use at most {fit} instance(s) at --threads {threads}, " if fit else "")
+                            + "lower --threads, or drop --pin-cpus")
 
     def threads_for(self, instances: int) -> int:
         return self.threads if self.threads is not None else hardware.thread_budget(instances)
@@ -635,7 +653,7 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 server_tok_s=srv.server_tok_s if srv else None,
                 cpu_percent=proc.cpu_percent if proc else None, rss_bytes=proc.rss_bytes if proc else None,
                 gpu_memory_bytes=proc.gpu_memory_bytes if proc else None,
-                gpu_util_percent=proc.gpu_util_percent if proc else None,
+                gpu_util_percent=proc.gpu_util_percent if proc else None, cpus=i.cpus,
                 log_path=i.log_path, last_error=error,
             ))
         ng = None

@@ -52,3 +52,73 @@ def thread_budget(instances: int, cores: int | None = None) -> int:
     """Threads per instance so that instances x threads <= physical cores (at least 1)."""
     cores = physical_cores() if cores is None else cores
     return max(1, cores // max(1, instances))
+
+
+def _parse_cpu_list(text: str) -> set[int]:
+    """A kernel CPU list ("0-3,8,10-11") as a set."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _siblings(cpu: int) -> set[int]:
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+            return _parse_cpu_list(f.read())
+    except (OSError, ValueError):
+        return {cpu}
+
+
+def can_pin() -> bool:
+    """Whether this OS lets a process restrict the CPUs it runs on (Linux does; macOS does not)."""
+    return hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")
+
+
+@lru_cache(maxsize=1)
+def core_groups() -> tuple[tuple[int, ...], ...]:
+    """The logical CPUs this process may use, one group per physical core (SMT siblings together), in
+    CPU order. Without topology (or affinity) every logical CPU is its own group."""
+    try:
+        allowed = set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return tuple((c,) for c in range(logical_cores()))
+    groups: list[tuple[int, ...]] = []
+    seen: set[int] = set()
+    for cpu in sorted(allowed):
+        if cpu in seen:
+            continue
+        group = tuple(sorted((_siblings(cpu) & allowed) | {cpu}))
+        seen.update(group)
+        groups.append(group)
+    return tuple(groups)
+
+
+def allocate_cores(threads: int, used: set[int], groups: tuple[tuple[int, ...], ...] | None = None
+                   ) -> tuple[int, ...] | None:
+    """The logical CPUs of the first `threads` physical cores none of whose CPUs is in `used`, or None
+    when fewer are free. An instance pinned to them gets one core per thread, disjoint from the others."""
+    groups = core_groups() if groups is None else groups
+    free = [g for g in groups if not used.intersection(g)]
+    if len(free) < threads:
+        return None
+    return tuple(c for g in free[:threads] for c in g)
+
+
+def format_cpus(cpus: tuple[int, ...] | list[int] | None) -> str:
+    """CPUs as a kernel CPU list ("0-3,8"), or "-" for none."""
+    if not cpus:
+        return "-"
+    cs = sorted(set(cpus))
+    parts, start, prev = [], cs[0], cs[0]
+    for c in cs[1:] + [None]:  # type: ignore[list-item]
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if c is not None:
+            start = prev = c
+    return ",".join(parts)

@@ -49,6 +49,7 @@ class InstanceSnapshot:
     rss_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     gpu_util_percent: float | None = None
+    cpus: list[int] | None = None  # pinned CPUs (--pin-cpus), else None
     log_path: str | None = None
     last_error: str | None = None
 

@@ -228,6 +228,7 @@ class InstanceState:
     ready_at: float | None = None
     in_upstream: bool = False  # NGINX balances over it
     gpu: int | None = None  # CUDA_VISIBLE_DEVICES
+    cpus: list[int] | None = None  # the logical CPUs it is pinned to (--pin-cpus), else None
     exit_code: int | None = None
     last_error: str | None = None
 

@@ -39,13 +39,28 @@ from typing import Any
 
 import orjson
 
-from llama_tui.core import paths
+from llama_tui.core import hardware, paths
 from llama_tui.core import state as st_mod
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import FleetSpec, check_ports
 from llama_tui.core.frontdoor import FrontDoor, FrontDoorSpec
 from llama_tui.core.monitor import Endpoint, Monitor, health
 from llama_tui.core.state import FleetState, InstanceState, NginxState
+
+# Runs before llama-server in the same process (exec keeps the pid): sets the CPU affinity every thread
+# llama-server will create inherits. llama.cpp's own --cpu-mask leaves the main thread unpinned at -t 1.
+_PIN_EXEC = ("import os,sys\n"
+             "os.sched_setaffinity(0,[int(c) for c in sys.argv[1].split(',')])\n"
+             "try:\n os.execv(sys.argv[2],sys.argv[2:])\n"
+             "except OSError as e:\n print('llama-tui: cannot start',sys.argv[2],'(',e,')',file=sys.stderr);sys.exit(127)\n")
+
+
+def pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
+    """The argv that starts `cmd` restricted to `cpus` (the command itself when there are none)."""
+    if not cpus:
+        return list(cmd)
+    return [sys.executable, "-I", "-S", "-c", _PIN_EXEC, ",".join(map(str, cpus)), *cmd]
+
 
 CRASH_LIMIT = 5  # crashes within CRASH_WINDOW_S that mark an instance failed
 CRASH_WINDOW_S = 60.0
@@ -155,11 +170,26 @@ class Supervisor:
                           prefix=str(prefix), config_path=str(prefix / "nginx.conf"),
                           error_log=str(prefix / "logs" / "error.log"), access_log=str(prefix / "logs" / "access.log"))
 
-    def _new_instance(self, index: int, threads: int) -> Instance:
-        rec = InstanceState(index=index, port=self.spec.port_of(index), threads=threads,
-                            log_path=str(st_mod.instance_log_path(self.dir, index)), gpu=self.spec.gpu_of(index),
-                            cmd=self.spec.command(self.state.llama_server or "llama-server", index, threads))
-        return Instance(rec)
+    def _new_instances(self, indices: range | list[int], threads: int) -> list[Instance]:
+        """Records for new instances; with `pin_cpus`, each gets physical cores no other instance holds."""
+        taken = {c for i in self.instances for c in (i.rec.cpus or ())}
+        out = []
+        for index in indices:
+            cpus = None
+            if self.spec.pin_cpus:
+                cpus = hardware.allocate_cores(threads, taken)
+                if cpus is None:
+                    free = len(hardware.core_groups()) - sum(1 for g in hardware.core_groups() if taken & set(g))
+                    raise UserError(f"--pin-cpus: instance {index} needs {threads} physical core(s) of its own and "
+                                    f"{free} of {len(hardware.core_groups())} are free",
+                                    "scale to fewer instances, or restart the fleet without --pin-cpus")
+                taken.update(cpus)
+            rec = InstanceState(index=index, port=self.spec.port_of(index), threads=threads,
+                                log_path=str(st_mod.instance_log_path(self.dir, index)), gpu=self.spec.gpu_of(index),
+                                cpus=list(cpus) if cpus else None,
+                                cmd=self.spec.command(self.state.llama_server or "llama-server", index, threads))
+            out.append(Instance(rec))
+        return out
 
     def setup_fresh(self) -> None:
         payload = orjson.loads((self.dir / st_mod.SPEC_FILE).read_bytes())
@@ -175,7 +205,7 @@ class Supervisor:
             os.replace(self.door.access_log, self.door.access_log.with_name("access.log.1"))
         threads = self.spec.threads_for(self.spec.instances)
         with self.lock:
-            self.instances = [self._new_instance(i, threads) for i in range(self.spec.instances)]
+            self.instances = self._new_instances(range(self.spec.instances), threads)
             self.save()
             for inst in self.instances:  # all at once: they load in parallel
                 self._spawn(inst)
@@ -257,13 +287,14 @@ class Supervisor:
             env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
         fd = self._open_instance_log(rec)
         try:
+            on = f" on CPUs {hardware.format_cpus(rec.cpus)}" if rec.cpus else ""
             banner = (f"--- llama-tui: instance {rec.index} {'restart' if restart else 'start'} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(rec.cmd)}\n")
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}{on}: {' '.join(rec.cmd)}\n")
             try:
                 os.write(fd, banner.encode())
             except OSError:
                 pass  # a full disk loses the banner, not the instance
-            proc = subprocess.Popen(rec.cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
+            proc = subprocess.Popen(pinned(rec.cmd, rec.cpus), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
                                     start_new_session=True, close_fds=True, cwd=str(self.dir))
         except OSError as exc:
             rec.state = "failed"
@@ -601,7 +632,7 @@ class Supervisor:
                 check_ports(self.spec, indices=indices, nginx=False)
                 threads = self.spec.threads_for(n)
                 with self.lock:
-                    new = [self._new_instance(i, threads) for i in indices]
+                    new = self._new_instances(indices, threads)
                     self.instances.extend(new)
                     for inst in new:
                         self._spawn(inst)
