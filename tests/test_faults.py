@@ -161,3 +161,31 @@ def test_a_full_disk_does_not_stop_the_fleet(how, tmp_path, tiny_model, monkeypa
         if mounted:
             subprocess.run(["umount", "-l", str(sd)], capture_output=True)
     assert not leftovers, f"processes left running: {leftovers}"
+
+
+def test_a_hung_instance_is_killed_and_restarted_a_busy_one_is_not(isolated_dirs, tiny_model, monkeypatch):
+    """SIGSTOP freezes a real llama-server: its port still accepts connections (the kernel does that) but
+    nothing answers. The supervisor must see no /health answer and no CPU use, kill it and restart it,
+    while the other instance, under load, is left alone with the same short hang window."""
+    monkeypatch.setenv("LLAMA_TUI_HANG_S", "2")  # the supervisor reads it at start (default 30 s)
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        victim = instance(isolated_dirs, 1)
+        os.kill(victim.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        back = wait_for(lambda: (lambda i: i if i and i.state == "ready" and i.pid != victim.pid else None)(
+            instance(isolated_dirs, 1)), 30, "the hung instance to be killed and ready again")
+        assert time.monotonic() - stopped_at < 15
+        assert back.port == victim.port and back.restarts == 1
+        assert back.last_error.startswith("hung (no /health answer for"), back.last_error
+        assert not state.alive(victim.pid, victim.pid_started)  # the frozen process is gone, not left stopped
+        # Busy is not hung: 8 streams through NGINX for 6 s, three times the hang window; nobody is killed.
+        config = BenchConfig(url=st.nginx_url(), concurrency=(8,), duration=6.0, warmup=0.0, n_predict=400,
+                             prompt_tokens=8, workers=1, timeout=30, state_dir=str(isolated_dirs))
+        step = bench.run_step(config)
+        assert step["errors"] == 0 and step["requests_ok"] > 0
+        after = fleet.load_state(isolated_dirs)
+        assert [i.restarts for i in sorted(after.instances, key=lambda i: i.index)] == [0, 1]
+        assert [i.pid for i in sorted(after.instances, key=lambda i: i.index)] == [st.instances[0].pid, back.pid]
+    finally:
+        fleet.down(isolated_dirs, timeout=5)

@@ -333,3 +333,31 @@ def test_the_pin_trampoline_sets_affinity_then_becomes_the_command(tmp_path):
     missing = subprocess.run(pinned([str(tmp_path / "no-such-server"), "-m", "x"], [cpu]), capture_output=True,
                              text=True, timeout=30)
     assert missing.returncode == 127 and "cannot start" in missing.stderr and "no-such-server" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------- hang detection
+
+def test_liveness_tells_a_hung_instance_from_a_busy_one():
+    from llama_tui.core.supervisor import Liveness
+
+    hung = Liveness(hang_s=10, cpu_fraction=0.05)
+    assert hung.observe(0, False, 100.0) is None  # the first unanswered probe opens the window
+    assert hung.observe(5, False, 100.1) is None  # not long enough yet
+    kind, waited, used = hung.observe(10, False, 100.2)
+    assert kind == "hung" and waited == 10 and used == pytest.approx(0.2)
+
+    busy = Liveness(hang_s=10, cpu_fraction=0.05)  # /health queued behind streams, CPU flat out
+    busy.observe(0, False, 0.0)
+    assert busy.observe(10, False, 8.0) == ("busy", 10, 8.0)
+    assert busy.observe(20, False, 16.0) is None  # said once per episode; the window starts again
+    kind, waited, used = busy.observe(30, False, 16.1)  # then it stopped using CPU too: hung
+    assert kind == "hung" and waited == 10 and used == pytest.approx(0.1)
+
+    flaky = Liveness(hang_s=10, cpu_fraction=0.05)  # an answer in between closes the episode
+    flaky.observe(0, False, 0.0)
+    assert flaky.observe(9, True, None) is None
+    assert flaky.observe(15, False, 0.0) is None and flaky.observe(20, False, 0.0) is None
+    assert flaky.observe(25, False, 0.0)[0] == "hung"
+    gone = Liveness(hang_s=10)  # a process that is gone is the watch loop's (a crash), not a hang
+    gone.observe(0, False, 0.0)
+    assert gone.observe(30, False, None) is None

@@ -10,6 +10,8 @@ them answer /health 200. Then it watches:
 - an instance that exits is restarted on the same port after an exponential backoff (0.5 s, 1 s,
   2 s ... 30 s); one that exits before it was ever ready twice, or `CRASH_LIMIT` times within
   `CRASH_WINDOW_S`, is marked `failed` with the tail of its log, and leaves NGINX's upstream;
+- a ready instance that answers no /health probe for `HANG_S` while using almost no CPU (stopped,
+  deadlocked) is killed, and so restarted like a crash; a busy one (CPU in use) is left alone;
 - NGINX that dies is started again with the last config that passed `nginx -t`;
 - `fleet.json` is rewritten atomically on every change.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from llama_tui.core import hardware, paths
 from llama_tui.core import state as st_mod
@@ -60,6 +63,58 @@ def pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
     if not cpus:
         return list(cmd)
     return [sys.executable, "-I", "-S", "-c", _PIN_EXEC, ",".join(map(str, cpus)), *cmd]
+
+
+# An instance that answers no /health probe for HANG_S seconds while using under HANG_CPU_FRACTION of a
+# core is hung (stopped, deadlocked): it is killed and restarted like a crash. One that uses CPU is only
+# busy (llama-server queues /health behind streams when its HTTP threads are all taken) and is left alone.
+HANG_S = float(os.environ.get("LLAMA_TUI_HANG_S", "30"))
+HANG_CPU_FRACTION = 0.05
+
+
+class Liveness:
+    """The hang verdict for one instance, from /health probes and the process's CPU time."""
+
+    def __init__(self, hang_s: float = HANG_S, cpu_fraction: float = HANG_CPU_FRACTION) -> None:
+        self.hang_s = hang_s
+        self.cpu_fraction = cpu_fraction
+        self.since: float | None = None  # first unanswered probe of this episode
+        self.cpu0 = 0.0
+        self.busy_noted = False
+
+    def observe(self, now: float, answered: bool, cpu_s: float | None) -> tuple[str, float, float] | None:
+        """("hung" | "busy", seconds unanswered, CPU seconds used meanwhile) once a verdict is due, else None.
+        "busy" comes once per episode; the window then starts again."""
+        if answered or cpu_s is None:
+            self.since, self.busy_noted = None, False
+            return None
+        if self.since is None:
+            self.since, self.cpu0 = now, cpu_s
+            return None
+        waited, used = now - self.since, cpu_s - self.cpu0
+        if waited < self.hang_s:
+            return None
+        if used < self.cpu_fraction * waited:
+            self.since = None
+            return ("hung", waited, used)
+        self.since, self.cpu0 = now, cpu_s
+        if self.busy_noted:
+            return None
+        self.busy_noted = True
+        return ("busy", waited, used)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` and its children, or None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
+    except psutil.Error:
+        return None
 
 
 CRASH_LIMIT = 5  # crashes within CRASH_WINDOW_S that mark an instance failed
@@ -102,6 +157,8 @@ class Instance:
         self.start_failures = 0
         self.next_start: float | None = None  # waiting out a backoff
         self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
+        self.liveness = Liveness()
+        self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
 
     def alive(self) -> bool:
         if self.proc is not None:
@@ -330,11 +387,12 @@ class Supervisor:
         while inst.crashes and now - inst.crashes[0] > CRASH_WINDOW_S:
             inst.crashes.popleft()
         tail = st_mod.error_summary(rec.log_path)
+        how, inst.hung_note = inst.hung_note or _exit_text(code), None
         if not inst.ever_ready:
             inst.start_failures += 1
         if (not inst.ever_ready and inst.start_failures >= START_ATTEMPTS) or len(inst.crashes) >= CRASH_LIMIT:
-            why = (f"{_exit_text(code)} before it was ready ({inst.start_failures} attempts)" if not inst.ever_ready
-                   else f"{_exit_text(code)}; {len(inst.crashes)} crashes within {CRASH_WINDOW_S:.0f}s")
+            why = (f"{how} before it was ready ({inst.start_failures} attempts)" if not inst.ever_ready
+                   else f"{how}; {len(inst.crashes)} crashes within {CRASH_WINDOW_S:.0f}s")
             rec.state = "failed"
             rec.last_error = f"{why}: {tail}"
             log(f"instance {rec.index} failed: {rec.last_error}")
@@ -344,9 +402,9 @@ class Supervisor:
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
         rec.state = "restarting"
-        rec.last_error = f"{_exit_text(code)}: {tail}"
+        rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
         inst.next_start = now + delay
-        log(f"instance {rec.index} {_exit_text(code)}; restarting on port {rec.port} in {delay:.1f}s")
+        log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
 
     def _stop_instances(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
         refs = [i.rec.ref() for i in insts if i.alive()]
@@ -501,6 +559,40 @@ class Supervisor:
             changed |= self._advance_phase()
             if changed or self.dirty:
                 self.save()
+
+    def check_liveness(self) -> None:
+        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
+        with self.lock:
+            if self.shutting_down:
+                return
+            targets = [(i, i.rec.pid) for i in self.instances if i.rec.state == "ready" and not i.held and i.rec.pid]
+        timeout = min(2.0, HANG_S / 3)
+        for inst, pid in targets:
+            answered = health(self.host, inst.rec.port, timeout=timeout) is not None
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else _cpu_seconds(pid))
+            if verdict is None:
+                continue
+            kind, waited, used = verdict
+            if kind == "busy":
+                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
+                    "busy, not hung (its HTTP threads are taken by streams); left running")
+                continue
+            with self.lock:
+                if inst.rec.pid != pid or inst.rec.state != "ready" or inst.held or self.shutting_down:
+                    continue
+                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
+                                  "killed by the supervisor")
+                log(f"instance {inst.rec.index} (pid {pid}) is {inst.hung_note}")
+                ref = inst.rec.ref()
+                if ref is not None:
+                    ref.signal(signal.SIGKILL)  # the watch loop sees the exit and restarts it like a crash
+
+    def _liveness_loop(self) -> None:
+        while not self.exit_event.wait(min(2.0, HANG_S / 3)):
+            try:
+                self.check_liveness()
+            except Exception:
+                log(f"liveness check error:\n{traceback.format_exc()}")
 
     def _advance_phase(self) -> bool:
         if self.phase != "starting":
@@ -862,6 +954,7 @@ class Supervisor:
             log(f"cannot start: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             return 1
         self._open_control()
+        threading.Thread(target=self._liveness_loop, name="liveness", daemon=True).start()
         self.save()
         log(f"supervising {len(self.instances)} instances in {self.dir} (control: {self.state.control})")
         code = 0
