@@ -30,18 +30,9 @@ sys.path.insert(0, str(REPO))
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time used so far by `pids` and their children (NGINX's workers)."""
-    import psutil
+    from llama_tui.core.monitor import tree_cpu_seconds
 
-    total = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
-        except psutil.Error:
-            continue
-    return total
+    return sum(tree_cpu_seconds(pid) or 0.0 for pid in pids)
 
 
 def measure_bench(target: str | list[str], args: argparse.Namespace) -> dict:

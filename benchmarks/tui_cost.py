@@ -40,14 +40,9 @@ SCRIPTED = ("from llama_tui.ui import scripted; from llama_tui.ui.app import mak
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    from llama_tui.core.monitor import tree_cpu_seconds
+
+    return tree_cpu_seconds(proc.pid) or 0.0
 
 
 def measure(label: str, term: Terminal, ready: str, warmup: float, seconds: float, keys: bytes = b"") -> float:

@@ -119,3 +119,22 @@ def test_server_slots_metrics_and_tok_s_from_a_real_llama_server(llama_server):
     assert second.tokens_predicted_total - first.tokens_predicted_total == predicted
     assert second.server_tok_s and second.server_tok_s > 0
     assert health("127.0.0.1", port) == 200
+
+
+def test_tree_cpu_seconds_counts_children_and_knows_a_gone_pid():
+    from llama_tui.core.monitor import tree_cpu_seconds
+
+    burn = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.3: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while (tree_cpu_seconds(burn.pid) or 0) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = tree_cpu_seconds(burn.pid)
+        assert child is not None and child >= 0.3
+        # the parent's tree total holds its own CPU and the live child's
+        assert tree_cpu_seconds(os.getpid()) >= sum(os.times()[:2]) + child - 0.05
+    finally:
+        burn.kill()
+        burn.wait()
+    assert tree_cpu_seconds(burn.pid) is None

@@ -41,6 +41,22 @@ def http_get(host: str, port: int, path: str, timeout: float = 1.0) -> tuple[int
         conn.close()
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` and its descendants so far, or None when `pid` is gone."""
+    try:
+        proc = psutil.Process(pid)
+        kids = proc.children(recursive=True)
+        total = sum(proc.cpu_times()[:2])
+    except psutil.Error:
+        return None
+    for p in kids:
+        try:
+            total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass  # a child that just exited
+    return total
+
+
 def health(host: str, port: int, timeout: float = 1.0) -> int | None:
     """HTTP status of /health (200 ready, 503 loading), or None when unreachable."""
     r = http_get(host, port, "/health", timeout)

@@ -40,14 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 
 from llama_tui.core import hardware, paths
 from llama_tui.core import state as st_mod
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import FleetSpec, check_ports
 from llama_tui.core.frontdoor import FrontDoor, FrontDoorSpec
-from llama_tui.core.monitor import Endpoint, Monitor, health
+from llama_tui.core.monitor import Endpoint, Monitor, health, tree_cpu_seconds
 from llama_tui.core.state import FleetState, InstanceState, NginxState
 
 # Runs before llama-server in the same process (exec keeps the pid): sets the CPU affinity every thread
@@ -102,19 +101,6 @@ class Liveness:
             return None
         self.busy_noted = True
         return ("busy", waited, used)
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` and its children, or None when it is gone."""
-    try:
-        proc = psutil.Process(pid)
-        total = 0.0
-        for p in [proc, *proc.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system
-        return total
-    except psutil.Error:
-        return None
 
 
 CRASH_LIMIT = 5  # crashes within CRASH_WINDOW_S that mark an instance failed
@@ -569,7 +555,7 @@ class Supervisor:
         timeout = min(2.0, HANG_S / 3)
         for inst, pid in targets:
             answered = health(self.host, inst.rec.port, timeout=timeout) is not None
-            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else _cpu_seconds(pid))
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else tree_cpu_seconds(pid))
             if verdict is None:
                 continue
             kind, waited, used = verdict
