@@ -287,12 +287,17 @@ def test_logs_screen_follows_the_selected_log(tmp_path):
 # ------------------------------------------------------------------------------------------------ form
 
 
+async def open_form(app, pilot) -> None:
+    """Press `e` and wait for the fleet form."""
+    await pilot.press("e")
+    await wait_for(pilot, lambda: isinstance(app.screen, FleetFormScreen))
+
+
 def test_edit_form_starts_the_edited_fleet():
     ctrl = scripted.ScriptedController(models=[Path("/models/qwen2.5-7b-q4_k_m.gguf")])
 
     async def scenario(app, pilot):
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, FleetFormScreen))
+        await open_form(app, pilot)
         form = app.screen
         await wait_for(pilot, lambda: "1 GGUF models found" in str(form.query_one("#form-box").border_subtitle))
         form.query_one("#instances", Input).value = "3"
@@ -311,8 +316,7 @@ def test_edit_form_rejects_bad_numbers_in_place():
     ctrl = scripted.ScriptedController()
 
     async def scenario(app, pilot):
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, FleetFormScreen))
+        await open_form(app, pilot)
         app.screen.query_one("#instances", Input).value = "two"
         await pilot.click("#submit")
         await pilot.pause(0.1)
@@ -327,8 +331,7 @@ def test_edit_form_on_a_running_fleet_asks_then_replaces_it():
     ctrl = running()
 
     async def scenario(app, pilot):
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, FleetFormScreen))
+        await open_form(app, pilot)
         app.screen.query_one("#instances", Input).value = "4"
         await pilot.click("#submit")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
@@ -344,8 +347,7 @@ def test_form_saves_a_user_preset():
     ctrl = scripted.ScriptedController()
 
     async def scenario(app, pilot):
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, FleetFormScreen))
+        await open_form(app, pilot)
         app.screen.query_one("#parallel", Input).value = "8"
         app.screen.query_one("#preset-name", Input).value = "my-box"
         await pilot.click("#save")

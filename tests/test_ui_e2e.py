@@ -37,14 +37,19 @@ def nginx_health(port: int) -> int | None:
         return None
 
 
-def test_terminal_hangup_exits_cleanly_without_a_fleet():
-    term = Terminal([])
+def hang_up_when(term: Terminal, text: str, exit_timeout: float) -> Terminal:
+    """Wait for `text` on screen, hang the terminal up, and expect the TUI to exit 0; kill it in any case."""
     try:
-        term.wait_text(r"No fleet running", timeout=60)
+        term.wait_text(text, timeout=60)
         term.hang_up()
-        assert term.wait_exit(timeout=20) == 0
+        assert term.wait_exit(timeout=exit_timeout) == 0
     finally:
         term.kill()
+    return term
+
+
+def test_terminal_hangup_exits_cleanly_without_a_fleet():
+    term = hang_up_when(Terminal([]), r"No fleet running", exit_timeout=20)
     assert "Traceback" not in term.text()
 
 
@@ -112,13 +117,7 @@ def test_cli_starts_the_demo_fleet_quits_leaving_it_and_reattaches_after_a_hangu
         assert "the fleet keeps running (2 instances" in out
         assert nginx_health(base + 2) == 200  # the fleet keeps serving
 
-        again = Terminal(demo_args(base))  # reattach: the same fleet, not a second one
-        try:
-            again.wait_text(rf"{base + 1}\s+\d+\s+ready", timeout=60)
-            again.hang_up()
-            assert again.wait_exit(timeout=30) == 0
-        finally:
-            again.kill()
+        again = hang_up_when(Terminal(demo_args(base)), rf"{base + 1}\s+\d+\s+ready", exit_timeout=30)  # reattach
         assert "Traceback" not in again.text()
         assert "already running" not in again.text()
         assert nginx_health(base + 2) == 200
