@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_tui.core.accesslog import AccessLogFollower, percentile
+from llama_tui.core.accesslog import AccessLogFollower
+from llama_tui.core.stats import percentile
 
 A, B = "127.0.0.1:18080", "127.0.0.1:18081"
 T0 = 1_800_000_000.0

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from llama_tui.core.snapshots import UpstreamStat
+from llama_tui.core.stats import percentile
 
 WINDOW_S = 10.0
 RECENT = 1024
@@ -120,17 +121,6 @@ def _floats(text: str) -> list[float | None]:
         except ValueError:
             out.append(None)
     return out
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100) of `values`, None when empty."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 class AccessLogFollower:
@@ -249,8 +239,8 @@ class AccessLogFollower:
             b = self._backends[address]
             ended = [r for r in b.recent if lo <= r[1] <= now]
             busy = sum(max(0.0, min(r[1], now) - max(r[0], lo)) for r in b.recent if r[1] >= lo)
-            resp = [r[3] * 1000 for r in b.recent if r[3] is not None]
-            head = [r[2] * 1000 for r in b.recent if r[2] is not None]
+            resp = sorted(r[3] * 1000 for r in b.recent if r[3] is not None)
+            head = sorted(r[2] * 1000 for r in b.recent if r[2] is not None)
             estimate = busy / span
             out.append(UpstreamStat(
                 address=address,

@@ -43,7 +43,7 @@ from llama_tui.core.config import APIS, parse_int_list
 from llama_tui.core.childproc import EventStream
 from llama_tui.core.errors import UserError
 from llama_tui.core.loadgen import (DEFINITIONS, LiveCounters, RequestShape, StepPartial, StepPlan, Target,
-                                    is_loopback, json_lines, measure_ceiling, owner_env, run_plan)
+                                    is_loopback, json_lines, measure_ceiling, run_plan)
 from llama_tui.core.snapshots import BenchSample
 from llama_tui.core.stats import percentile
 
@@ -425,7 +425,7 @@ class WorkerPool:
     def __init__(self, n: int) -> None:
         self.procs: list[subprocess.Popen] = []
         self.lines: queue.Queue = queue.Queue()
-        env = owner_env()
+        env = paths.owner_env()
         try:
             for i in range(n):
                 p = subprocess.Popen([sys.executable, "-m", "llama_tui.core.loadgen", "worker"], stdin=subprocess.PIPE,
@@ -982,7 +982,7 @@ class BenchProcess:
         self._stderr: list[str] = []
         self.latest: BenchSample | None = None
         self.proc = subprocess.Popen([sys.executable, "-m", "llama_tui.core.bench", "child"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=owner_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=paths.owner_env(),
                                      start_new_session=True)
         assert self.proc.stdin is not None
         self.proc.stdin.write(orjson.dumps(config.to_json()) + b"\n")

@@ -314,8 +314,7 @@ def check_ports(spec: FleetSpec, indices: range | None = None, nginx: bool = Tru
 
 def _spawn_supervisor(sd: Path, adopt: bool) -> subprocess.Popen:
     paths.ensure_private_dir(sd / st_mod.LOG_DIR)
-    env = dict(os.environ)
-    env["LLAMA_TUI_OWNER"] = st_mod.owner_marker(sd)
+    env = paths.owner_env(sd)
     env["LLAMA_TUI_STATE_DIR"] = str(sd)
     pkg_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

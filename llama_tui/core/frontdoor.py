@@ -360,8 +360,7 @@ class FrontDoor:
         return check
 
     def _env(self) -> dict[str, str]:
-        owner = self.owner or os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().expanduser().absolute())
-        return {**os.environ, "LLAMA_TUI_OWNER": owner}
+        return paths.owner_env(self.owner)
 
     def start(self, spec: FrontDoorSpec) -> subprocess.Popen:
         """Validate, then start NGINX in the foreground of its own process group."""

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from llama_tui import __version__
+from llama_tui.core import paths
 from llama_tui.core.errors import UserError
 from llama_tui.core.stats import Samples
 
@@ -1265,14 +1266,6 @@ def source_main(argv: list[str]) -> int:
     return 0
 
 
-def owner_env() -> dict[str, str]:
-    """The environment for processes the bench engine starts: LLAMA_TUI_OWNER marks them as ours."""
-    from llama_tui.core import paths
-
-    owner = os.environ.get("LLAMA_TUI_OWNER") or os.path.abspath(paths.state_dir())
-    return {**os.environ, "LLAMA_TUI_OWNER": owner}
-
-
 class Source:
     """The loopback SSE source in a child process (its own process group), for calibration and tests."""
 
@@ -1282,7 +1275,7 @@ class Source:
         self.interval_s = interval_s
         self.proc = subprocess.Popen([sys.executable, "-m", "llama_tui.core.loadgen", "source", "--interval",
                                       str(interval_s)],
-                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=owner_env(),
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=paths.owner_env(),
                                      start_new_session=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

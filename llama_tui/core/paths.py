@@ -39,6 +39,25 @@ def cache_dir() -> Path:
     return _dir("LLAMA_TUI_CACHE_DIR", "XDG_CACHE_HOME", ".cache")
 
 
+OWNER_ENV = "LLAMA_TUI_OWNER"
+
+
+def owner_marker(directory: Path | str | None = None) -> str:
+    """The LLAMA_TUI_OWNER value that marks a process as ours: the absolute state dir it belongs to
+    (default: the marker inherited from our own environment, else the configured state dir)."""
+    if directory is None:
+        inherited = os.environ.get(OWNER_ENV)
+        if inherited:
+            return inherited
+        directory = state_dir()
+    return str(Path(directory).expanduser().absolute())
+
+
+def owner_env(directory: Path | str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A child's environment (`base`, default ours) carrying the owner marker of `directory`."""
+    return {**(os.environ if base is None else base), OWNER_ENV: owner_marker(directory)}
+
+
 def user_presets_dir() -> Path:
     return config_dir() / "presets"
 

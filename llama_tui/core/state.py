@@ -55,11 +55,6 @@ def resolve_dir(state_dir: Path | str | None) -> Path:
     return Path(state_dir if state_dir is not None else paths.state_dir()).expanduser().absolute()
 
 
-def owner_marker(state_dir: Path) -> str:
-    """The LLAMA_TUI_OWNER value every process of this fleet carries."""
-    return str(resolve_dir(state_dir))
-
-
 def control_path(state_dir: Path) -> Path:
     """The supervisor's control socket; a unix socket path must stay under ~104 bytes."""
     inside = resolve_dir(state_dir) / "control.sock"
@@ -185,7 +180,7 @@ def kill_group_remnants(pgid: int | None, names: tuple[str, ...]) -> list[int]:
 
 def owned_processes(state_dir: Path) -> list[psutil.Process]:
     """Fleet processes (llama-server, nginx, the supervisor) whose environment names this state dir."""
-    owner = owner_marker(state_dir)
+    owner = paths.owner_marker(state_dir)
     me = os.getpid()
     found = []
     for p in psutil.process_iter(["pid", "name"]):

@@ -201,7 +201,7 @@ class Supervisor:
 
     @property
     def owner(self) -> str:
-        return st_mod.owner_marker(self.dir)
+        return paths.owner_marker(self.dir)
 
     @property
     def host(self) -> str:
@@ -324,8 +324,7 @@ class Supervisor:
     def _spawn(self, inst: Instance, restart: bool = False) -> None:
         rec = inst.rec
         rec.cmd = self.spec.command(self.state.llama_server or "llama-server", rec.index, rec.threads)
-        env = dict(os.environ)
-        env["LLAMA_TUI_OWNER"] = self.owner
+        env = paths.owner_env(self.dir)
         if rec.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
         fd = self._open_instance_log(rec)

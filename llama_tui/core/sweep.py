@@ -1109,7 +1109,7 @@ def spawn(config: SweepConfig) -> SweepProcess:
     """Run a sweep in a child process carrying LLAMA_TUI_OWNER; events stream back as JSON lines."""
     out = paths.ensure_private_dir(Path(config.out_dir))
     log_path = out / "sweep-child.log"
-    env = {**os.environ, "LLAMA_TUI_OWNER": os.environ.get("LLAMA_TUI_OWNER") or str(paths.state_dir().absolute())}
+    env = paths.owner_env()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "llama_tui.core.sweep"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True, text=True)
