@@ -261,9 +261,10 @@ class CoreController(Controller):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CoreController":
-        from llama_tui.commands.fleet import FLEET_OPTIONS
+        """From the command line `llama-tui` was given: its --preset and fleet options (core.config.FLEET_OPTIONS)."""
+        from llama_tui.core import config
 
-        cli = {key: getattr(args, opt, None) for opt, key in FLEET_OPTIONS.items()}
+        cli = config.fleet_overrides(args)
         preset = getattr(args, "preset", None)
         given = preset is not None or any(v is not None for v in cli.values())
         return cls(preset=preset, cli=cli, autostart=given)
