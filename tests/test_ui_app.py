@@ -361,6 +361,34 @@ def test_form_saves_a_user_preset():
     assert [(c[1], c[2].parallel) for c in ctrl.called("save_preset")] == [("my-box", 8)]
 
 
+def test_form_save_through_the_core_round_trips_quotes_and_newlines(isolated_dirs):
+    from llama_tui.core import config
+    from llama_tui.ui.controller import CoreController
+
+    model = '/models/a "quoted" dir\\with\\backslashes/it\'s "q4"\nsecond line.gguf'
+    ctrl = CoreController(preset="demo")  # the real save: core.presets, in the form's thread worker
+
+    async def scenario(app, pilot):
+        await open_form(app, pilot)
+        app.screen.query_one("#model-path", Input).value = model
+        app.screen.query_one("#parallel", Input).value = "3"
+        app.screen.query_one("#preset-name", Input).value = "odd"
+        await pilot.click("#save")
+        await wait_for(pilot, lambda: any(p.name == "odd" for p in config.list_presets()), timeout=20,
+                       what="the saved preset")
+        assert str(app.screen.query_one("#form-error").render()) == ""
+
+    try:
+        drive(ctrl, scenario)
+    finally:
+        ctrl.close()
+    loaded = config.load_settings(preset="odd")
+    assert (loaded.get("fleet.model"), loaded.get("fleet.parallel")) == (model, 3)  # newline, quotes and all
+    assert loaded.section("bench") == config.load_settings(preset="demo").section("bench")
+    description = next(p for p in config.list_presets() if p.name == "odd").description
+    assert description.endswith('it\'s "q4"\nsecond line.gguf, least_conn')
+
+
 # ------------------------------------------------------------------------------------------------ app keys
 
 

@@ -12,7 +12,6 @@ own processes (`bench.spawn`, `sweep.spawn`); a `RunHandle` only relays what the
 from __future__ import annotations
 
 import argparse
-import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -25,9 +24,6 @@ from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
-
-PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 
 @dataclass(frozen=True)
 class FleetForm:
@@ -161,35 +157,6 @@ def next_policy(current: str | None) -> str:
     if current not in POLICIES:
         return POLICIES[0]
     return POLICIES[(POLICIES.index(current) + 1) % len(POLICIES)]
-
-
-def check_preset_name(name: str) -> str:
-    name = name.strip()
-    if not PRESET_NAME.match(name):
-        raise UserError(f"bad preset name {name!r}",
-                        "use letters, digits, '-', '_' or '.', starting with a letter or digit")
-    return name
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
-
-
-def preset_toml(description: str, sections: dict[str, dict[str, Any]]) -> str:
-    """A preset file; keys whose value is None (auto) are left out, so the default applies."""
-    lines = [f"description = {toml_value(description)}", ""]
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)
-        lines.append("")
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ the real one
@@ -413,21 +380,11 @@ class CoreController(Controller):
         return self._form_from(config.load_settings(preset=name, cli=keep))
 
     def save_preset(self, name: str, form: FleetForm) -> Path:
-        from llama_tui.core import config, paths
+        from llama_tui.core import presets
 
-        name = check_preset_name(name)
+        name = presets.check_preset_name(name)  # a bad name fails before the form's values are checked
         settings = self._settings_for(form)  # validates the form like the command line would
-        fleet_values = settings.section("fleet")
-        for secret in ("api_key", "api_key_file"):
-            fleet_values.pop(secret, None)
-        fleet_values["gpus"] = list(fleet_values["gpus"])
-        sections = {"fleet": fleet_values,
-                    "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("bench").items()},
-                    "sweep": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("sweep").items()}}
-        path = paths.user_presets_dir() / f"{name}.toml"
-        paths.write_private(path, preset_toml(f"saved from the llama-tui fleet form: {form.describe()}", sections))
-        config.load_settings(preset=name)  # what was written loads back, or this raises naming the file
-        return path
+        return presets.save_preset(name, settings, f"saved from the llama-tui fleet form: {form.describe()}")
 
     def close(self) -> None:
         with self._monitor_lock:

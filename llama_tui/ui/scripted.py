@@ -26,8 +26,8 @@ from llama_tui.core.snapshots import (
     UpstreamSnapshot,
     UpstreamStat,
 )
-from llama_tui.ui.controller import (Controller, FleetForm, LogSource, Progress, RunHandle, StepVerdict,
-                                    check_preset_name)
+from llama_tui.core.presets import check_preset_name
+from llama_tui.ui.controller import Controller, FleetForm, LogSource, Progress, RunHandle, StepVerdict
 
 T = TypeVar("T")
 T0 = 1_700_000_000.0  # the fixed "now" of every scripted snapshot
