@@ -7,7 +7,7 @@ Widgets render these and nothing else; nothing mutable is shared across threads.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 # "draining": out of NGINX's upstream, finishing its open streams before it stops (scale down, restart).
 INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
@@ -120,6 +120,25 @@ class BenchSample:
     steps_total: int | None = None  # steps in the ramp, for "step 2/4"
     step_elapsed_s: float | None = None  # time into the current step (warm-up included)
     step_duration_s: float | None = None  # planned length of the current step (warm-up included)
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    """A finished benchmark step as the benchmark judged it (from its step result, not live samples).
+
+    A benchmark run streams these between its `BenchSample`s, one as each step ends."""
+
+    step: int  # 0-based, as BenchSample.step
+    load: str  # "c=4" or "rate 2.0/s"
+    tok_s: float | None
+    valid: bool | None
+    reason: str | None = None
+
+    @classmethod
+    def from_step(cls, d: Mapping[str, Any]) -> "StepVerdict":
+        """From one step of a benchmark result (`steps` in bench.json, the "step" event of `bench.spawn`)."""
+        load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
+        return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from llama_tui.core.config import POLICIES, PresetInfo
 from llama_tui.core.errors import UserError
-from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -53,22 +53,6 @@ class FleetForm:
     def describe(self) -> str:
         model = Path(self.model).name if self.model and self.model != "tiny" else "tiny demo model"
         return f"{self.instances} x {self.parallel} slots, ctx {self.ctx_per_slot}/slot, {model}, {self.policy}"
-
-
-@dataclass(frozen=True)
-class StepVerdict:
-    """A finished benchmark step as the benchmark judged it (from its step result, not live samples)."""
-
-    step: int  # 0-based, as BenchSample.step
-    load: str  # "c=4" or "rate 2.0/s"
-    tok_s: float | None
-    valid: bool | None
-    reason: str | None = None
-
-    @classmethod
-    def from_step(cls, d: dict[str, Any]) -> "StepVerdict":
-        load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
-        return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
 
 
 @dataclass(frozen=True)

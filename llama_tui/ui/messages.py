@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
-from llama_tui.ui.controller import StepVerdict
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 
 
 class FleetPolled(Message):
