@@ -476,6 +476,58 @@ def test_sweep_starts_only_on_yes_and_quitting_during_it_asks_first():
     assert "the sweep started from the TUI was stopped" in app.farewell
 
 
+def test_blocking_calls_never_run_on_the_event_loop(tmp_path, monkeypatch):
+    """Disk, locks and processes stay off the loop: the controller's calls, a run's stop/cancel, the
+    screenshot file, closing the controller on the way out all happen in thread workers."""
+    loop_thread = threading.current_thread()  # asyncio.run (in `drive`) runs the app's loop in this thread
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def record(name):
+        seen.append((name, threading.current_thread()))
+
+    class Recording(scripted.ScriptedController):
+        def snapshot(self):
+            record("snapshot")
+            return super().snapshot()
+
+        def log_sources(self, snap):
+            record("log_sources")
+            return super().log_sources(snap)
+
+        def close(self):
+            record("close")
+
+    for method in ("stop", "cancel"):
+        original = getattr(scripted.ScriptedRun, method)
+        monkeypatch.setattr(scripted.ScriptedRun, method,
+                            lambda run, _m=method, _o=original: (record(f"run.{_m}"), _o(run))[1])
+    write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", lambda path, *a, **kw: (record("write " + path.suffix),
+                                                                     write_text(path, *a, **kw))[1])
+    ctrl = Recording(scripted.running_fleet())
+
+    async def scenario(app, pilot):
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await pilot.press("escape")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: list(tmp_path.glob("*.svg")), what="the screenshot")
+        await pilot.press("b")
+        await wait_for(pilot, lambda: "bench" in app.runs)
+        await pilot.press("b")  # stop: it keeps what it measured
+        await wait_for(pilot, lambda: not app.bench_running)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: "bench" in app.runs)
+        await pilot.press("q")  # cancels the second run and closes the controller, then exits
+        await wait_for(pilot, lambda: app.released, what="leaving")
+
+    drive(ctrl, scenario, screenshot_dir=tmp_path)
+    names = {name for name, _ in seen}
+    assert {"snapshot", "log_sources", "close", "run.stop", "run.cancel", "write .svg"} <= names, names
+    assert [name for name, thread in seen if thread is loop_thread] == []
+    assert ctrl.runs[1].cancelled.is_set()
+
+
 @pytest.mark.parametrize("query, call", [("scale up", ("scale", 3)), ("cycle balancing", ("set_policy", "random_two_least_conn")),
                                          ("restart selected", ("restart", 0))])
 def test_command_palette_offers_the_same_actions(query, call):

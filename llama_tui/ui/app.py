@@ -6,6 +6,9 @@
 Threads: the controller's calls block, so they run in thread workers. A worker hands back frozen
 data (snapshots, tuples of samples) with `post_message`, and nothing else crosses threads. The
 poll schedules the next poll only once it has finished, so a slow core never piles polls up.
+Nothing on the event loop touches the disk, a lock or a process: reading the fleet's state (the log
+list), writing a screenshot, stopping or cancelling a run and closing the controller (its monitor's
+lock) all happen in thread workers too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import signal
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -85,6 +89,7 @@ class LlamaTui(App[int]):
         self._poll_timer: Timer | None = None
         self._poll_worker: Worker | None = None
         self.leaving = False
+        self.released = False  # our runs are cancelled and the controller closed (the last step of leaving)
         self.farewell = ""
         self.hung_up = False
 
@@ -97,8 +102,9 @@ class LlamaTui(App[int]):
         self.poll()
 
     def on_unmount(self) -> None:
-        for kind, run in list(self.runs.items()):  # however the app ends, its runs end with it
-            self._cancel(kind, run)
+        if not self.released:  # ended without leaving (an error, a test): its runs end with it all the same,
+            for kind, run in list(self.runs.items()):  # here, where nothing is drawn any more
+                self._cancel(kind, run)
         if not self.is_headless and hasattr(signal, "SIGHUP"):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
@@ -108,18 +114,32 @@ class LlamaTui(App[int]):
         self._leave()
 
     def _leave(self) -> None:
+        if self.leaving:
+            return
         self.leaving = True
-        stopped = [kind for kind, run in self.runs.items() if self._cancel(kind, run)]
-        self.farewell = self._farewell(stopped)
-        self.controller.close()
+        runs = list(self.runs.items())
+        self.farewell = self._farewell([kind for kind, _ in runs])
+        self._release(runs)
+
+    @work(thread=True, exit_on_error=False, group="leave")
+    def _release(self, runs: list[tuple[str, RunHandle]]) -> None:
+        """Cancel our runs (each waits for its process group to go) and close the controller, then exit."""
+        try:
+            for kind, run in runs:
+                self._cancel(kind, run)
+            self.controller.close()
+        finally:
+            self.post_message(msg.Released())
+
+    def on_released(self, message: msg.Released) -> None:
+        self.released = True
         self.exit(0)
 
-    def _cancel(self, kind: str, run: RunHandle) -> bool:
+    def _cancel(self, kind: str, run: RunHandle) -> None:
         try:
             run.cancel()
         except Exception:  # noqa: BLE001 - leaving anyway; the run's process group is the core's to reap
             pass
-        return True
 
     def _farewell(self, stopped: list[str]) -> str:
         snap = self.fleet
@@ -388,8 +408,26 @@ class LlamaTui(App[int]):
     def action_logs(self) -> None:
         if isinstance(self.screen, LogsScreen):
             return
-        snap = self.fleet or FleetSnapshot(taken_at=0.0, running=False)
-        self.push_screen(LogsScreen(self.controller.log_sources(snap)))
+        self._find_logs(self.fleet or FleetSnapshot(taken_at=0.0, running=False))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="logs")
+    def _find_logs(self, snap: FleetSnapshot) -> None:
+        """The log list: the controller reads the fleet's state file for NGINX's error log."""
+        try:
+            sources = tuple(self.controller.log_sources(snap))
+        except UserError as exc:
+            self.post_message(msg.Notice(exc.one_line(), ok=False, timeout=10))
+        except Exception as exc:  # noqa: BLE001 - shown; the app keeps going
+            self.post_message(msg.Notice(f"cannot list the logs: {type(exc).__name__}: {exc}", ok=False, timeout=10))
+        else:
+            self.post_message(msg.LogSourcesFound(sources))
+
+    def on_log_sources_found(self, message: msg.LogSourcesFound) -> None:
+        if not isinstance(self.screen, LogsScreen):
+            self.push_screen(LogsScreen(list(message.sources)))
+
+    def on_notice(self, message: msg.Notice) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error", timeout=message.timeout)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -417,8 +455,19 @@ class LlamaTui(App[int]):
         return out
 
     def action_screenshot_svg(self) -> None:
-        path = self.save_screenshot(path=str(self.screenshot_dir or Path.cwd()))
-        self.notify(f"screenshot saved to {path}", timeout=4)
+        stamp = datetime.now().isoformat()
+        name = "".join("_" if c in ' <>:"/\\|?*.' else c for c in f"{self.title} {stamp}") + ".svg"
+        self._write_screenshot(self.export_screenshot(), name)  # rendering is the loop's; writing is not
+
+    @work(thread=True, exit_on_error=False, group="screenshot")
+    def _write_screenshot(self, svg: str, name: str) -> None:
+        path = (self.screenshot_dir or Path.cwd()) / name
+        try:
+            path.write_text(svg, encoding="utf-8")
+        except OSError as exc:
+            self.post_message(msg.Notice(f"cannot save the screenshot to {path}: {exc.strerror}", ok=False, timeout=10))
+        else:
+            self.post_message(msg.Notice(f"screenshot saved to {path}", ok=True))
 
     def action_quit(self) -> None:  # q and ctrl+q
         if self.sweep_running:
@@ -453,16 +502,26 @@ class LlamaTui(App[int]):
         """End a run early, keeping what it measured (its process writes its results and exits)."""
         run = self.runs.get(kind)
         if run is not None:
-            try:
-                run.stop()
-            except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
-                self.notify(f"could not stop the {name}: {exc}", severity="error", timeout=6)
-                return
-            self.notify(f"stopping the {name}: it finishes the current step and keeps its results", timeout=4)
+            self._stop_in_thread(run, name)
         elif (self.bench_running if kind == "bench" else self.sweep_running):
             self._cancel_asked.add(kind)  # it is still starting: stop it as soon as it has
         else:
             self.notify(f"no {name} running", timeout=3)
+
+    @work(thread=True, exit_on_error=False, group="run-stop")
+    def _stop_in_thread(self, run: RunHandle, name: str) -> None:
+        """`stop()` writes to the run's process or signals it."""
+        try:
+            run.stop()
+        except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
+            self.post_message(msg.Notice(f"could not stop the {name}: {exc}", ok=False, timeout=6))
+        else:
+            self.post_message(msg.Notice(f"stopping the {name}: it finishes the current step and keeps its results",
+                                         ok=True))
+
+    @work(thread=True, exit_on_error=False, group="run-stop")
+    def _cancel_in_thread(self, kind: str, run: RunHandle) -> None:
+        self._cancel(kind, run)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="bench")
     def _bench_worker(self) -> None:
@@ -486,10 +545,10 @@ class LlamaTui(App[int]):
     def on_run_started(self, message: msg.RunStarted) -> None:
         self.runs[message.kind] = message.handle  # type: ignore[assignment]
         if self.leaving:
-            self._cancel(message.kind, message.handle)  # type: ignore[arg-type]
+            self._cancel_in_thread(message.kind, message.handle)  # type: ignore[arg-type]
         elif message.kind in self._cancel_asked:
             self._cancel_asked.discard(message.kind)
-            message.handle.stop()  # type: ignore[attr-defined]
+            self._stop_in_thread(message.handle, RUN_NAMES.get(message.kind, message.kind))  # type: ignore[arg-type]
 
     def on_bench_updated(self, message: msg.BenchUpdated) -> None:
         self.bench_samples = message.samples
