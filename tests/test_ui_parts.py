@@ -9,7 +9,7 @@ from llama_tui.core import config
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import GpuSample, StepVerdict, SystemSample
 from llama_tui.ui import units
-from llama_tui.ui.app import load_keymap
+from llama_tui.ui.keymap import load_keymap
 from llama_tui.ui.controller import CoreController, FleetForm, next_policy
 from llama_tui.ui.screens.fleet_form import parse_gpus, parse_int
 from llama_tui.ui.screens.logs import read_from

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
+from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
 from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
 from llama_tui.ui.screens.confirm import ConfirmScreen
 from llama_tui.ui.screens.fleet_form import FleetFormScreen
@@ -46,7 +46,6 @@ from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
 MAX_SAMPLES = 2400  # 20 minutes of 0.5 s samples
-KEYMAP_FILE = "keymap.toml"
 RUN_NAMES = {"bench": "benchmark", "sweep": "sweep"}
 
 
@@ -440,19 +439,8 @@ class LlamaTui(App[int]):
         return paths.config_dir() / self.keymap_file
 
     def key_list(self) -> list[tuple[str, str]]:
-        """(key as bound now, what it does) for every declared key; a ("", heading) row starts a group."""
-        out: list[tuple[str, str]] = []
-        for heading, bindings in (("", (*MainScreen.BINDINGS, *self.BINDINGS)),
-                                  ("on the sweep screen", SweepScreen.BINDINGS)):
-            if heading:
-                out.append(("", heading))
-            for binding in bindings:
-                assert isinstance(binding, Binding)
-                key = self._keymap.get(binding.id, binding.key) if binding.id else binding.key
-                shown = binding.key_display if key == binding.key and binding.key_display else key
-                out.append((shown, f"{binding.description}: {binding.tooltip or binding.description}  "
-                                   f"[dim]({binding.id})[/dim]"))
-        return out
+        return bound_keys((("", (*MainScreen.BINDINGS, *self.BINDINGS)),
+                           ("on the sweep screen", SweepScreen.BINDINGS)), self._keymap)
 
     def action_screenshot_svg(self) -> None:
         stamp = datetime.now().isoformat()
@@ -636,30 +624,6 @@ class LlamaTui(App[int]):
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def load_keymap(path: Path) -> dict[str, str]:
-    """keymap.toml: binding id = key, e.g. `fleet.start = "S"` (dotted keys nest; both forms work)."""
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", f"fix or remove {path}") from None
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, table: dict) -> None:
-        for k, v in table.items():
-            name = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                walk(name, v)
-            elif isinstance(v, str):
-                out[name] = v
-            else:
-                raise UserError(f"{path}: {name} must be a key name string, got {v!r}",
-                                f'write e.g. {name} = "ctrl+r" in {path}')
-    walk("", data)
-    return out
-
-
 def make_app(controller: Controller | None = None, refresh_s: float = 1.0, keymap: dict[str, str] | None = None,
              screenshot_dir: Path | None = None) -> LlamaTui:
     if controller is None:
@@ -685,4 +649,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if app.return_code is None else app.return_code
 
 
-__all__ = ["LlamaTui", "make_app", "run", "load_keymap"]
+__all__ = ["LlamaTui", "make_app", "run"]
