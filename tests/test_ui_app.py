@@ -10,7 +10,6 @@ import pytest
 from textual.widgets import Input, Log
 
 from llama_tui.core.errors import UserError
-from llama_tui.ui import scripted
 from llama_tui.ui.app import make_app
 from llama_tui.ui.controller import LogSource
 from llama_tui.ui.screens.confirm import ConfirmScreen
@@ -21,6 +20,7 @@ from llama_tui.ui.screens.sweep import ResultsTable, SweepScreen
 from llama_tui.ui.widgets.fleet_table import FleetTable
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap
 from llama_tui.ui.widgets.throughput_chart import ThroughputChart
+from tests.support import scripted
 
 wait_for = scripted.wait_for
 

@@ -184,7 +184,7 @@ def test_log_follow_starts_at_the_tail_of_a_big_file(tmp_path):
 
 
 def test_readme_screenshot_script_writes_the_bench_state(tmp_path):
-    from llama_tui.ui import screenshot
+    from tests.support import screenshot
 
     out = tmp_path / "docs" / "screenshot.svg"
     assert screenshot.main([str(out), "--scripted"]) == 0

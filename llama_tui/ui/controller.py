@@ -1,7 +1,7 @@
 """Everything the TUI asks of the core goes through a controller.
 
 The app never calls `core.fleet`, `core.bench` or `core.sweep` itself: it is handed a `Controller`
-(by `make_app`). `CoreController` is the real one; `ui/scripted.py` holds a scripted one with fixed
+(by `make_app`). `CoreController` is the real one; `tests/support/scripted.py` holds a scripted one with fixed
 content for tests, snapshots and the CPU-cost benchmark.
 
 Every method may block (HTTP, psutil, process start-up): the app calls them from thread workers and
