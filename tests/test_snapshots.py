@@ -27,11 +27,13 @@ from llama_tui.core.snapshots import (
 
 # Built the way producers build them: with lists and dicts (state files, access-log counters, results rows).
 GPU = GpuSample(0, "H100", 20 * 2**30, 80 * 2**30, 55.0)
-INSTANCE = InstanceSnapshot(index=0, port=18080, pid=4100, state="ready", cpus=[0, 1], log_path="/l/0.log")  # type: ignore[arg-type]
+INSTANCE = InstanceSnapshot(index=0, port=18080, pid=4100, state="ready", log_path="/l/0.log",
+                            cpus=[0, 1])  # type: ignore[arg-type]
 STAT = UpstreamStat(address="127.0.0.1:18080", requests=9, errors=3, errors_by_status={"502": 2, "503": 1})
 UPSTREAM = UpstreamSnapshot(port=18000, pid=4000, policy="least_conn", upstreams=[STAT],  # type: ignore[arg-type]
                             stub_status={"active": 3, "writing": 2})
-SYSTEM = SystemSample(cpu_percent=12.0, cores=2, memory_used_bytes=1, memory_total_bytes=2, gpus=[GPU])  # type: ignore[arg-type]
+SYSTEM = SystemSample(cpu_percent=12.0, cores=2, memory_used_bytes=1, memory_total_bytes=2,
+                      gpus=[GPU])  # type: ignore[arg-type]
 FLEET = FleetSnapshot(taken_at=1.0, running=True, supervisor_pid=3900, supervisor_alive=True, model="m.gguf",
                       parallel=2, instances=[INSTANCE], nginx=UPSTREAM, system=SYSTEM,  # type: ignore[arg-type]
                       warnings=["one warning"])  # type: ignore[arg-type]
@@ -62,8 +64,8 @@ def _containers(value, path="value"):
 
 
 def test_every_snapshot_type_is_covered_and_frozen():
-    types = {cls for _, cls in inspect.getmembers(snapshots, inspect.isclass)
-             if dataclasses.is_dataclass(cls) and cls.__module__ == snapshots.__name__ and not cls.__name__.startswith("_")}
+    types = {cls for _, cls in inspect.getmembers(snapshots, inspect.isclass) if dataclasses.is_dataclass(cls)
+             and cls.__module__ == snapshots.__name__ and not cls.__name__.startswith("_")}
     assert types == {type(s) for s in EVERY}, "a new snapshot type needs a case here"
     assert all(cls.__dataclass_params__.frozen for cls in types)
 

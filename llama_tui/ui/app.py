@@ -31,8 +31,8 @@ from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
-from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
 from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
+from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
 from llama_tui.ui.screens.confirm import ConfirmScreen
 from llama_tui.ui.screens.fleet_form import FleetFormScreen
 from llama_tui.ui.screens.help import HelpScreen

@@ -25,6 +25,7 @@ from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, Sw
 T = TypeVar("T")
 Progress = Callable[[str], None]
 
+
 @dataclass(frozen=True)
 class FleetForm:
     """What the fleet form edits. `None` means "auto" (llama-tui or llama-server decides)."""
