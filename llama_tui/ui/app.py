@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -91,26 +92,49 @@ class LlamaTui(App[int]):
         self.released = False  # our runs are cancelled and the controller closed (the last step of leaving)
         self.farewell = ""
         self.hung_up = False
+        self._sighup_before: object = signal.SIG_DFL
+        self._no_restart: contextlib.AbstractContextManager | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen())
         if not self.is_headless and hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+            self._event_loop = asyncio.get_running_loop()
+            self._sighup_before = signal.signal(signal.SIGHUP, self._on_sighup)
         self.poll()
 
     def on_unmount(self) -> None:
-        if not self.released:  # ended without leaving (an error, a test): its runs end with it all the same,
-            for kind, run in list(self.runs.items()):  # here, where nothing is drawn any more
+        if not self.released:  # ended without `q` (a hang-up, an error, a test): the runs end with the app all
+            for kind, run in list(self.runs.items()):  # the same, here, where nothing is drawn any more
                 self._cancel(kind, run)
+            if self.leaving:
+                self.controller.close()
         if not self.is_headless and hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, self._sighup_before)
+
+    def _on_sighup(self, signum: int, frame: object) -> None:
+        """A plain signal handler, so that it runs before Textual's SIGCONT handler: the kernel sends
+        SIGHUP and then SIGCONT when the terminal goes away, and on SIGCONT Textual restarts its
+        application mode, whose new output thread dies on the dead terminal and blocks the exit."""
+        driver = self._driver
+        if driver is not None and self._no_restart is None:
+            self._no_restart = driver.no_automatic_restart()
+            self._no_restart.__enter__()  # for the rest of the app's life
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self.hang_up)
 
     def hang_up(self) -> None:
-        """The terminal went away (SSH dropped): stop our own runs, leave the fleet, exit quietly."""
+        """The terminal went away (SSH dropped): stop our own runs, leave the fleet, exit quietly.
+
+        At once: every frame drawn after a hang-up goes to a terminal that is gone, and Textual's
+        output thread can block on it. `on_unmount` then ends the runs and closes the controller."""
         self.hung_up = True
-        self._leave()
+        if not self.leaving:
+            self.leaving = True
+            self.farewell = self._farewell(list(self.runs))
+        self.exit(0)
 
     def _leave(self) -> None:
         if self.leaving:
