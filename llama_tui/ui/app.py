@@ -14,8 +14,6 @@ lock) all happen in thread workers too.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +32,7 @@ from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
 from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
 from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
+from llama_tui.ui.leaving import RUN_NAMES, HangUpWatch, farewell_text
 from llama_tui.ui.screens.confirm import ConfirmScreen
 from llama_tui.ui.screens.fleet_form import FleetFormScreen
 from llama_tui.ui.screens.help import HelpScreen
@@ -47,7 +46,6 @@ from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
 MAX_SAMPLES = 2400  # 20 minutes of 0.5 s samples
-RUN_NAMES = {"bench": "benchmark", "sweep": "sweep"}
 
 
 class LlamaTui(App[int]):
@@ -92,17 +90,14 @@ class LlamaTui(App[int]):
         self.released = False  # our runs are cancelled and the controller closed (the last step of leaving)
         self.farewell = ""
         self.hung_up = False
-        self._sighup_before: object = signal.SIG_DFL
-        self._no_restart: contextlib.AbstractContextManager | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._hang_up_watch: HangUpWatch | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen())
         if not self.is_headless and hasattr(signal, "SIGHUP"):
-            self._event_loop = asyncio.get_running_loop()
-            self._sighup_before = signal.signal(signal.SIGHUP, self._on_sighup)
+            self._hang_up_watch = HangUpWatch(self, self.hang_up)
         self.poll()
 
     def on_unmount(self) -> None:
@@ -111,19 +106,8 @@ class LlamaTui(App[int]):
                 self._cancel(kind, run)
             if self.leaving:
                 self.controller.close()
-        if not self.is_headless and hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._sighup_before)
-
-    def _on_sighup(self, signum: int, frame: object) -> None:
-        """A plain signal handler, so that it runs before Textual's SIGCONT handler: the kernel sends
-        SIGHUP and then SIGCONT when the terminal goes away, and on SIGCONT Textual restarts its
-        application mode, whose new output thread dies on the dead terminal and blocks the exit."""
-        driver = self._driver
-        if driver is not None and self._no_restart is None:
-            self._no_restart = driver.no_automatic_restart()
-            self._no_restart.__enter__()  # for the rest of the app's life
-        if self._event_loop is not None:
-            self._event_loop.call_soon_threadsafe(self.hang_up)
+        if self._hang_up_watch is not None:
+            self._hang_up_watch.remove()
 
     def hang_up(self) -> None:
         """The terminal went away (SSH dropped): stop our own runs, leave the fleet, exit quietly.
@@ -133,7 +117,7 @@ class LlamaTui(App[int]):
         self.hung_up = True
         if not self.leaving:
             self.leaving = True
-            self.farewell = self._farewell(list(self.runs))
+            self.farewell = farewell_text(self.fleet, self.busy, list(self.runs))
         self.exit(0)
 
     def _leave(self) -> None:
@@ -141,7 +125,7 @@ class LlamaTui(App[int]):
             return
         self.leaving = True
         runs = list(self.runs.items())
-        self.farewell = self._farewell([kind for kind, _ in runs])
+        self.farewell = farewell_text(self.fleet, self.busy, [kind for kind, _ in runs])
         self._release(runs)
 
     @work(thread=True, exit_on_error=False, group="leave")
@@ -163,23 +147,6 @@ class LlamaTui(App[int]):
             run.cancel()
         except Exception:  # noqa: BLE001 - leaving anyway; the run's process group is the core's to reap
             pass
-
-    def _farewell(self, stopped: list[str]) -> str:
-        snap = self.fleet
-        lines = []
-        if snap is not None and snap.running and snap.instances:
-            ports = [i.port for i in snap.instances]
-            span = f":{ports[0]}" if len(ports) == 1 else f":{min(ports)}-{max(ports)}"
-            door = f", NGINX on {snap.nginx.listen or '127.0.0.1'}:{snap.nginx.port}" if snap.nginx else ""
-            lines.append(f"llama-tui: the fleet keeps running ({len(ports)} instances on {span}{door}). "
-                         "`llama-tui` reattaches; `llama-tui fleet down` stops it.")
-        elif not self.busy:
-            lines.append("llama-tui: no fleet running.")
-        if self.busy:  # the core call goes on without us (the fleet's supervisor is its own process)
-            lines.append(f"llama-tui: left while {self.busy}; `llama-tui fleet status` shows how it ended.")
-        for kind in stopped:
-            lines.append(f"llama-tui: the {RUN_NAMES.get(kind, kind)} started from the TUI was stopped.")
-        return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ polling
 
