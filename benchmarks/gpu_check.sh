@@ -10,7 +10,7 @@
 # Options after the mode go to benchmarks/gpu_check.py (e.g. --phases carry,model,fleets,report, --no-carry);
 # `python3 benchmarks/gpu_check.py --help` lists them. Environment: PYTHON (the interpreter), GPU_CHECK_CARRY
 # (default .gpu-carry), GPU_CHECK_WORK (default .gpu-work on the GPU, a temp dir in a dry run),
-# GPU_CHECK_FULL_BUILD=1 (build the FlashAttention kernels too: a build about twice as long).
+# GPU_CHECK_FULL_BUILD=1 (build the FlashAttention kernels too: by estimate a minute or two longer).
 set -euo pipefail
 T0=$(date +%s)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +22,7 @@ for arg in "$@"; do
   case "$arg" in
     --prepare) MODE=prepare ;;
     --dry-run) MODE=dry ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) PASS+=("$arg") ;;
   esac
 done
@@ -34,23 +34,6 @@ if [ "$MODE" = prepare ]; then
   PYTHONPATH="$REPO" exec "${PYTHON:-$DEV_PY}" benchmarks/gpu_carry.py --carry "$CARRY" "${PASS[@]+"${PASS[@]}"}"
 fi
 
-# The interpreter: the GPU image's python3 there; in a dry run the GPU-like 3.12 that --prepare made
-# (numpy only, everything else from the carried wheels), else the project's own.
-SIM_PY=${GPU_CHECK_SIM:-$HOME/.cache/llama-tui/gpu-check/py312}/bin/python
-if [ "$MODE" = gpu ]; then
-  PY=${PYTHON:-python3}
-  WORK=${GPU_CHECK_WORK:-$REPO/.gpu-work}
-  : "${OUT:?set OUT to the folder that receives the results}"
-  MADE_WORK=
-else
-  if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$SIM_PY" ]; then PY=$SIM_PY; else PY=$DEV_PY; fi
-  if [ -n "${GPU_CHECK_WORK:-}" ]; then WORK=$GPU_CHECK_WORK; MADE_WORK=; else WORK=$(mktemp -d /tmp/gpu-check.XXXXXX); MADE_WORK=1; fi
-  OUT=${OUT:-$WORK/out}
-fi
-mkdir -p "$WORK" "$OUT"
-exec > >(tee -a "$OUT/gpu_check.log") 2>&1
-echo "[gpu_check] mode $MODE, python $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])')), work $WORK, out $OUT"
-
 # ---------------------------------------------------------------------------------------------- the carry
 # Unpacked unless the phases leave it out (--phases without carry) or --no-carry says to use this machine's own.
 want_carry=1
@@ -61,11 +44,32 @@ for arg in "${PASS[@]+"${PASS[@]}"}"; do
   prev=$arg
 done
 
+if [ -n "$want_carry" ] && [ ! -f "$CARRY/SHA256SUMS" ]; then
+  echo "error: no carry in $CARRY (fix: run bash benchmarks/gpu_check.sh --prepare on a machine with network)" >&2
+  exit 2
+fi
+
+# The interpreter: the GPU image's python3 there; in a dry run the GPU-like 3.12 that --prepare made
+# (numpy only, everything else from the carried wheels), else the project's own.
+SIM_PY=${GPU_CHECK_SIM:-$HOME/.cache/llama-tui/gpu-check/py312}/bin/python
+if [ "$MODE" = gpu ]; then
+  PY=${PYTHON:-python3}
+  WORK=${GPU_CHECK_WORK:-$REPO/.gpu-work}
+  [ -n "${OUT:-}" ] || { echo "error: OUT is not set (fix: OUT=/some/dir bash benchmarks/gpu_check.sh)" >&2; exit 2; }
+  MADE_WORK=
+else
+  if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$SIM_PY" ]; then PY=$SIM_PY; else PY=$DEV_PY; fi
+  if [ -n "${GPU_CHECK_WORK:-}" ]; then WORK=$GPU_CHECK_WORK; MADE_WORK=; else WORK=$(mktemp -d /tmp/gpu-check.XXXXXX); MADE_WORK=1; fi
+  OUT=${OUT:-$WORK/out}
+fi
+mkdir -p "$WORK" "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+echo "[gpu_check] mode $MODE, python $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])')), work $WORK, out $OUT"
+
 CARRY_ARGS=()
 if [ -n "$want_carry" ]; then
   t=$(date +%s)
-  [ -f "$CARRY/SHA256SUMS" ] || { echo "error: no carry in $CARRY (fix: run bash benchmarks/gpu_check.sh --prepare on a machine with network)"; exit 2; }
-  (cd "$CARRY" && sha256sum --quiet -c SHA256SUMS) || { echo "error: the carry in $CARRY is damaged (fix: run --prepare again)"; exit 2; }
+  (cd "$CARRY" && sha256sum --quiet -c SHA256SUMS) || { echo "error: the carry in $CARRY is damaged (fix: run --prepare again)" >&2; exit 2; }
   # nginx and its libraries, unpacked into a private root (never /), run through a wrapper that puts
   # those libraries first so the binary meets the set it was built against.
   NGINX_ROOT=$WORK/nginx-root
