@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from llama_tui.core import fit, results, sweep
+from llama_tui.core import sweep
 from llama_tui.core.errors import UserError
-from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, ShapePlanner, SweepConfig
+from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, ShapePlanner, SweepConfig, fit, results
 
 
 def perf(shape: Shape, c: int, n_predict: int) -> float:

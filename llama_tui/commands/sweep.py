@@ -95,9 +95,9 @@ def _latest_sweep() -> Path | None:
 
 
 def build_config(args: argparse.Namespace, argv: list[str] | None = None):
-    from llama_tui.core import config, results
+    from llama_tui.core import config
     from llama_tui.core.errors import UserError
-    from llama_tui.core.sweep import SweepConfig
+    from llama_tui.core.sweep import SweepConfig, results
 
     cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
     settings = config.load_settings(preset=args.preset, cli=cli)
@@ -167,7 +167,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from llama_tui.core import results, sweep
+    from llama_tui.core import sweep
+    from llama_tui.core.sweep import results
 
     out = Path(args.dir).expanduser()
     text = sweep.report(out)  # raises UserError for a directory without results
@@ -186,7 +187,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def apply_best(out: Path, args: argparse.Namespace) -> None:
     """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape."""
-    from llama_tui.core import config, fleet, results, sweep
+    from llama_tui.core import config, fleet, sweep
+    from llama_tui.core.sweep import results
     from llama_tui.core.errors import UserError
 
     rows = results.read_rows(out / results.RESULTS).rows

@@ -297,7 +297,7 @@ def fingerprint(model: Path, chunk: int = FINGERPRINT_CHUNK) -> dict[str, Any]:
         tail = hashlib.sha256(f.read(chunk)).hexdigest()
     arch = name = None
     try:
-        from llama_tui.core import fit
+        from llama_tui.core.sweep import fit
 
         facts = fit.read_model_facts(model)
         arch, name = facts.arch, facts.name

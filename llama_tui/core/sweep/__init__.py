@@ -1,0 +1,26 @@
+"""The sweep: find the best fleet shape (instances x parallel [x threads, batch, ubatch]) by measurement.
+
+    config.py        SweepConfig: what a sweep measures, built from settings and options
+    planner.py       the grid, the adaptive shape order and each shape's concurrency ramp (the knee)
+    runner.py        the ShapeRunner interface and the real FleetRunner (fleet up, bench, memory peaks)
+    orchestrator.py  Sweep / run(): measure shape after shape, resume, budget, stop
+    results.py       the output directory: results.jsonl, results.csv, best.json, frontier.json, metadata
+    fit.py           will a shape fit in memory (from the GGUF header)?
+    report.py        the text report: table, heatmap, frontier, the command to run
+    child.py         a sweep in its own process (spawn, SweepProcess, the child's entry point)
+
+commands/ and ui/ use the names exported here (`from llama_tui.core import sweep`).
+"""
+
+from llama_tui.core.sweep.child import SweepProcess, install_stop_handlers, spawn, summary
+from llama_tui.core.sweep.config import SweepConfig
+from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, run
+from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, ramp_start
+from llama_tui.core.sweep.report import fleet_settings_for, heatmap, recommended_command, render_table, report
+from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, PeakSampler, ShapeRunner
+
+__all__ = [
+    "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapePlanner", "ShapeRunner",
+    "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "fleet_settings_for", "heatmap", "install_stop_handlers",
+    "ramp_start", "recommended_command", "render_table", "report", "run", "spawn", "summary",
+]
