@@ -363,24 +363,16 @@ class CoreController(Controller):
 
     def start_sweep(self) -> RunHandle[SweepProgress]:
         """The settings' [sweep] grid with the form's model and context, on free ports, in a child process."""
-        from llama_tui import cli
-        from llama_tui.commands import sweep as sweep_cmd
         from llama_tui.core import fleet, sweep
 
         settings = self._settings_for(self._form)
         widest = max(settings.get("sweep.instances"))
         base = fleet.free_port_block(widest + 1)  # instances on base.., the sweep's NGINX on the port after
         f = self._form
-        argv = ["sweep", "--model", f.model or "tiny", "--ctx-per-slot", str(f.ctx_per_slot), "--policy", f.policy,
-                "--base-port", str(base), "--nginx-port", str(base + widest)]
-        if f.preset or self.preset:
-            argv += ["--preset", str(f.preset or self.preset)]
-        if f.gpu_layers is not None:
-            argv += ["--gpu-layers", str(f.gpu_layers)]
-        if f.gpus:
-            argv += ["--gpus", ",".join(map(str, f.gpus))]
-        args = cli.build_parser().parse_args(argv)
-        config, _ = sweep_cmd.build_config(args, argv=["llama-tui", *argv])
+        options = {"model": f.model or "tiny", "ctx_per_slot": f.ctx_per_slot, "policy": f.policy,
+                   "base_port": base, "nginx_port": base + widest, "gpu_layers": f.gpu_layers,
+                   "gpus": list(f.gpus) or None}
+        config, _ = sweep.build_config(options, preset=f.preset or self.preset)
         return _SweepRun(sweep.spawn(config))
 
     # ---------------------------------------------------------------- logs, models, presets

@@ -1,6 +1,6 @@
 """The sweep: find the best fleet shape (instances x parallel [x threads, batch, ubatch]) by measurement.
 
-    config.py        SweepConfig: what a sweep measures, built from settings and options
+    config.py        SweepConfig: what a sweep measures; build_config makes one from options and settings
     planner.py       the grid, the adaptive shape order and each shape's concurrency ramp (the knee)
     runner.py        the ShapeRunner interface and the real FleetRunner (fleet up, bench, memory peaks)
     orchestrator.py  Sweep / run(): measure shape after shape, resume, budget, stop
@@ -13,14 +13,14 @@ commands/ and ui/ use the names exported here (`from llama_tui.core import sweep
 """
 
 from llama_tui.core.sweep.child import SweepProcess, install_stop_handlers, spawn, summary
-from llama_tui.core.sweep.config import SweepConfig
+from llama_tui.core.sweep.config import OPTIONS, SweepConfig, build_config, command_line
 from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, run
 from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, ramp_start
 from llama_tui.core.sweep.report import fleet_settings_for, heatmap, recommended_command, render_table, report
 from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, PeakSampler, ShapeRunner
 
 __all__ = [
-    "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapePlanner", "ShapeRunner",
-    "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "fleet_settings_for", "heatmap", "install_stop_handlers",
+    "OPTIONS", "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapePlanner", "ShapeRunner",
+    "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "build_config", "command_line", "fleet_settings_for", "heatmap", "install_stop_handlers",
     "ramp_start", "recommended_command", "render_table", "report", "run", "spawn", "summary",
 ]

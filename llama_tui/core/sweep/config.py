@@ -1,10 +1,12 @@
-"""What a sweep measures: `SweepConfig`, its validation, its JSON form and its build from settings."""
+"""What a sweep measures: `SweepConfig`, its validation and JSON form, and `build_config`, which makes
+one from sweep options over the settings (the CLI and the TUI both call it)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from llama_tui.core.errors import UserError
 
@@ -107,3 +109,113 @@ class SweepConfig:
 
     def fleet_state_dir(self) -> Path:
         return Path(self.out_dir) / FLEET_STATE
+
+
+# --------------------------------------------------------------------------------------------- from options
+
+# Sweep option -> settings key (the preset's [sweep], [fleet] and [bench] tables fill in the rest).
+SETTINGS_OPTIONS = {
+    "model": "fleet.model",
+    "instances": "sweep.instances",
+    "parallel": "sweep.parallel",
+    "concurrency": "sweep.concurrency",
+    "ctx_per_slot": "fleet.ctx_per_slot",
+    "duration": "sweep.duration",
+    "warmup": "sweep.warmup",
+    "repeats": "sweep.repeats",
+    "max_concurrency": "sweep.max_concurrency",
+    "policy": "fleet.policy",
+    "gpu_layers": "fleet.gpu_layers",
+    "gpus": "fleet.gpus",
+    "extra_args": "fleet.extra_args",
+    "prompt_tokens": "bench.prompt_tokens",
+    "api": "bench.api",
+}
+# Options that are no setting: they set SweepConfig fields directly (lists as "1,2,4" or sequences).
+LIST_OPTIONS = ("threads", "batch", "ubatch", "n_predict")
+OTHER_OPTIONS = ("slo", "base_port", "nginx_port", "out", "resume", "adaptive", "budget")
+OPTIONS = tuple(SETTINGS_OPTIONS) + LIST_OPTIONS + OTHER_OPTIONS
+
+
+def sweeps_root() -> Path:
+    """Where sweeps go without --out: STATE_DIR/sweeps/DATE-TIME."""
+    from llama_tui.core import paths
+
+    return paths.state_dir() / "sweeps"
+
+
+def latest_sweep() -> Path | None:
+    dirs = sorted((d for d in sweeps_root().glob("*") if (d / "results.jsonl").is_file()),
+                  key=lambda d: d.stat().st_mtime)
+    return dirs[-1] if dirs else None
+
+
+def out_dir_for(out: str | Path | None, resume: bool) -> Path:
+    """The output directory: `out`; with `resume` and no `out`, the latest sweep; else a new dated one."""
+    if out:
+        path = Path(out).expanduser()
+    elif resume:
+        latest = latest_sweep()
+        if latest is None:
+            raise UserError("--resume found no sweep to continue", "pass --out DIR with the sweep's directory")
+        path = latest
+    else:
+        path = sweeps_root() / time.strftime("%Y%m%d-%H%M%S")
+    if resume and not (path / "results.jsonl").is_file():
+        raise UserError(f"--resume: {path} holds no sweep results", "pass the --out directory of an earlier sweep")
+    return path
+
+
+def command_line(options: Mapping[str, Any], preset: str | None = None) -> tuple[str, ...]:
+    """The `llama-tui sweep ...` command that `options` stand for (recorded in metadata.json)."""
+    argv = ["llama-tui", "sweep"] + (["--preset", preset] if preset else [])
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        else:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return tuple(argv)
+
+
+def build_config(options: Mapping[str, Any], preset: str | None = None,
+                 command: Sequence[str] | None = None) -> tuple[SweepConfig, Any]:
+    """The sweep config, and the resolved settings, for sweep options (names as in OPTIONS, values as
+    typed on a command line or already typed; None: not given) over a preset and the user's settings.
+
+    `command` is recorded in metadata.json; None records the command line the options stand for.
+    Bad input raises UserError (one line naming the option)."""
+    from llama_tui.core import config
+    from llama_tui.core.sweep import results
+
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown sweep options: {sorted(unknown)}")
+    settings = config.load_settings(preset=preset, cli={key: options.get(opt) for opt, key in SETTINGS_OPTIONS.items()})
+
+    def int_list(name: str) -> tuple[int, ...] | None:
+        value = options.get(name)
+        return None if value is None else config.parse_int_list(value, "--" + name.replace("_", "-"))
+
+    def number(name: str, kind: type, example: str) -> Any:
+        value, flag = options.get(name), "--" + name.replace("_", "-")
+        if value is None:
+            return None
+        try:
+            out = kind(value)
+        except (TypeError, ValueError):
+            out = None
+        if out is None or (name.endswith("port") and not 1 <= out <= 65535):
+            raise UserError(f"bad value for {flag} {value!r}", f"write e.g. {flag} {example}")
+        return out
+
+    resume = bool(options.get("resume"))
+    cfg = SweepConfig.from_settings(
+        settings, out_dir_for(options.get("out"), resume),
+        slo=results.parse_slo(options.get("slo")), **{name: int_list(name) for name in LIST_OPTIONS},
+        base_port=number("base_port", int, "18180"), nginx_port=number("nginx_port", int, "18100"), resume=resume,
+        adaptive=bool(options.get("adaptive")), budget_min=number("budget", float, "10"),
+        command=tuple(command) if command is not None else command_line(options, preset))
+    return cfg, settings
