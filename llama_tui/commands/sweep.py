@@ -132,23 +132,19 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def apply_best(out: Path, args: argparse.Namespace) -> None:
-    """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape."""
-    from llama_tui.core import config, fleet, sweep
-    from llama_tui.core.sweep import results
+    """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape
+    (sweep.best_shape: the rule and the full fleet settings the TUI's apply-best uses too)."""
+    from llama_tui.core import fleet, sweep
     from llama_tui.core.errors import UserError
 
-    rows = results.read_rows(out / results.RESULTS).rows
-    meta = results.read_json(out / results.METADATA) or {}
-    best = results.best_row(rows, meta.get("slo"))
-    if best is None:
-        raise UserError(f"{out} has no error-free cell to apply", "look at `llama-tui sweep report DIR`")
-    cli = sweep.fleet_settings_for(best, meta)
-    settings = config.load_settings(preset=getattr(args, "preset", None), cli=cli)
+    best = sweep.best_shape(out)
+    settings = best.settings(preset=getattr(args, "preset", None))
     if fleet.load_state() is not None:
         raise UserError("a fleet is already running", "stop it with `llama-tui fleet down`, then apply again with "
                         f"`llama-tui sweep report {out} --apply`")
-    info(f"starting the best shape: {best['instances']} instances x {best['parallel']} slots, "
-         f"{best['threads']} threads")
+    row = best.row
+    info(f"starting the best shape: {row['instances']} instances x {row['parallel']} slots, "
+         f"{row['threads']} threads")
     snap = fleet.up(fleet.FleetSpec.from_settings(settings))
     nginx = snap.nginx
     info(f"fleet up: {len(snap.instances)} instances" + (f", NGINX on port {nginx.port}" if nginx else ""))

@@ -6,6 +6,7 @@
     orchestrator.py  Sweep / run(): measure shape after shape, resume, budget, stop
     results.py       the output directory: results.jsonl, results.csv, best.json, frontier.json, metadata
     fit.py           will a shape fit in memory (from the GGUF header)?
+    best.py          the one rule for the best shape and the heatmap (CLI, report and TUI alike)
     report.py        the text report: table, heatmap, frontier, the command to run
     child.py         a sweep in its own process (spawn, SweepProcess, the child's entry point)
 
@@ -16,11 +17,13 @@ from llama_tui.core.sweep.child import SweepProcess, install_stop_handlers, spaw
 from llama_tui.core.sweep.config import OPTIONS, SweepConfig, build_config, command_line
 from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, run
 from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, ramp_start
-from llama_tui.core.sweep.report import fleet_settings_for, heatmap, recommended_command, render_table, report
+from llama_tui.core.sweep.best import BestShape, ShapeGrid, best_point, best_shape, fleet_settings_for, grid_from_rows, shape_grid
+from llama_tui.core.sweep.report import heatmap, recommended_command, render_table, report
 from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, PeakSampler, ShapeRunner
 
 __all__ = [
-    "OPTIONS", "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapePlanner", "ShapeRunner",
-    "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "build_config", "command_line", "fleet_settings_for", "heatmap", "install_stop_handlers",
-    "ramp_start", "recommended_command", "render_table", "report", "run", "spawn", "summary",
+    "OPTIONS", "BestShape", "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapeGrid",
+    "ShapePlanner", "ShapeRunner", "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "best_point", "best_shape",
+    "build_config", "command_line", "fleet_settings_for", "grid_from_rows", "heatmap", "install_stop_handlers",
+    "ramp_start", "recommended_command", "render_table", "report", "run", "shape_grid", "spawn", "summary",
 ]

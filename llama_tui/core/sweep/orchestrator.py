@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
-from llama_tui.core.sweep import fit, results
+from llama_tui.core.sweep import best, fit, results
 from llama_tui.core.sweep.config import SweepConfig
 from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, concurrency_candidates, make_shape, ramp_start, shape_axes
 from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, ShapeRunner
@@ -183,7 +183,7 @@ class Sweep:
             cells_total=self._cells_total(), eta_s=0.0 if done else self._eta(),
             instances=shape.instances if shape else None, parallel=shape.parallel if shape else None,
             concurrency=concurrency, phase=phase, results=tuple(self.points), message=message, done=done,
-            row=dict(row) if row else None)
+            row=dict(row) if row else None, out_dir=str(self.cfg.out_dir))
         self.on_event(ev)
 
     # ----------------------------------------------------------------------------------- the loop
@@ -232,13 +232,13 @@ class Sweep:
                 self.planner.record(idx, self._shape_score(shape))
         finally:
             self.runner.teardown()
-        best = results.best_row(self.store.rows, self.cfg.slo)
+        top = results.best_row(self.store.rows, self.cfg.slo)
         wall = self.clock() - self.t0
         msg = {"done": "sweep finished", "stopped": "sweep stopped; run again with --resume to finish",
                "budget": "budget spent; best found so far kept"}[status]
         self._emit(phase="done" if status != "stopped" else "cancelled", message=f"{msg}: {self.cfg.out_dir}",
                    done=True)
-        return SweepResult(Path(self.cfg.out_dir), status, self.measured, self.skipped_standing, best,
+        return SweepResult(Path(self.cfg.out_dir), status, self.measured, self.skipped_standing, top,
                            list(self.store.damaged), wall)
 
     def _shape_score(self, shape: Shape) -> float | None:
@@ -356,10 +356,7 @@ class Sweep:
                     row = self._append(row)
                     self.cell_times.append(self.clock() - t)
                     self.measured += 1
-                    self.points.append(SweepCellResult(
-                        shape.instances, shape.parallel, c, float(row.get("output_tok_s") or 0.0),
-                        row.get("ttft_p50_ms"), row.get("ttft_p95_ms"), int(row.get("errors") or 0),
-                        bool(row.get("valid"))))
+                    self.points.append(best.point(row, self.cfg.slo))
                     self._emit(phase="measure", shape=shape, concurrency=c, row=row,
                                message=f"{shape.label()} c={c}: {row.get('output_tok_s') or 0:,.0f} tok/s, "
                                        f"{row.get('errors') or 0} errors")

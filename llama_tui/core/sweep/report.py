@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from llama_tui.core.errors import UserError
-from llama_tui.core.sweep import results
+from llama_tui.core.sweep import best, results
+from llama_tui.core.sweep.best import fleet_settings_for
 
 SHADES = " .:-=+*#%@"  # ASCII, so the heatmap survives any terminal and SSH link
 
@@ -37,60 +38,31 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
 
 
 def heatmap(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, float] | None = None) -> list[str]:
-    """Best good output tok/s by instances (rows) x parallel (columns), shaded by share of the best."""
-    insts = sorted({r["instances"] for r in rows if r.get("instances") is not None})
-    pars = sorted({r["parallel"] for r in rows if r.get("parallel") is not None})
-    best: dict[tuple[int, int], float] = {}
-    note: dict[tuple[int, int], str] = {}
-    why_not = {results.NO_FIT: "no fit", results.OOM: "oom", results.LAUNCH_FAILED: "failed"}
-    for r in rows:
-        key = (r.get("instances"), r.get("parallel"))
-        if results.is_good(r) and results.within_slo(r, slo):
-            best[key] = max(best.get(key, 0.0), float(r["output_tok_s"]))  # type: ignore[index]
-        elif r.get("status") in (results.NO_FIT, results.OOM, results.LAUNCH_FAILED):
-            note.setdefault(key, why_not[r["status"]])  # type: ignore[arg-type]
-        elif results.is_measured(r):
-            reason = "errors" if (r.get("errors") or 0) else "invalid" if not r.get("valid") else "slo"
-            note.setdefault(key, reason)  # type: ignore[arg-type]
-    top = max(best.values(), default=0.0)
+    """Best good output tok/s by instances (rows) x parallel (columns), shaded by share of the best
+    (the grid of best.grid_from_rows, which the TUI's heatmap renders too)."""
+    grid = best.grid_from_rows(rows, slo)
+    top = grid.top or 0.0
     table = []
-    for i in insts:
+    for i in grid.instances:
         line = [f"{i} inst"]
-        for p in pars:
-            v = best.get((i, p))
-            if v is None:
-                line.append(note.get((i, p), "-"))
+        for p in grid.parallel:
+            cell = grid.cell(i, p)
+            if cell is None or cell.tok_s is None:
+                line.append((cell.note if cell is not None else None) or "-")
             else:
+                v = cell.tok_s
                 shade = SHADES[min(len(SHADES) - 1, int(v / top * (len(SHADES) - 1)))] if top > 0 else " "
-                line.append(f"{v:,.0f} {shade * 3}{' <' if v == top else '  '}")
+                line.append(f"{v:,.0f} {shade * 3}{' <' if cell.best else '  '}")
         table.append(line)
-    return render_table(["", *[f"par {p}" for p in pars]], table, left=1)
+    return render_table(["", *[f"par {p}" for p in grid.parallel]], table, left=1)
 
 
-def fleet_settings_for(best: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The `fleet.*` settings that start a fleet of the best row's shape (for --apply and the report)."""
-    params = meta.get("params") or {}
-    extra = []
-    if best.get("batch") is not None:
-        extra += ["--batch-size", str(best["batch"])]
-    if best.get("ubatch") is not None:
-        extra += ["--ubatch-size", str(best["ubatch"])]
-    if params.get("extra_args"):
-        extra.append(str(params["extra_args"]))
-    out = {"fleet.model": (meta.get("fingerprint") or {}).get("path") or "MODEL.gguf",
-           "fleet.instances": best["instances"], "fleet.parallel": best["parallel"],
-           "fleet.ctx_per_slot": best.get("ctx_per_slot") or params.get("ctx_per_slot"),
-           "fleet.threads": best.get("threads"), "fleet.policy": best.get("policy") or params.get("policy"),
-           "fleet.gpu_layers": params.get("gpu_layers"), "fleet.gpus": list(params.get("gpus") or []) or None,
-           "fleet.extra_args": " ".join(extra) or None}
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def recommended_command(best: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+def recommended_command(top: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """`llama-tui fleet up ...` with the fleet settings of the best row `top`."""
     import shlex
 
     cmd = ["llama-tui", "fleet", "up"]
-    for key, value in fleet_settings_for(best, meta).items():
+    for key, value in fleet_settings_for(top, meta).items():
         value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         cmd += [f"--{key.split('.', 1)[1].replace('_', '-')}", value]
     return shlex.join(cmd)
@@ -151,14 +123,14 @@ def report(out_dir: Path | str) -> str:
                           [[_fmt(r.get("ttft_p95_ms"), 1), _fmt(r.get("output_tok_s")),
                             f"{r.get('instances')}x{r.get('parallel')} t{r.get('threads')}", _fmt(r.get("concurrency"))]
                            for r in front]) if front else ["  (no error-free cells)"]
-    best = results.best_row(rows, slo)
+    top = results.best_row(rows, slo)
     lines.append("")
-    if best is None:
+    if top is None:
         lines.append("no error-free, valid cell" + (" within the SLO" if slo else "") + ": nothing to recommend")
     else:
-        t = best.get("threads")
-        lines += [f"best: {best['instances']} instances x {best['parallel']} slots, {t} thread{'' if t == 1 else 's'}, "
-                  f"at concurrency {best['concurrency']}: {_fmt(best.get('output_tok_s'))} tok/s ({mode}), "
-                  f"TTFT p95 {_fmt(best.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(best.get('e2e_p95_ms'), 1)} ms",
-                  "run it with:", "  " + recommended_command(best, meta)]
+        t = top.get("threads")
+        lines += [f"best: {top['instances']} instances x {top['parallel']} slots, {t} thread{'' if t == 1 else 's'}, "
+                  f"at concurrency {top['concurrency']}: {_fmt(top.get('output_tok_s'))} tok/s ({mode}), "
+                  f"TTFT p95 {_fmt(top.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(top.get('e2e_p95_ms'), 1)} ms",
+                  "run it with:", "  " + recommended_command(top, meta)]
     return "\n".join(lines) + "\n"
