@@ -13,11 +13,12 @@
 commands/ and ui/ use the names exported here (`from llama_tui.core import sweep`).
 """
 
+from llama_tui.core.sweep.best import (BestShape, ShapeGrid, best_point, best_shape, fleet_settings_for,
+                                       grid_from_rows, shape_grid)
 from llama_tui.core.sweep.child import SweepProcess, install_stop_handlers, spawn, summary
 from llama_tui.core.sweep.config import OPTIONS, SweepConfig, build_config, command_line
 from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, run
 from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, ramp_start
-from llama_tui.core.sweep.best import BestShape, ShapeGrid, best_point, best_shape, fleet_settings_for, grid_from_rows, shape_grid
 from llama_tui.core.sweep.report import heatmap, recommended_command, render_table, report
 from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, PeakSampler, ShapeRunner
 

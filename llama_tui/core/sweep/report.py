@@ -8,7 +8,6 @@ from typing import Any, Mapping, Sequence
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.sweep import best, results
-from llama_tui.core.sweep.best import fleet_settings_for
 
 SHADES = " .:-=+*#%@"  # ASCII, so the heatmap survives any terminal and SSH link
 
@@ -38,8 +37,8 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
 
 
 def heatmap(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, float] | None = None) -> list[str]:
-    """Best good output tok/s by instances (rows) x parallel (columns), shaded by share of the best
-    (the grid of best.grid_from_rows, which the TUI's heatmap renders too)."""
+    """Best good output tok/s by instances (rows) x parallel (columns), shaded by share of the best.
+    The grid is best.grid_from_rows: the rule the TUI's heatmap widget renders from its live points."""
     grid = best.grid_from_rows(rows, slo)
     top = grid.top or 0.0
     table = []
@@ -62,7 +61,7 @@ def recommended_command(top: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     import shlex
 
     cmd = ["llama-tui", "fleet", "up"]
-    for key, value in fleet_settings_for(top, meta).items():
+    for key, value in best.fleet_settings_for(top, meta).items():
         value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         cmd += [f"--{key.split('.', 1)[1].replace('_', '-')}", value]
     return shlex.join(cmd)
