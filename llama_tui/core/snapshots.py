@@ -134,6 +134,7 @@ class SweepCellResult:
     ttft_p95_ms: float | None = None
     errors: int = 0
     valid: bool = True
+    good: bool = False  # the core's verdict: error-free, valid and within the SLO (core/sweep/best.py)
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,4 @@ class SweepProgress:
     message: str | None = None  # error text, or where the results were written
     done: bool = False
     row: dict[str, Any] | None = None  # the full results.jsonl row of a cell that just finished (sweep)
+    out_dir: str | None = None  # the sweep's output directory (results.jsonl, best.json, metadata.json)
