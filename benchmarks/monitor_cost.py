@@ -28,7 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_tui.core import fleet, hardware, model  # noqa: E402
-from llama_tui.core.monitor import Endpoint, Monitor  # noqa: E402
+from llama_tui.core.fleet.monitor import Endpoint, Monitor  # noqa: E402
 
 
 def _cpu() -> float:

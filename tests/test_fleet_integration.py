@@ -16,7 +16,8 @@ import orjson
 import psutil
 import pytest
 
-from llama_tui.core import fleet, state
+from llama_tui.core import fleet
+from llama_tui.core.fleet import state
 from llama_tui.core.errors import UserError
 
 from conftest import wait_for, REPO, free_port, free_port_block, run_cli

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from conftest import REPO, free_port_block, run_cli
-from llama_tui.core import hardware, results, state, sweep
+from llama_tui.core import hardware, results, sweep
+from llama_tui.core.fleet import state
 from llama_tui.core.sweep import SweepConfig
 
 pytestmark = pytest.mark.integration

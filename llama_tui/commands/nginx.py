@@ -31,7 +31,8 @@ def _described(args: argparse.Namespace) -> bool:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from llama_tui.core import config, fleet, frontdoor, paths
+    from llama_tui.core import config, fleet, paths
+    from llama_tui.core.fleet import frontdoor
     from llama_tui.core.errors import UserError
 
     policy = args.policy.strip().replace("-", "_") if args.policy else None

@@ -653,7 +653,7 @@ class BenchSession:
                 nginx_meta = {"policy": getattr(ng, "policy", None), "port": getattr(ng, "port", None),
                               "config_path": getattr(ng, "config_path", None), "config_hash": None}
                 with contextlib.suppress(OSError, TypeError, ImportError):
-                    from llama_tui.core.frontdoor import config_hash
+                    from llama_tui.core.fleet.frontdoor import config_hash
 
                     nginx_meta["config_hash"] = config_hash(Path(ng.config_path).read_text())
         gpus = []

@@ -66,7 +66,7 @@ class UpstreamStat:
     p95_ms: float | None = None
     header_p50_ms: float | None = None  # upstream header time (about time to first byte)
     header_p95_ms: float | None = None
-    inflight_estimate: float | None = None  # unrounded `inflight` (see core/accesslog.py)
+    inflight_estimate: float | None = None  # unrounded `inflight` (see core/fleet/accesslog.py)
     aborted: int = 0  # responses the client closed before the end (not errors)
 
 

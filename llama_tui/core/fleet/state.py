@@ -46,6 +46,9 @@ LOG_DIR = "logs"
 NGINX_DIR = "nginx"
 SCHEMA = 1
 
+# What a supervisor's command line holds (`python -m llama_tui.core.fleet.supervisor ...`).
+SUPERVISOR_MODULE = "llama_tui.core.fleet.supervisor"
+
 # Instances that belong to the fleet (NGINX balances over those of them that are `in_upstream`).
 MEMBER_STATES = ("starting", "ready", "restarting", "draining")
 
@@ -192,7 +195,7 @@ def owned_processes(state_dir: Path) -> list[psutil.Process]:
                 continue
             if p.environ().get("LLAMA_TUI_OWNER") != owner:
                 continue
-            if name.startswith("python") and "llama_tui.core.supervisor" not in " ".join(p.cmdline()):
+            if name.startswith("python") and SUPERVISOR_MODULE not in " ".join(p.cmdline()):
                 continue
             found.append(p)
         except psutil.Error:

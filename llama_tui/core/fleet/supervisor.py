@@ -1,6 +1,6 @@
 """The fleet supervisor: one detached process per state dir that owns the fleet.
 
-    python -m llama_tui.core.supervisor --state-dir DIR [--adopt]
+    python -m llama_tui.core.fleet.supervisor --state-dir DIR [--adopt]
 
 It runs in its own session with LLAMA_TUI_OWNER=DIR. A fresh supervisor reads `spec.json`, starts
 every instance at once (each llama-server in its own process group, its output appended to a
@@ -42,12 +42,13 @@ from typing import Any
 import orjson
 
 from llama_tui.core import hardware, paths
-from llama_tui.core import state as st_mod
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import FleetSpec, check_ports
-from llama_tui.core.frontdoor import FrontDoor, FrontDoorSpec
-from llama_tui.core.monitor import Endpoint, Monitor, health, tree_cpu_seconds
-from llama_tui.core.state import FleetState, InstanceState, NginxState
+from llama_tui.core.fleet import state as st_mod
+from llama_tui.core.fleet.frontdoor import FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.monitor import Endpoint, Monitor, health, tree_cpu_seconds
+from llama_tui.core.fleet.ports import check_ports
+from llama_tui.core.fleet.spec import FleetSpec
+from llama_tui.core.fleet.state import FleetState, InstanceState, NginxState
 
 # Runs before llama-server in the same process (exec keeps the pid): sets the CPU affinity every thread
 # llama-server will create inherits. llama.cpp's own --cpu-mask leaves the main thread unpinned at -t 1.
@@ -631,7 +632,7 @@ class Supervisor:
         """Feed NGINX's access log to the front door's follower and persist its per-upstream totals."""
         try:
             if self.follower is None:
-                from llama_tui.core.accesslog import AccessLogFollower
+                from llama_tui.core.fleet.accesslog import AccessLogFollower
 
                 self.follower = AccessLogFollower(self.door.access_log)
             self.follower.poll()
@@ -969,7 +970,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llama_tui.core.supervisor",
+    p = argparse.ArgumentParser(prog="python -m llama_tui.core.fleet.supervisor",
                                 description="Own a llama-tui fleet (started by `llama-tui fleet up`).")
     p.add_argument("--state-dir", required=True, type=Path)
     p.add_argument("--adopt", action="store_true", help="take over the running fleet described by fleet.json")
