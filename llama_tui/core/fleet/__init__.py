@@ -15,7 +15,11 @@ The modules, one job each:
     monitor.py         per-instance process and server numbers, the machine
     frontdoor.py       NGINX: render, validate, start, reload
     accesslog.py       per-backend statistics from NGINX's access and error logs
-    supervisor.py      the supervisor process (`python -m llama_tui.core.fleet.supervisor`)
+    supervisor.py      the supervisor process: setup, watch loop (`python -m llama_tui.core.fleet.supervisor`)
+    instances.py       the supervisor's instances: spawn, crash backoff, hang check, stop, drain
+    door_keeper.py     the supervisor's NGINX: start, adopt, reload, restart, access-log following
+    operations.py      the supervisor's operations: scale, restart, policy, down
+    control_server.py  the supervisor's control socket
 """
 
 from __future__ import annotations

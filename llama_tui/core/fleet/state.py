@@ -434,6 +434,14 @@ def client_lock(state_dir: Path, timeout: float = 60.0) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- logs
 
 
+def log(msg: str) -> None:
+    """One line of the supervisor's log (its stdout, appended to `supervisor_log_path`)."""
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+    except OSError:
+        pass  # a full disk must not take the supervisor down
+
+
 def tail_lines(path: Path | str | None, n: int = 20) -> list[str]:
     """The last `n` lines of a (possibly large) log file."""
     if not path:
