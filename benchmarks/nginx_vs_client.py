@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time used so far by `pids` and their children (NGINX's workers)."""
-    from llama_tui.core.fleet.monitor import tree_cpu_seconds
+    from llama_tui.core.fleet.process_stats import tree_cpu_seconds
 
     return sum(tree_cpu_seconds(pid) or 0.0 for pid in pids)
 

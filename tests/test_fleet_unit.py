@@ -322,7 +322,7 @@ def test_pinning_needs_a_core_per_thread(monkeypatch):
 
 
 def test_the_pin_trampoline_sets_affinity_then_becomes_the_command(tmp_path):
-    from llama_tui.core.fleet.instances import pinned
+    from llama_tui.core.fleet.local import pinned
 
     assert pinned(["/bin/true"], None) == ["/bin/true"]
     cpu = sorted(os.sched_getaffinity(0))[-1]

@@ -52,6 +52,8 @@ class InstanceSnapshot:
     cpus: list[int] | None = None  # pinned CPUs (--pin-cpus), else None
     log_path: str | None = None
     last_error: str | None = None
+    host: str | None = None  # where it serves (its endpoint: host:port on node)
+    node: str | None = None  # the node it runs on ("local": this machine)
 
 
 @dataclass(frozen=True)

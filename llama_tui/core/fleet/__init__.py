@@ -12,6 +12,9 @@ The modules, one job each:
     control.py         the client side: up / adopt / scale / restart / set_policy / down
     snapshot.py        the fleet now as frozen snapshots; `fleet status --json`; doctor's fleet check
     state.py           fleet.json, the processes it names, locks, logs
+    placement.py       the placement seam: start/stop an instance, its Endpoint (host, port, node), its process stats
+    local.py           LocalPlacement: instances as local processes (the first placement)
+    process_stats.py   CPU, RSS, GPU of local processes (psutil, NVML)
     monitor.py         per-instance process and server numbers, the machine
     frontdoor.py       NGINX: render, validate, start, reload
     accesslog.py       per-backend statistics from NGINX's access and error logs

@@ -53,8 +53,8 @@ class DoorKeeper:
     def spec(self) -> FrontDoorSpec:
         """NGINX in front of the instances that are in the upstream, with the current policy (the same
         builder `llama-tui nginx render` uses, so it prints exactly the live config)."""
-        ports = [i.rec.port for i in self.sup.instances.sorted() if i.rec.in_upstream]
-        return FrontDoorSpec.for_fleet(self.sup.spec, ports, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
+        members = [self.sup.instances.endpoint(i) for i in self.sup.instances.sorted() if i.rec.in_upstream]
+        return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
 
     def adopt(self, pid: int) -> None:
         """Take over the NGINX an earlier supervisor started."""

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jinja2
 
@@ -35,12 +35,17 @@ from llama_tui.core import hardware, paths, resources
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
 
+if TYPE_CHECKING:
+    from llama_tui.core.fleet.placement import Endpoint
+
 READ_TIMEOUT = "3600s"  # longest prompt processing + generation a stream may take
 MAX_BODY = "64m"  # long prompts are large JSON bodies
 
 
 @dataclass(frozen=True)
 class Backend:
+    """One upstream server: an instance's endpoint and its slots."""
+
     host: str
     port: int
     slots: int = 1
@@ -75,12 +80,12 @@ class FrontDoorSpec:
     api_key_file: str | None = None
 
     @classmethod
-    def for_fleet(cls, fleet: Any, ports: list[int] | tuple[int, ...], policy: str | None = None) -> "FrontDoorSpec":
+    def for_fleet(cls, fleet: Any, endpoints: Sequence[Endpoint], policy: str | None = None) -> "FrontDoorSpec":
         """The front door of a fleet (a `fleet.FleetSpec`, or anything with its attribute names) whose
-        member instances listen on `ports`; `policy` overrides the fleet's."""
+        member instances serve at `endpoints` (`placement.Endpoint`: host, port, node); `policy`
+        overrides the fleet's."""
         slots = int(getattr(fleet, "parallel", 1))
-        host = getattr(fleet, "host", "127.0.0.1")
-        return cls(port=fleet.nginx_port, backends=tuple(Backend(host, p, slots) for p in ports),
+        return cls(port=fleet.nginx_port, backends=tuple(Backend(ep.host, ep.port, slots) for ep in endpoints),
                    policy=policy or getattr(fleet, "policy", "least_conn"),
                    listen=getattr(fleet, "listen", "127.0.0.1"), max_conns=bool(getattr(fleet, "max_conns", False)),
                    max_concurrency=int(getattr(fleet, "max_concurrency", 1024)),

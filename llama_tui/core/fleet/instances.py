@@ -7,7 +7,8 @@
   deadlocked) is killed, and so restarted like a crash; a busy one (CPU in use) is left alone.
 
 `Instances` works under the supervisor's lock (`sup.lock`) and reads the supervisor's current spec,
-so a scale or policy change is seen at once.
+so a scale or policy change is seen at once. It starts, watches and stops instances only through the
+placement seam (`placement.Placement`): an instance is a handle and an endpoint, not a local pid.
 """
 
 from __future__ import annotations
@@ -15,37 +16,21 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_tui.core import hardware, paths
+from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import state as st_mod
-from llama_tui.core.fleet.monitor import Endpoint, Monitor, health, tree_cpu_seconds
+from llama_tui.core.fleet.monitor import Monitor, health
+from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, PlacementError, endpoint_of
 from llama_tui.core.fleet.state import InstanceState, log
 
 if TYPE_CHECKING:
     from llama_tui.core.fleet.supervisor import Supervisor
-
-# Runs before llama-server in the same process (exec keeps the pid): sets the CPU affinity every thread
-# llama-server will create inherits. llama.cpp's own --cpu-mask leaves the main thread unpinned at -t 1.
-_PIN_EXEC = ("import os,sys\n"
-             "os.sched_setaffinity(0,[int(c) for c in sys.argv[1].split(',')])\n"
-             "try:\n os.execv(sys.argv[2],sys.argv[2:])\n"
-             "except OSError as e:\n print('llama-tui: cannot start',sys.argv[2],'(',e,')',file=sys.stderr);sys.exit(127)\n")
-
-
-def pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
-    """The argv that starts `cmd` restricted to `cpus` (the command itself when there are none)."""
-    if not cpus:
-        return list(cmd)
-    return [sys.executable, "-I", "-S", "-c", _PIN_EXEC, ",".join(map(str, cpus)), *cmd]
-
 
 # An instance that answers no /health probe for HANG_S seconds while using under HANG_CPU_FRACTION of a
 # core is hung (stopped, deadlocked): it is killed and restarted like a crash. One that uses CPU is only
@@ -109,9 +94,10 @@ def _exit_text(code: int | None) -> str:
 class Instance:
     """One llama-server: its record in fleet.json plus what only the supervisor knows."""
 
-    def __init__(self, rec: InstanceState, proc: subprocess.Popen | None = None) -> None:
+    def __init__(self, rec: InstanceState, placement: Placement, handle: InstanceHandle | None = None) -> None:
         self.rec = rec
-        self.proc = proc
+        self.placement = placement
+        self.handle = handle  # None: not running (never started, stopped, or gone)
         self.spawned = time.monotonic()
         self.crashes: collections.deque[float] = collections.deque()
         self.ever_ready = rec.ready_at is not None
@@ -122,28 +108,31 @@ class Instance:
         self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
 
     def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return self.rec.alive()
-
-    def exit_code(self) -> int | None:
-        return self.proc.returncode if self.proc is not None else None
+        return self.handle is not None and self.placement.poll(self.handle) is None
 
 
 class Instances:
-    """Every instance of the fleet (`items`), as the supervisor's watch loop and operations see them."""
+    """Every instance of the fleet (`items`), as the supervisor's watch loop and operations see them.
+    `placement` starts, watches and stops them (set once the supervisor knows its spec)."""
 
     def __init__(self, sup: "Supervisor") -> None:
         self.sup = sup
         self.items: list[Instance] = []
-        self._mon = Monitor(http_timeout=1.0)
+        self.placement: Placement
+        self._mon: Monitor | None = None
+
+    def use(self, placement: Placement) -> None:
+        self.placement = placement
+        self._mon = Monitor(http_timeout=1.0, placement=placement)
 
     def close(self) -> None:
-        self._mon.close()
+        if self._mon is not None:  # (set with the placement)
+            self._mon.close()
+            self.placement.close()
 
-    @property
-    def host(self) -> str:
-        return "127.0.0.1" if self.sup.spec.host == "localhost" else self.sup.spec.host
+    def instance(self, rec: InstanceState) -> Instance:
+        """The supervisor's view of a recorded instance, attached to its process when that still runs."""
+        return Instance(rec, self.placement, self.placement.attach(rec))
 
     def sorted(self) -> list[Instance]:
         return sorted(self.items, key=lambda x: x.rec.index)
@@ -167,51 +156,29 @@ class Instances:
                                 log_path=str(st_mod.instance_log_path(self.sup.dir, index)), gpu=spec.gpu_of(index),
                                 cpus=list(cpus) if cpus else None,
                                 cmd=spec.command(self.sup.state.llama_server or "llama-server", index, threads))
-            out.append(Instance(rec))
+            out.append(Instance(rec, self.placement))
         return out
 
     # ------------------------------------------------------------------------------------ processes
 
-    def _open_log(self, rec: InstanceState) -> int:
-        """The instance's log, opened for appending; /dev/null when it cannot be opened (full disk)."""
-        log_path = Path(rec.log_path)
-        try:
-            paths.ensure_private_dir(log_path.parent)
-            return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            log(f"instance {rec.index}: cannot open its log {log_path} ({exc}); its output is discarded")
-            return os.open(os.devnull, os.O_WRONLY)
-
     def spawn(self, inst: Instance, restart: bool = False) -> None:
         rec = inst.rec
         rec.cmd = self.sup.spec.command(self.sup.state.llama_server or "llama-server", rec.index, rec.threads)
-        env = paths.owner_env(self.sup.dir)
-        if rec.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
-        fd = self._open_log(rec)
         try:
-            on = f" on CPUs {hardware.format_cpus(rec.cpus)}" if rec.cpus else ""
-            banner = (f"--- llama-tui: instance {rec.index} {'restart' if restart else 'start'} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}{on}: {' '.join(rec.cmd)}\n")
-            try:
-                os.write(fd, banner.encode())
-            except OSError:
-                pass  # a full disk loses the banner, not the instance
-            proc = subprocess.Popen(pinned(rec.cmd, rec.cpus), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, env=env,
-                                    start_new_session=True, close_fds=True, cwd=str(self.sup.dir))
-        except OSError as exc:
+            handle = self.placement.start(rec, restart=restart)
+        except PlacementError as exc:
             rec.state = "failed"
-            rec.last_error = f"cannot start llama-server: {exc}"
+            rec.last_error = str(exc)
             rec.pid = None
             log(f"instance {rec.index}: {rec.last_error}")
             return
-        finally:
-            os.close(fd)
-        inst.proc = proc
+        inst.handle = handle
         inst.spawned = time.monotonic()
         inst.next_start = None
-        rec.pid = proc.pid
-        rec.pid_started = st_mod.process_start_time(proc.pid)
+        rec.pid = handle.pid
+        rec.pid_started = handle.started
+        rec.host = handle.endpoint.host
+        rec.node = handle.endpoint.node
         rec.started_at = time.time()
         rec.ready_at = None
         rec.exit_code = None
@@ -221,18 +188,21 @@ class Instances:
         else:
             rec.state = "starting"
 
+    def _release(self, inst: Instance, timeout: float) -> None:
+        """Stop what is left of `inst` (nothing, after a crash) and forget its handle."""
+        if inst.handle is not None:
+            self.placement.stop([inst.handle], timeout=timeout)
+        inst.handle = None
+        inst.rec.pid = None
+
     def _leave_upstream(self, rec: InstanceState) -> None:
         if rec.in_upstream:
             rec.in_upstream = False
             self.sup.door.reload()
 
-    def _crashed(self, inst: Instance, now: float) -> None:
+    def _crashed(self, inst: Instance, code: int | None, now: float) -> None:
         rec = inst.rec
-        code = inst.exit_code()
-        if inst.proc is not None:
-            inst.proc.wait(timeout=1)
-        inst.proc = None
-        rec.pid = None
+        self._release(inst, timeout=1)
         rec.exit_code = code
         inst.crashes.append(now)
         while inst.crashes and now - inst.crashes[0] > CRASH_WINDOW_S:
@@ -256,16 +226,10 @@ class Instances:
         log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
 
     def stop(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
-        refs = [i.rec.ref() for i in insts if i.alive()]
-        st_mod.terminate([r for r in refs if r is not None], timeout=timeout)
+        self.placement.stop([i.handle for i in insts if i.handle is not None], timeout=timeout)
         with self.sup.lock:
             for i in insts:
-                if i.proc is not None:
-                    try:
-                        i.proc.wait(timeout=1)
-                    except subprocess.TimeoutExpired:
-                        pass
-                i.proc = None
+                i.handle = None
                 i.rec.pid = None
                 if i.rec.state != "failed":  # a failed instance stays failed (with its error)
                     i.rec.state = "stopped"
@@ -287,8 +251,9 @@ class Instances:
                     self.spawn(inst, restart=True)
                     changed = True
                 continue
-            if not inst.alive():
-                self._crashed(inst, now)
+            gone = self.placement.poll(inst.handle) if inst.handle is not None else None
+            if inst.handle is None or gone is not None:
+                self._crashed(inst, gone.code if gone is not None else None, now)
                 changed = True
                 continue
             if rec.state in ("starting", "restarting"):
@@ -297,7 +262,7 @@ class Instances:
 
     def _check_started(self, inst: Instance, now: float) -> bool:
         rec = inst.rec
-        code = health(self.host, rec.port, timeout=0.5)
+        code = health(*self._probe_address(inst), timeout=0.5)
         if code == 200:
             rec.state = "ready"
             rec.ready_at = time.time()
@@ -309,13 +274,7 @@ class Instances:
         ready_timeout = self.sup.spec.ready_timeout
         if now - inst.spawned <= ready_timeout:
             return False
-        ref = rec.ref()
-        if ref is not None:
-            st_mod.terminate([ref], timeout=3)
-        if inst.proc is not None:
-            inst.proc.wait(timeout=1)
-        inst.proc = None
-        rec.pid = None
+        self._release(inst, timeout=3)
         rec.state = "failed"
         rec.last_error = f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}"
         log(f"instance {rec.index} failed: {rec.last_error}")
@@ -328,11 +287,12 @@ class Instances:
         with sup.lock:
             if sup.shutting_down:
                 return
-            targets = [(i, i.rec.pid) for i in self.items if i.rec.state == "ready" and not i.held and i.rec.pid]
+            targets = [(i, i.handle) for i in self.items if i.rec.state == "ready" and not i.held and i.handle]
         timeout = min(2.0, HANG_S / 3)
-        for inst, pid in targets:
-            answered = health(self.host, inst.rec.port, timeout=timeout) is not None
-            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else tree_cpu_seconds(pid))
+        for inst, handle in targets:
+            assert handle is not None
+            answered = health(*self._probe_address(inst), timeout=timeout) is not None
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
             if verdict is None:
                 continue
             kind, waited, used = verdict
@@ -341,14 +301,24 @@ class Instances:
                     "busy, not hung (its HTTP threads are taken by streams); left running")
                 continue
             with sup.lock:
-                if inst.rec.pid != pid or inst.rec.state != "ready" or inst.held or sup.shutting_down:
+                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
                     continue
                 inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
                                   "killed by the supervisor")
-                log(f"instance {inst.rec.index} (pid {pid}) is {inst.hung_note}")
-                ref = inst.rec.ref()
-                if ref is not None:
-                    ref.signal(signal.SIGKILL)  # the watch loop sees the exit and restarts it like a crash
+                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
+                self.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
+
+    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
+        st = self.placement.stats([handle]).get(handle)
+        return st.cpu_seconds if st is not None else None
+
+    def _probe_address(self, inst: Instance) -> tuple[str, int]:
+        """Where to probe an instance: its endpoint ("localhost" probed on 127.0.0.1)."""
+        ep = self.endpoint(inst)
+        return ("127.0.0.1" if ep.host == "localhost" else ep.host), ep.port
+
+    def endpoint(self, inst: Instance) -> Endpoint:
+        return inst.handle.endpoint if inst.handle is not None else endpoint_of(inst.rec, self.sup.spec.host)
 
     def liveness_loop(self, stop: threading.Event) -> None:
         while not stop.wait(min(2.0, HANG_S / 3)):
@@ -377,7 +347,9 @@ class Instances:
         return [i for i in insts if i.rec.state != "ready"]
 
     def busy(self, inst: Instance) -> bool:
-        ep = Endpoint(self.host, inst.rec.port)
+        assert self._mon is not None
+        host, port = self._probe_address(inst)
+        ep = Endpoint(host, port)
         s = self._mon.servers([ep]).get(ep)
         if s is None or not s.reachable:
             return False

@@ -1,14 +1,14 @@
-"""Per-process and per-server numbers for a fleet: CPU, memory, GPU, slots, tok/s.
+"""Per-instance and per-server numbers for a fleet: CPU, memory, GPU, slots, tok/s; and the machine.
 
 A `Monitor` is stateful so that rates (CPU percent, server tok/s) come from the difference between
 two samples; the first sample of a process or server has no rate yet (None). Everything it returns
-is a frozen dataclass. NVML starts lazily on the first GPU question; without a GPU, a driver or a
-value, the field is None (the UI shows "n/a").
+is a frozen dataclass; a value that is not known is None (the UI shows "n/a").
 
-Cost matters: the TUI samples 16+ instances every second. Per process it reads two /proc files
-(`oneshot`), the process tree is rescanned only every `children_every_s` (llama-server rarely has
-children), and the two HTTP probes per instance use the standard library's http.client over a
-kept-alive loopback connection rather than a full async client. `benchmarks/monitor_cost.py` measures it.
+Process numbers come through the placement seam (`placement.stats(handles)`: `LocalPlacement`
+samples local processes with `process_stats.ProcessSampler`); server numbers come from each
+endpoint's /slots and /metrics. Cost matters: the TUI samples 16+ instances every second, so the two
+HTTP probes per instance use the standard library's http.client over a kept-alive loopback
+connection rather than a full async client. `benchmarks/monitor_cost.py` measures it.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import http.client
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import orjson
 import psutil
 
 from llama_tui.core import gpu as gpu_mod
 from llama_tui.core import hardware
+from llama_tui.core.fleet.local import LocalPlacement
+from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, ProcessStats
+from llama_tui.core.fleet.process_stats import ProcessSampler
 from llama_tui.core.snapshots import GpuSample, SystemSample
 
 
@@ -41,38 +44,10 @@ def http_get(host: str, port: int, path: str, timeout: float = 1.0) -> tuple[int
         conn.close()
 
 
-def tree_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` and its descendants so far, or None when `pid` is gone."""
-    try:
-        proc = psutil.Process(pid)
-        kids = proc.children(recursive=True)
-        total = sum(proc.cpu_times()[:2])
-    except psutil.Error:
-        return None
-    for p in kids:
-        try:
-            total += sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass  # a child that just exited
-    return total
-
-
 def health(host: str, port: int, timeout: float = 1.0) -> int | None:
     """HTTP status of /health (200 ready, 503 loading), or None when unreachable."""
     r = http_get(host, port, "/health", timeout)
     return r[0] if r else None
-
-
-@dataclass(frozen=True)
-class ProcessSample:
-    """One process and its descendants."""
-
-    pid: int
-    cpu_percent: float | None  # percent of one core (can exceed 100); None on the first sample
-    rss_bytes: int | None
-    gpu_memory_bytes: int | None  # None without NVML
-    gpu_util_percent: float | None
-    children: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,40 +64,29 @@ class ServerSample:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
 class MonitorSample:
     taken_at: float
-    processes: tuple[tuple[int, ProcessSample], ...]
+    processes: tuple[tuple[InstanceHandle, ProcessStats], ...]
     servers: tuple[tuple[Endpoint, ServerSample], ...]
     system: SystemSample
 
-    def process(self, pid: int | None) -> ProcessSample | None:
-        return dict(self.processes).get(pid) if pid else None
+    def process(self, handle: InstanceHandle | None) -> ProcessStats | None:
+        return dict(self.processes).get(handle) if handle is not None else None
 
-    def server(self, host: str, port: int) -> ServerSample | None:
-        return dict(self.servers).get(Endpoint(host, port))
+    def server(self, endpoint: Endpoint) -> ServerSample | None:
+        return dict(self.servers).get(endpoint)
 
 
 class Monitor:
-    """Samples processes, servers and the machine. One instance per polling loop; not thread-safe."""
+    """Samples instances (through their placement), servers and the machine. One instance per polling
+    loop; not thread-safe. `placement` defaults to local processes."""
 
     def __init__(self, nvml: gpu_mod.Nvml | None = None, http_timeout: float = 1.0,
-                 children_every_s: float = 15.0, max_workers: int = 8) -> None:
-        self._nvml = nvml
-        self._gpu_checked = False
-        self._gpu_ok = False
+                 children_every_s: float = 15.0, max_workers: int = 8, placement: Placement | None = None) -> None:
+        self._local = ProcessSampler(nvml, children_every_s)
+        self.placement: Placement = placement if placement is not None else LocalPlacement(sampler=self._local)
         self.http_timeout = http_timeout
-        self.children_every_s = children_every_s
         self.max_workers = max_workers
-        self._procs: dict[int, psutil.Process] = {}
-        self._cpu_last: dict[int, tuple[float, float]] = {}  # pid -> (cpu seconds, monotonic)
-        self._children: dict[int, tuple[int, ...]] = {}
-        self._children_at = float("-inf")
         self._tokens_last: dict[Endpoint, tuple[float, float]] = {}  # -> (tokens total, monotonic)
         self._sys_last: tuple[float, float] | None = None  # (busy seconds, total seconds)
         self._pool: ThreadPoolExecutor | None = None
@@ -136,100 +100,17 @@ class Monitor:
             conn.close()
         self._conns.clear()
 
-    # ------------------------------------------------------------------------------------ GPU
-
-    def _gpu(self) -> gpu_mod.Nvml | None:
-        if not self._gpu_checked:
-            self._gpu_checked = True
-            if self._nvml is None:
-                self._nvml = gpu_mod.nvml()
-            self._gpu_ok = self._nvml.available
-        return self._nvml if self._gpu_ok else None
-
     # ------------------------------------------------------------------------------------ processes
 
-    def _refresh_children(self, pids: Sequence[int]) -> None:
-        now = time.monotonic()
-        if now - self._children_at < self.children_every_s and all(p in self._children for p in pids):
-            return
-        self._children_at = now
-        kids: dict[int, list[int]] = {}
-        for p in psutil.process_iter(["ppid"]):
-            ppid = p.info.get("ppid")
-            if ppid:
-                kids.setdefault(ppid, []).append(p.pid)
-        out: dict[int, tuple[int, ...]] = {}
-        for pid in pids:
-            seen: list[int] = []
-            stack = list(kids.get(pid, ()))
-            while stack and len(seen) < 256:
-                c = stack.pop()
-                seen.append(c)
-                stack.extend(kids.get(c, ()))
-            out[pid] = tuple(seen)
-        self._children = out
+    def instances(self, handles: Iterable[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
+        """Process stats of each running instance, from its placement (CPU percent since the previous call)."""
+        handles = list(dict.fromkeys(handles))
+        return self.placement.stats(handles) if handles else {}
 
-    def _one(self, pid: int, now: float) -> tuple[float, int] | None:
-        """(cpu seconds, rss) of one process, or None when it is gone."""
-        p = self._procs.get(pid)
-        try:
-            if p is None:
-                p = self._procs[pid] = psutil.Process(pid)
-            with p.oneshot():
-                t = p.cpu_times()
-                rss = p.memory_info().rss
-        except psutil.Error:
-            self._procs.pop(pid, None)
-            self._cpu_last.pop(pid, None)
-            return None
-        return t.user + t.system, int(rss)
-
-    def processes(self, pids: Iterable[int]) -> dict[int, ProcessSample]:
-        """CPU percent (since the previous call), RSS and GPU memory/utilisation of each pid plus its
-        descendants. Pids that do not exist are left out."""
-        pids = [p for p in dict.fromkeys(pids) if p]
-        if not pids:
-            return {}
-        self._refresh_children(pids)
-        nv = self._gpu()
-        gpu_mem = nv.process_memory() if nv else {}
-        gpu_util = nv.process_utilization() if nv else {}
-        now = time.monotonic()
-        out: dict[int, ProcessSample] = {}
-        for pid in pids:
-            own = self._one(pid, now)
-            if own is None:
-                continue
-            members = [(pid, own)]
-            for c in self._children.get(pid, ()):
-                got = self._one(c, now)
-                if got is not None:
-                    members.append((c, got))
-            cpu_pct: float | None = 0.0
-            rss = 0
-            for member, (cpu_s, member_rss) in members:
-                rss += member_rss
-                last = self._cpu_last.get(member)
-                self._cpu_last[member] = (cpu_s, now)
-                if member == pid and (last is None or now - last[1] <= 0):
-                    cpu_pct = None  # no baseline for the process itself yet
-                elif last is not None and cpu_pct is not None and now > last[1]:
-                    cpu_pct += max(0.0, (cpu_s - last[0]) / (now - last[1]) * 100.0)
-            if nv:
-                ids = [m for m, _ in members]
-                mem = sum(gpu_mem.get(m, 0) for m in ids)
-                util = max((gpu_util.get(m, 0.0) for m in ids), default=0.0)
-                gmem, gutil = int(mem), float(util)
-            else:
-                gmem, gutil = None, None
-            out[pid] = ProcessSample(pid, None if cpu_pct is None else round(cpu_pct, 1), rss, gmem, gutil,
-                                     len(members) - 1)
-        # forget processes that are no longer asked about
-        keep = set(pids) | {c for p in pids for c in self._children.get(p, ())}
-        for gone in [p for p in self._procs if p not in keep]:
-            self._procs.pop(gone, None)
-            self._cpu_last.pop(gone, None)
-        return out
+    def processes(self, pids: Iterable[int]) -> dict[int, ProcessStats]:
+        """Process stats of local pids, each with its descendants (for scripts that watch local processes;
+        a fleet's instances are sampled through `instances`). Pids that do not exist are left out."""
+        return self._local.processes(pids)
 
     # ------------------------------------------------------------------------------------ servers
 
@@ -310,14 +191,15 @@ class Monitor:
             pct = round(max(0.0, min(100.0, busy_d / (total - self._sys_last[1]) * 100.0)), 1)
         self._sys_last = (total - idle, total)
         vm = psutil.virtual_memory()
-        nv = self._gpu()
+        nv = self._local.gpu()
         gpus = tuple(GpuSample(g.index, g.name, g.memory_used_bytes, g.memory_total_bytes, g.util_percent)
                      for g in nv.devices()) if nv else ()
         return SystemSample(pct, hardware.logical_cores(), int(vm.total - vm.available), int(vm.total), gpus)
 
     # ------------------------------------------------------------------------------------ all at once
 
-    def sample(self, pids: Iterable[int] = (), endpoints: Iterable[Endpoint] = (), http: bool = True) -> MonitorSample:
-        procs = self.processes(pids)
+    def sample(self, handles: Iterable[InstanceHandle] = (), endpoints: Iterable[Endpoint] = (),
+               http: bool = True) -> MonitorSample:
+        procs = self.instances(handles)
         servers = self.servers(endpoints) if http else {}
         return MonitorSample(time.time(), tuple(procs.items()), tuple(servers.items()), self.system())

@@ -13,7 +13,8 @@ import orjson
 from llama_tui.core import hardware
 from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
-from llama_tui.core.fleet.monitor import Endpoint, Monitor
+from llama_tui.core.fleet.monitor import Monitor
+from llama_tui.core.fleet.placement import endpoint_of
 from llama_tui.core.fleet.spec import FleetSpec, exposure_warning
 from llama_tui.core.fleet.state import load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat
@@ -58,20 +59,22 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 time.sleep(min(interval, 0.2))
             return FleetSnapshot(taken_at=time.time(), running=False, system=mon.system())
         host = s.spec.get("host", "127.0.0.1")
-        live = {i.index: i.alive() for i in s.instances}
-        pids = [i.pid for i in s.instances if live[i.index] and i.pid]
-        eps = [Endpoint(host, i.port) for i in s.instances if live[i.index]]
+        handles = {i.index: mon.placement.attach(i) for i in s.instances}  # None: not running
+        endpoints = {i.index: endpoint_of(i, host) for i in s.instances}
+        live = [h for h in handles.values() if h is not None]
+        eps = [endpoints[h.index] for h in live]
         if own:
-            mon.sample(pids, eps)
+            mon.sample(live, eps)
             time.sleep(interval)
-        sample = mon.sample(pids, eps)
+        sample = mon.sample(live, eps)
         now = time.time()
         instances = []
         threads_total = 0
         for i in sorted(s.instances, key=lambda x: x.index):
-            up_ = live[i.index]
-            proc = sample.process(i.pid) if up_ else None
-            srv = sample.server(host, i.port) if up_ else None
+            handle, ep = handles[i.index], endpoints[i.index]
+            up_ = handle is not None
+            proc = sample.process(handle)
+            srv = sample.server(ep) if up_ else None
             state = i.state
             error = i.last_error
             if not up_ and state in ("ready", "starting", "draining"):
@@ -90,7 +93,7 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 cpu_percent=proc.cpu_percent if proc else None, rss_bytes=proc.rss_bytes if proc else None,
                 gpu_memory_bytes=proc.gpu_memory_bytes if proc else None,
                 gpu_util_percent=proc.gpu_util_percent if proc else None, cpus=i.cpus,
-                log_path=i.log_path, last_error=error,
+                log_path=i.log_path, last_error=error, host=ep.host, node=ep.node,
             ))
         ng = None
         if s.nginx is not None:
@@ -144,7 +147,7 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
     host = s.spec.get("host", "127.0.0.1") if s else "127.0.0.1"
     for inst in data["instances"]:
         rec = by_index.get(inst["index"])
-        inst["url"] = base_url(host, inst["port"])
+        inst["url"] = base_url(inst.get("host") or host, inst["port"])
         inst["cmd"] = rec.cmd if rec else None
         inst["in_upstream"] = rec.in_upstream if rec else None
         inst["gpu"] = rec.gpu if rec else None

@@ -229,6 +229,8 @@ class InstanceState:
     cpus: list[int] | None = None  # the logical CPUs it is pinned to (--pin-cpus), else None
     exit_code: int | None = None
     last_error: str | None = None
+    host: str | None = None  # its endpoint (placement.Endpoint) once started; None: the fleet's host
+    node: str | None = None  # the node it runs on ("local": this machine)
 
     def ref(self) -> ProcRef | None:
         return ProcRef(self.pid, self.pid_started, True, "llama-server") if self.pid else None
@@ -286,7 +288,7 @@ class FleetState:
         from llama_tui.core.probe import base_url
 
         host = self.spec.get("host", "127.0.0.1")
-        return [base_url(host, i.port) for i in sorted(self.instances, key=lambda i: i.index)
+        return [base_url(i.host or host, i.port) for i in sorted(self.instances, key=lambda i: i.index)
                 if i.state in MEMBER_STATES]
 
     def nginx_url(self) -> str | None:

@@ -40,6 +40,7 @@ from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
 from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
+from llama_tui.core.fleet.local import LocalPlacement
 from llama_tui.core.fleet.operations import Operations
 from llama_tui.core.fleet.spec import FleetSpec
 from llama_tui.core.fleet.state import FleetState, log
@@ -93,6 +94,7 @@ class Supervisor:
             nginx_bin=payload["nginx_bin"], nginx=DoorKeeper.nginx_state(self.spec, self.dir),
         )
         self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / st_mod.NGINX_DIR)
+        self.instances.use(LocalPlacement(self.dir, self.spec.host))
         access_log = self.door.door.access_log
         if access_log.exists():  # an earlier fleet's requests do not count for this one
             os.replace(access_log, access_log.with_name("access.log.1"))
@@ -119,18 +121,19 @@ class Supervisor:
             old.nginx = DoorKeeper.nginx_state(self.spec, self.dir)
         self.state = old
         self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(old.nginx.prefix))
+        self.instances.use(LocalPlacement(self.dir, self.spec.host))
         now = time.monotonic()
         leftover: list[Instance] = []
         with self.lock:
             for rec in sorted(old.instances, key=lambda r: r.index):
-                inst = Instance(rec)
+                inst = self.instances.instance(rec)
                 if rec.state == "draining":  # an interrupted scale-down: finish it
                     inst.held = True
                     leftover.append(inst)
                     continue
                 if rec.state in ("failed", "stopped"):
                     pass
-                elif rec.alive():
+                elif inst.handle is not None:
                     log(f"adopted instance {rec.index} (pid {rec.pid}, port {rec.port}, {rec.state})")
                 else:
                     log(f"instance {rec.index} is gone: starting it again")
