@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from llama_tui.core import gpu
-from llama_tui.core.fleet.monitor import Monitor, health
+from llama_tui.core.fleet.monitor import Monitor
+from llama_tui.core.probe import health
 from llama_tui.core.fleet.placement import Endpoint
 
 from conftest import free_port

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import state as st_mod
-from llama_tui.core.fleet.monitor import Monitor, health
+from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, PlacementError, endpoint_of
 from llama_tui.core.fleet.state import InstanceState, log
+from llama_tui.core.probe import health
 
 if TYPE_CHECKING:
     from llama_tui.core.fleet.supervisor import Supervisor

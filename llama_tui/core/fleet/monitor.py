@@ -6,14 +6,13 @@ is a frozen dataclass; a value that is not known is None (the UI shows "n/a").
 
 Process numbers come through the placement seam (`placement.stats(handles)`: `LocalPlacement`
 samples local processes with `process_stats.ProcessSampler`); server numbers come from each
-endpoint's /slots and /metrics. Cost matters: the TUI samples 16+ instances every second, so the two
-HTTP probes per instance use the standard library's http.client over a kept-alive loopback
-connection rather than a full async client. `benchmarks/monitor_cost.py` measures it.
+endpoint's /slots and /metrics through `probe.Probe`. Cost matters: the TUI samples 16+ instances
+every second, so the two HTTP probes per instance go over a kept-alive connection (standard library
+http.client) rather than a full async client. `benchmarks/monitor_cost.py` measures it.
 """
 
 from __future__ import annotations
 
-import http.client
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,27 +26,9 @@ from llama_tui.core import hardware
 from llama_tui.core.fleet.local import LocalPlacement
 from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, ProcessStats
 from llama_tui.core.fleet.process_stats import ProcessSampler
+from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL, Probe,
+                                  parse_prometheus, summarize_slots)
 from llama_tui.core.snapshots import GpuSample, SystemSample
-
-
-def http_get(host: str, port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes] | None:
-    """GET on a fresh connection: (status, body), or None when the server cannot be reached."""
-    host = host.strip("[]")
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
-def health(host: str, port: int, timeout: float = 1.0) -> int | None:
-    """HTTP status of /health (200 ready, 503 loading), or None when unreachable."""
-    r = http_get(host, port, "/health", timeout)
-    return r[0] if r else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +63,8 @@ class Monitor:
     loop; not thread-safe. `placement` defaults to local processes."""
 
     def __init__(self, nvml: gpu_mod.Nvml | None = None, http_timeout: float = 1.0,
-                 children_every_s: float = 15.0, max_workers: int = 8, placement: Placement | None = None) -> None:
+                 children_every_s: float = 15.0, max_workers: int = 8, placement: Placement | None = None,
+                 api_key: str | None = None) -> None:
         self._local = ProcessSampler(nvml, children_every_s)
         self.placement: Placement = placement if placement is not None else LocalPlacement(sampler=self._local)
         self.http_timeout = http_timeout
@@ -90,15 +72,14 @@ class Monitor:
         self._tokens_last: dict[Endpoint, tuple[float, float]] = {}  # -> (tokens total, monotonic)
         self._sys_last: tuple[float, float] | None = None  # (busy seconds, total seconds)
         self._pool: ThreadPoolExecutor | None = None
-        self._conns: dict[Endpoint, http.client.HTTPConnection] = {}  # keep-alive, one per server
+        # keep-alive, one connection per server; `api_key` for instances that require one
+        self._probe = Probe(timeout=http_timeout, connect_timeout=None, api_key=api_key)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        self._probe.close()
 
     # ------------------------------------------------------------------------------------ processes
 
@@ -114,51 +95,24 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------ servers
 
-    def _get(self, ep: Endpoint, path: str) -> tuple[int, bytes] | None:
-        """GET over a kept-alive connection (half the CPU of a fresh one). A reused connection that the
-        server closed meanwhile is retried once on a fresh one; a fresh one that fails is not."""
-        for _ in range(2):
-            conn = self._conns.pop(ep, None)
-            reused = conn is not None
-            if conn is None:
-                conn = http.client.HTTPConnection(ep.host.strip("[]"), ep.port, timeout=self.http_timeout)
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                body = resp.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                if reused:
-                    continue
-                return None
-            if resp.will_close:
-                conn.close()
-            else:
-                self._conns[ep] = conn
-            return resp.status, body
-        return None
-
     def _server(self, ep: Endpoint) -> ServerSample:
-        from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL,
-                                          parse_prometheus, summarize_slots)  # (probe loads httpx: only when used)
-
-        slots_r = self._get(ep, "/slots")
-        metrics_r = self._get(ep, "/metrics")
+        slots_r = self._probe.get(ep.url, "/slots")
+        metrics_r = self._probe.get(ep.url, "/metrics")
         now = time.monotonic()
         if slots_r is None and metrics_r is None:
             self._tokens_last.pop(ep, None)
             return ServerSample(False)
         busy = total = None
-        if slots_r is not None and slots_r[0] == 200:
+        if slots_r is not None and slots_r.status == 200:
             try:
-                summary = summarize_slots(orjson.loads(slots_r[1]))
+                summary = summarize_slots(orjson.loads(slots_r.body))
             except orjson.JSONDecodeError:
                 summary = None
             if summary is not None:
                 busy, total = summary.busy, summary.total
         processing = deferred = tokens = rate = None
-        if metrics_r is not None and metrics_r[0] == 200:
-            m = parse_prometheus(metrics_r[1].decode(errors="replace"))
+        if metrics_r is not None and metrics_r.status == 200:
+            m = parse_prometheus(metrics_r.body.decode(errors="replace"))
             processing = m.get(REQUESTS_PROCESSING)
             deferred = m.get(REQUESTS_DEFERRED)
             tokens = m.get(TOKENS_PREDICTED_TOTAL)
@@ -171,8 +125,7 @@ class Monitor:
 
     def servers(self, endpoints: Iterable[Endpoint]) -> dict[Endpoint, ServerSample]:
         eps = list(dict.fromkeys(endpoints))
-        for gone in [ep for ep in self._conns if ep not in eps]:
-            self._conns.pop(gone).close()
+        self._probe.keep_only(ep.url for ep in eps)
         if len(eps) <= 1:
             return {ep: self._server(ep) for ep in eps}
         if self._pool is None:
