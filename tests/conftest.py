@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from llama_tui.core import binaries, model
-from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
 from llama_tui.core.probe import base_url
 
 LOOPBACK = "127.0.0.1"

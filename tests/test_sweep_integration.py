@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from conftest import REPO, free_port_block, run_cli
-from llama_tui.core import hardware, state, sweep
+from llama_tui.core import hardware, sweep
+from llama_tui.core.fleet import state
 from llama_tui.core.sweep import SweepConfig, results, runner
 
 pytestmark = pytest.mark.integration

@@ -52,6 +52,8 @@ class InstanceSnapshot:
     cpus: list[int] | None = None  # pinned CPUs (--pin-cpus), else None
     log_path: str | None = None
     last_error: str | None = None
+    host: str | None = None  # where it serves (its endpoint: host:port on node)
+    node: str | None = None  # the node it runs on ("local": this machine)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class UpstreamStat:
     p95_ms: float | None = None
     header_p50_ms: float | None = None  # upstream header time (about time to first byte)
     header_p95_ms: float | None = None
-    inflight_estimate: float | None = None  # unrounded `inflight` (see core/accesslog.py)
+    inflight_estimate: float | None = None  # unrounded `inflight` (see core/fleet/accesslog.py)
     aborted: int = 0  # responses the client closed before the end (not errors)
 
 

@@ -61,7 +61,7 @@ class PeakSampler:
                 self.gpu[pid] = max(self.gpu.get(pid, 0), s.gpu_memory_bytes)
 
     def _loop(self) -> None:
-        from llama_tui.core.monitor import Monitor
+        from llama_tui.core.fleet.monitor import Monitor
 
         mon = Monitor()
         try:
@@ -118,7 +118,8 @@ class FleetRunner:
 
     def cleanup_stale(self) -> list[str]:
         """Stop a fleet that a killed sweep left behind in this output directory."""
-        from llama_tui.core import fleet, state
+        from llama_tui.core import fleet
+        from llama_tui.core.fleet import state
 
         notes = []
         st = state.read_state(self.state_dir)
@@ -196,7 +197,8 @@ class FleetRunner:
         return {**row_from_step(step), **peaks.fields(), "interrupted": stop.is_set()}
 
     def teardown(self) -> None:
-        from llama_tui.core import fleet, state
+        from llama_tui.core import fleet
+        from llama_tui.core.fleet import state
 
         if state.read_state(self.state_dir) is not None:
             fleet.down(state_dir=self.state_dir)
