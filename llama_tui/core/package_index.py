@@ -104,13 +104,13 @@ def project_links(http: "httpx.Client", project: str, index: str | None = None,
 
 
 def find_link(http: "httpx.Client", project: str, accept: Callable[[str], bool], missing_fix: str,
-              index: str | None = None, unreachable_fix: str = UNREACHABLE_FIX) -> Link:
-    """The first file on `project`'s index page whose name `accept`s, or a UserError naming the page."""
+              index: str | None = None, unreachable_fix: str = UNREACHABLE_FIX, what: str | None = None) -> Link:
+    """The first file on `project`'s index page whose name `accept`s, or a UserError naming `what` and the page."""
     for link in project_links(http, project, index, unreachable_fix):
         if accept(link.filename):
             return link
     page = f"{index or index_url()}/{normalize(project)}/"
-    raise UserError(f"no matching file for {project} on {page}", missing_fix)
+    raise UserError(f"{what or 'no matching file of ' + project} is not on {page}", missing_fix)
 
 
 def download(http: "httpx.Client", link: Link, dest: Path, retry_hint: str,
