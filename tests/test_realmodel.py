@@ -254,7 +254,8 @@ def test_real_bench_step_has_no_errors(real_fleet, tmp_path):
                    "--json", str(out), timeout=180)
     assert proc.returncode == 0, proc.stderr
     [step] = orjson.loads(out.read_bytes())["steps"]
-    assert step["errors"] == 0 and step["requests_ok"] > 0 and step["output_tok_s"] > 0, step
+    # Not requests_ok: on a loaded 2-core box a 16-token request can outlast the 8 s window.
+    assert step["errors"] == 0 and step["output_tokens"] > 0 and step["output_tok_s"] > 0, step
 
 
 @pytest.mark.integration
@@ -263,12 +264,16 @@ def test_real_two_cell_sweep_writes_best(real_model, tmp_path):
     out = tmp_path / "sweep"
     base = free_port_block(3)
     proc = run_cli("sweep", "--model", str(real_model), "--instances", "1", "--parallel", "1,2", "--concurrency", "2",
-                   "--threads", "2", "--duration", "6", "--warmup", "2", "--n-predict", "16", "--prompt-tokens", "16",
+                   "--threads", "2", "--duration", "5", "--warmup", "2", "--n-predict", "8", "--prompt-tokens", "16",
                    "--ctx-per-slot", "256", "--nginx-port", str(base), "--base-port", str(base + 1),
                    NO_REPACK, "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stderr
     rows = [orjson.loads(line) for line in (out / "results.jsonl").read_bytes().splitlines()]
     assert sorted((r["instances"], r["parallel"]) for r in rows) == [(1, 1), (1, 2)]
     assert all(r["errors"] == 0 and r["output_tok_s"] > 0 for r in rows), rows
+    # 8-token requests, so that several finish inside each 5 s window even on a loaded 2-core box:
+    # best.json only takes cells with completed requests.
+    good = [r for r in rows if r["valid"] and r["requests_ok"] > 0]
     best = orjson.loads((out / "best.json").read_bytes())["best"]
-    assert best is not None and best["output_tok_s"] == max(r["output_tok_s"] for r in rows if r["valid"])
+    assert good and best is not None, rows
+    assert best["output_tok_s"] == max(r["output_tok_s"] for r in good)
