@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import psutil
 import pytest
 
 from llama_tui.core import binaries, model
+from llama_tui.core.fleet import ports
 from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
 from llama_tui.core.probe import base_url
 
@@ -32,15 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 # ------------------------------------------------------------------------------------------------ ports
 
 
-def _port_free(port: int, host: str = LOOPBACK) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 _handed_out: set[int] = set()
 
 
@@ -49,31 +40,12 @@ def free_port() -> int:
     return free_port_block(1)
 
 
-def _ephemeral_low(default: int = 32768) -> int:
-    """Where the kernel's ephemeral (client) ports start. Any process's outgoing connection can take a
-    port at or above it at any moment, and its TIME_WAIT keeps it for a minute: on a box where load tests
-    open thousands of connections, a fleet port picked there was busy again seconds later (measured: a
-    sweep's NGINX port, between two cells). So tests pick their ports below it."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return default
-
-
-def free_port_block(n: int, lo: int = 10000, hi: int | None = None) -> int:
-    """Base of `n` consecutive free loopback ports (fleets use base_port + i), below the ephemeral range."""
-    import random
-
-    hi = hi or max(lo + 1000, _ephemeral_low())
-    for _ in range(500):
-        base = random.randrange(lo, hi - n)
-        block = range(base, base + n)
-        if any(p in _handed_out for p in block):
-            continue
-        if all(_port_free(p) for p in block):
-            _handed_out.update(block)
-            return base
-    raise RuntimeError(f"no block of {n} free loopback ports")
+def free_port_block(n: int) -> int:
+    """Base of `n` consecutive free loopback ports (fleets use base_port + i), below the ephemeral range,
+    none of them handed to another test in this session."""
+    base = ports.free_port_block(n, LOOPBACK, exclude=_handed_out)
+    _handed_out.update(range(base, base + n))
+    return base
 
 
 @pytest.fixture
