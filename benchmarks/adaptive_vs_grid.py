@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_tui.core import config, hardware, model, results, sweep  # noqa: E402
+from llama_tui.core import config, hardware, model, sweep  # noqa: E402
+from llama_tui.core.sweep import results  # noqa: E402
 
 
 def free_block(n: int) -> int:

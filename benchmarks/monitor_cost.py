@@ -4,9 +4,10 @@
 
 Target (issue 3): at most 1% of one core for 16 instances at 1 Hz. Three figures, each the CPU time
 this process spent (all threads) divided by the wall time, in percent of one core:
-- monitor: psutil per process (+ children) and NVML (`Monitor.processes` + `Monitor.system`), the
-  part the target is about;
-- + probes: the same plus /slots and /metrics of every instance (`Monitor.sample` with endpoints);
+- monitor: psutil per process (+ children) and NVML, through the placement (`Monitor.instances` +
+  `Monitor.system`), the part the target is about;
+- + probes: the same plus /slots and /metrics of every instance (`Monitor.sample` with handles and
+  endpoints);
 - snapshot: `fleet.snapshot(monitor=...)`, what the TUI calls every second (state file, liveness,
   NGINX stub_status and upstream statistics on top).
 Then the supervisor's own CPU while it watches the idle fleet.
@@ -28,7 +29,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_tui.core import fleet, hardware, model  # noqa: E402
-from llama_tui.core.monitor import Endpoint, Monitor  # noqa: E402
+from llama_tui.core.fleet.monitor import Monitor  # noqa: E402
+from llama_tui.core.fleet.placement import endpoint_of  # noqa: E402
 
 
 def _cpu() -> float:
@@ -69,12 +71,12 @@ def main() -> int:
             fleet.up(spec, state_dir=sd)
             st = fleet.load_state(sd)
             assert st is not None
-            pids = [i.pid for i in st.instances if i.pid]
-            eps = [Endpoint("127.0.0.1", i.port) for i in st.instances]
             mon = Monitor()
-            a = measure("monitor", args.seconds, lambda: (mon.processes(pids), mon.system()))
+            handles = [h for h in (mon.placement.attach(i) for i in st.instances) if h is not None]
+            eps = [endpoint_of(i) for i in st.instances]
+            a = measure("monitor", args.seconds, lambda: (mon.instances(handles), mon.system()))
             mon2 = Monitor()
-            b = measure("+ probes", args.seconds, lambda: mon2.sample(pids, eps))
+            b = measure("+ probes", args.seconds, lambda: mon2.sample(handles, eps))
             mon3 = Monitor()
             c = measure("snapshot", args.seconds, lambda: fleet.snapshot(sd, monitor=mon3))
             sup = psutil.Process(st.supervisor_pid)

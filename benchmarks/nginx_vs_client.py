@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time used so far by `pids` and their children (NGINX's workers)."""
-    from llama_tui.core.monitor import tree_cpu_seconds
+    from llama_tui.core.fleet.process_stats import tree_cpu_seconds
 
     return sum(tree_cpu_seconds(pid) or 0.0 for pid in pids)
 
@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--engine", choices=("bench", "helper"), default="bench")
     args = ap.parse_args()
 
-    from llama_tui.core import fleet, hardware
+    from llama_tui.core import fleet, hardware, model
 
     measure = measure_bench
     if args.engine == "bench":
@@ -95,7 +95,7 @@ def main() -> int:
     args.state_dir = str(state)
     os.environ["LLAMA_TUI_STATE_DIR"] = str(state)
     base = fleet.free_port_block(args.instances + 1)
-    spec = fleet.FleetSpec(model=fleet.model_mod.resolve_model(args.model), instances=args.instances,
+    spec = fleet.FleetSpec(model=model.resolve_model(args.model), instances=args.instances,
                            parallel=args.parallel, ctx_per_slot=512 if args.model == "tiny" else 2048,
                            threads=args.threads, base_port=base + 1, nginx_port=base, policy=args.policy,
                            max_concurrency=max(64, args.concurrency))

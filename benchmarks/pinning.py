@@ -37,11 +37,11 @@ def main() -> int:
     add_load_options(ap)
     args = ap.parse_args()
 
-    from llama_tui.core import fleet, hardware
+    from llama_tui.core import fleet, hardware, model
     from llama_tui.core.errors import UserError
 
     base = fleet.free_port_block(args.instances + 1)
-    specs = {pin: fleet.FleetSpec(model=fleet.model_mod.resolve_model(args.model), instances=args.instances,
+    specs = {pin: fleet.FleetSpec(model=model.resolve_model(args.model), instances=args.instances,
                                   parallel=args.parallel, ctx_per_slot=512 if args.model == "tiny" else 2048,
                                   threads=args.threads, base_port=base + 1, nginx_port=base, pin_cpus=pin,
                                   max_concurrency=max(64, args.concurrency))

@@ -40,7 +40,7 @@ SCRIPTED = ("from tests.support import scripted; from llama_tui.ui.app import ma
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    from llama_tui.core.monitor import tree_cpu_seconds
+    from llama_tui.core.fleet.process_stats import tree_cpu_seconds
 
     return tree_cpu_seconds(proc.pid) or 0.0
 

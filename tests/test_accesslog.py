@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_tui.core.accesslog import AccessLogFollower
+from llama_tui.core.fleet.accesslog import AccessLogFollower
 from llama_tui.core.stats import percentile
 
 A, B = "127.0.0.1:18080", "127.0.0.1:18081"

@@ -23,7 +23,8 @@ import httpx
 import psutil
 import pytest
 
-from llama_tui.core import bench, fleet, state
+from llama_tui.core import bench, fleet
+from llama_tui.core.fleet import state
 from llama_tui.core.bench import BenchConfig
 
 from conftest import wait_for, free_port, free_port_block, reap_owned, run_cli

@@ -16,7 +16,8 @@ import orjson
 import psutil
 import pytest
 
-from llama_tui.core import fleet, state
+from llama_tui.core import fleet
+from llama_tui.core.fleet import state
 from llama_tui.core.errors import UserError
 
 from conftest import wait_for, REPO, free_port, free_port_block, run_cli
@@ -75,6 +76,8 @@ def test_lifecycle_through_the_cli(fleet_dir):
     assert [i["port"] for i in insts] == [base, base + 1]
     for i in insts:
         assert i["state"] == "ready" and i["restarts"] == 0 and i["threads"] == 1
+        assert i["host"] == "127.0.0.1" and i["node"] == "local"  # its endpoint, from the placement
+        assert i["url"] == f"http://127.0.0.1:{i['port']}"
         assert i["rss_bytes"] > 1 << 20 and i["cpu_percent"] is not None
         assert i["slots_total"] == 2 and i["slots_busy"] == 0 and i["requests_processing"] == 0
         assert i["gpu_memory_bytes"] is None and i["gpu_util_percent"] is None  # no GPU here

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from llama_tui import cli
-from llama_tui.core import config, fleet, hardware, state
+from llama_tui.core import config, fleet, hardware
+from llama_tui.core.fleet import state
 from llama_tui.core.errors import UserError
 
 from conftest import free_port, free_port_block, run_cli
@@ -321,7 +322,7 @@ def test_pinning_needs_a_core_per_thread(monkeypatch):
 
 
 def test_the_pin_trampoline_sets_affinity_then_becomes_the_command(tmp_path):
-    from llama_tui.core.supervisor import pinned
+    from llama_tui.core.fleet.local import pinned
 
     assert pinned(["/bin/true"], None) == ["/bin/true"]
     cpu = sorted(os.sched_getaffinity(0))[-1]
@@ -338,7 +339,7 @@ def test_the_pin_trampoline_sets_affinity_then_becomes_the_command(tmp_path):
 # ------------------------------------------------------------------------------------- hang detection
 
 def test_liveness_tells_a_hung_instance_from_a_busy_one():
-    from llama_tui.core.supervisor import Liveness
+    from llama_tui.core.fleet.instances import Liveness
 
     hung = Liveness(hang_s=10, cpu_fraction=0.05)
     assert hung.observe(0, False, 100.0) is None  # the first unanswered probe opens the window

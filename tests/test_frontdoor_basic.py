@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from llama_tui.core import frontdoor
+from llama_tui.core.fleet import frontdoor
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
-from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
 
 BACKENDS = (Backend("127.0.0.1", 18080, 2), Backend("127.0.0.1", 18081, 3))
 

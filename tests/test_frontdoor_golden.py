@@ -13,7 +13,7 @@ import pytest
 
 from llama_tui import __version__
 from llama_tui.core.config import POLICIES
-from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
 
 GOLDEN = Path(__file__).parent / "golden"
 PREFIX = "/GOLDEN-PREFIX/nginx"

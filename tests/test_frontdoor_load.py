@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from llama_tui.core.accesslog import AccessLogFollower
+from llama_tui.core.fleet.accesslog import AccessLogFollower
 from llama_tui.core.config import POLICIES
 
 from conftest import free_port, free_port_block, run_cli, wait_for

@@ -14,9 +14,9 @@ import time
 import httpx
 import pytest
 
-from llama_tui.core import frontdoor
-from llama_tui.core.accesslog import AccessLogFollower
-from llama_tui.core.frontdoor import Backend, FrontDoorSpec
+from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet.accesslog import AccessLogFollower
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec
 
 from conftest import LOOPBACK, wait_for
 

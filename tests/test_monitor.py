@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from llama_tui.core import gpu
-from llama_tui.core.monitor import Endpoint, Monitor, health
+from llama_tui.core.fleet.monitor import Monitor
+from llama_tui.core.probe import health
+from llama_tui.core.fleet.placement import Endpoint
 
 from conftest import free_port
 
@@ -122,7 +124,7 @@ def test_server_slots_metrics_and_tok_s_from_a_real_llama_server(llama_server):
 
 
 def test_tree_cpu_seconds_counts_children_and_knows_a_gone_pid():
-    from llama_tui.core.monitor import tree_cpu_seconds
+    from llama_tui.core.fleet.process_stats import tree_cpu_seconds
 
     burn = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
                              "while time.process_time() - t < 0.3: pass\ntime.sleep(30)"])

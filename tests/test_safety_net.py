@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from llama_tui.core.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
 
 from conftest import free_port, reap_owned, wait_for
 

@@ -6,15 +6,16 @@ What a real fleet must show (launch, measure, SIGKILL and resume) is in test_swe
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from llama_tui.core import fit, results, sweep
+from llama_tui.core import sweep
 from llama_tui.core.errors import UserError
-from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, ShapePlanner, SweepConfig
+from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, ShapePlanner, SweepConfig, fit, results
 
 
 def perf(shape: Shape, c: int, n_predict: int) -> float:
@@ -625,6 +626,31 @@ def test_config_from_settings_takes_the_preset_tables(tmp_path: Path) -> None:
     assert (cfg.duration, cfg.warmup, cfg.ctx_per_slot, cfg.n_predict) == (4.0, 1.0, 512, (64,))
     assert cfg.threads is None and cfg.adaptive and cfg.base_port == 30001 and cfg.nginx_port == 18100
     assert cfg.model.name.startswith("tiny") and cfg.out_dir.is_absolute()
+
+
+def test_build_config_takes_options_as_typed_or_as_text_and_records_the_command(tmp_path: Path) -> None:
+    typed = {"model": "tiny", "instances": [1, 3], "ctx_per_slot": 256, "policy": "round_robin", "threads": [1, 2],
+             "base_port": 30001, "nginx_port": 30003, "gpus": None, "adaptive": True, "out": str(tmp_path / "o")}
+    cfg, settings = sweep.build_config(typed, preset="demo")
+    text, _ = sweep.build_config({k: v if isinstance(v, (bool, type(None))) else
+                                  ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in typed.items()},
+                                 preset="demo")
+    assert cfg == replace(text, command=cfg.command)
+    assert cfg.instances == (1, 3) and cfg.parallel == (1, 2, 4) and cfg.threads == (1, 2) and cfg.adaptive
+    assert (cfg.ctx_per_slot, cfg.policy, cfg.base_port, cfg.nginx_port) == (256, "round_robin", 30001, 30003)
+    assert settings.get("fleet.ctx_per_slot") == 256 and cfg.out_dir == (tmp_path / "o").absolute()
+    assert cfg.command == ("llama-tui", "sweep", "--preset", "demo", "--model", "tiny", "--instances", "1,3",
+                           "--ctx-per-slot", "256", "--policy", "round_robin", "--threads", "1,2",
+                           "--base-port", "30001", "--nginx-port", "30003", "--adaptive", "--out", str(tmp_path / "o"))
+    assert sweep.build_config({"model": "tiny"}, command=["llama-tui", "x"])[0].command == ("llama-tui", "x")
+    with pytest.raises(UserError, match="--threads"):
+        sweep.build_config({"model": "tiny", "threads": "1,x"})
+    with pytest.raises(UserError, match="found no sweep to continue"):
+        sweep.build_config({"model": "tiny", "resume": True})
+    with pytest.raises(UserError, match="--nginx-port"):
+        sweep.build_config({"model": "tiny", "nginx_port": "70000"})
+    with pytest.raises(TypeError):
+        sweep.build_config({"modle": "tiny"})
 
 
 def test_heatmap_says_why_a_shape_has_no_number() -> None:

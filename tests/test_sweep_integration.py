@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from conftest import REPO, free_port_block, run_cli
-from llama_tui.core import hardware, results, state, sweep
-from llama_tui.core.sweep import SweepConfig
+from llama_tui.core import hardware, sweep
+from llama_tui.core.fleet import state
+from llama_tui.core.sweep import SweepConfig, results, runner
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +124,7 @@ class ReplayRunner:
     def measure(self, shape, cfg, concurrency: int, n_predict: int, stop) -> dict:
         key = (shape.instances, shape.parallel, concurrency)
         self.measured.append(key)
-        return {k: v for k, v in self.cells[key].items() if k in sweep._STEP_FIELDS or k.endswith("_bytes")}
+        return {k: v for k, v in self.cells[key].items() if k in runner._STEP_FIELDS or k.endswith("_bytes")}
 
     def teardown(self) -> None:
         pass

@@ -284,7 +284,7 @@ def run_down(args: argparse.Namespace) -> int:
 
 def _log_path(target: str, state_dir: Path | None) -> Path:
     from llama_tui.core import fleet
-    from llama_tui.core import state as st_mod
+    from llama_tui.core.fleet import state as st_mod
     from llama_tui.core.errors import UserError
 
     sd = st_mod.resolve_dir(state_dir)

@@ -32,7 +32,9 @@ def _described(args: argparse.Namespace) -> bool:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from llama_tui.core import config, fleet, frontdoor, paths
+    from llama_tui.core import config, fleet, paths
+    from llama_tui.core.fleet import frontdoor
+    from llama_tui.core.fleet.placement import Endpoint, endpoint_of
     from llama_tui.core.errors import UserError
 
     policy = args.policy.strip().replace("-", "_") if args.policy else None
@@ -42,16 +44,17 @@ def run_render(args: argparse.Namespace) -> int:
     state = None if _described(args) else fleet.load_state(state_dir)
     if state is not None and state.nginx is not None:
         spec = fleet.FleetSpec.from_dict(state.spec)
-        ports = [i.port for i in sorted(state.instances, key=lambda i: i.index) if i.in_upstream]
-        if not ports:
+        members = [endpoint_of(i, spec.host) for i in sorted(state.instances, key=lambda i: i.index) if i.in_upstream]
+        if not members:
             raise UserError("no instance of the running fleet is in NGINX's upstream yet",
                             "wait until `llama-tui fleet status` shows ready instances")
-        door = frontdoor.FrontDoorSpec.for_fleet(spec, ports, policy=policy or state.nginx.policy)
+        door = frontdoor.FrontDoorSpec.for_fleet(spec, members, policy=policy or state.nginx.policy)
         prefix = Path(state.nginx.prefix)
         print(f"# nginx render: the running fleet in {state.state_dir}", file=sys.stderr)
     else:
         spec = fleet.FleetSpec.from_settings(settings_from_args(args), check_extra_args=False)
-        door = frontdoor.FrontDoorSpec.for_fleet(spec, [spec.port_of(i) for i in range(spec.instances)], policy=policy)
+        door = frontdoor.FrontDoorSpec.for_fleet(spec, [Endpoint(spec.host, spec.port_of(i)) for i in range(spec.instances)],
+                                                 policy=policy)
         prefix = (state_dir or paths.state_dir()) / "nginx"
         print(f"# nginx render: a described fleet of {spec.instances} instances (none running)", file=sys.stderr)
     sys.stdout.write(frontdoor.render(door, prefix))

@@ -5,30 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from llama_tui.commands.output import info, print_json
-
-# CLI option -> settings key (the preset's [sweep], [fleet] and [bench] tables fill in the rest).
-SETTINGS_OPTIONS = {
-    "model": "fleet.model",
-    "instances": "sweep.instances",
-    "parallel": "sweep.parallel",
-    "concurrency": "sweep.concurrency",
-    "ctx_per_slot": "fleet.ctx_per_slot",
-    "duration": "sweep.duration",
-    "warmup": "sweep.warmup",
-    "repeats": "sweep.repeats",
-    "max_concurrency": "sweep.max_concurrency",
-    "policy": "fleet.policy",
-    "gpu_layers": "fleet.gpu_layers",
-    "gpus": "fleet.gpus",
-    "extra_args": "fleet.extra_args",
-    "prompt_tokens": "bench.prompt_tokens",
-    "api": "bench.api",
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,48 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
-def _sweeps_root() -> Path:
-    from llama_tui.core import paths
+def build_config(args: argparse.Namespace):
+    """The sweep config and settings for the command line (the core's sweep.build_config)."""
+    from llama_tui.core import sweep
 
-    return paths.state_dir() / "sweeps"
-
-
-def _latest_sweep() -> Path | None:
-    root = _sweeps_root()
-    dirs = sorted((d for d in root.glob("*") if (d / "results.jsonl").is_file()), key=lambda d: d.stat().st_mtime)
-    return dirs[-1] if dirs else None
-
-
-def build_config(args: argparse.Namespace, argv: list[str] | None = None):
-    from llama_tui.core import config, results
-    from llama_tui.core.errors import UserError
-    from llama_tui.core.sweep import SweepConfig
-
-    cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
-    settings = config.load_settings(preset=args.preset, cli=cli)
-
-    def int_list(value: Any, what: str) -> tuple[int, ...] | None:
-        return None if value is None else config.parse_int_list(value, what)
-
-    if args.out:
-        out = Path(args.out).expanduser()
-    elif args.resume:
-        latest = _latest_sweep()
-        if latest is None:
-            raise UserError("--resume found no sweep to continue", "pass --out DIR with the sweep's directory")
-        out = latest
-        info(f"resuming {out}")
-    else:
-        out = _sweeps_root() / time.strftime("%Y%m%d-%H%M%S")
-    if args.resume and not (out / "results.jsonl").is_file():
-        raise UserError(f"--resume: {out} holds no sweep results", "pass the --out directory of an earlier sweep")
-    cfg = SweepConfig.from_settings(
-        settings, out,
-        slo=results.parse_slo(args.slo), threads=int_list(args.threads, "--threads"),
-        batch=int_list(args.batch, "--batch"), ubatch=int_list(args.ubatch, "--ubatch"),
-        n_predict=int_list(args.n_predict, "--n-predict"), base_port=args.base_port, nginx_port=args.nginx_port,
-        resume=bool(args.resume), adaptive=bool(args.adaptive), budget_min=args.budget,
-        command=tuple(argv if argv is not None else ["llama-tui", *sys.argv[1:]]))
+    options = {name: getattr(args, name, None) for name in sweep.OPTIONS}
+    cfg, settings = sweep.build_config(options, preset=args.preset, command=["llama-tui", *sys.argv[1:]])
+    if args.resume and not args.out:
+        info(f"resuming {cfg.out_dir}")
     return cfg, settings
 
 
@@ -167,7 +113,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from llama_tui.core import results, sweep
+    from llama_tui.core import sweep
+    from llama_tui.core.sweep import results
 
     out = Path(args.dir).expanduser()
     text = sweep.report(out)  # raises UserError for a directory without results
@@ -185,22 +132,19 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def apply_best(out: Path, args: argparse.Namespace) -> None:
-    """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape."""
-    from llama_tui.core import config, fleet, results, sweep
+    """Start the user's fleet (default state dir, the settings' ports) with the sweep's best shape
+    (sweep.best_shape: the rule and the full fleet settings the TUI's apply-best uses too)."""
+    from llama_tui.core import fleet, sweep
     from llama_tui.core.errors import UserError
 
-    rows = results.read_rows(out / results.RESULTS).rows
-    meta = results.read_json(out / results.METADATA) or {}
-    best = results.best_row(rows, meta.get("slo"))
-    if best is None:
-        raise UserError(f"{out} has no error-free cell to apply", "look at `llama-tui sweep report DIR`")
-    cli = sweep.fleet_settings_for(best, meta)
-    settings = config.load_settings(preset=getattr(args, "preset", None), cli=cli)
+    best = sweep.best_shape(out)
+    settings = best.settings(preset=getattr(args, "preset", None))
     if fleet.load_state() is not None:
         raise UserError("a fleet is already running", "stop it with `llama-tui fleet down`, then apply again with "
                         f"`llama-tui sweep report {out} --apply`")
-    info(f"starting the best shape: {best['instances']} instances x {best['parallel']} slots, "
-         f"{best['threads']} threads")
+    row = best.row
+    info(f"starting the best shape: {row['instances']} instances x {row['parallel']} slots, "
+         f"{row['threads']} threads")
     snap = fleet.up(fleet.FleetSpec.from_settings(settings))
     nginx = snap.nginx
     info(f"fleet up: {len(snap.instances)} instances" + (f", NGINX on port {nginx.port}" if nginx else ""))

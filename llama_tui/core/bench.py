@@ -274,9 +274,7 @@ def _fleet_state(state_dir: str | None) -> Any:
 
 def _probe(api_key: str | None = None) -> probe.Probe:
     """A probe with timeouts for a machine under load (a benchmark is the load): a missed read costs a figure."""
-    import httpx
-
-    return probe.Probe(timeout=httpx.Timeout(10.0, connect=5.0), api_key=api_key)
+    return probe.Probe(timeout=10.0, connect_timeout=5.0, api_key=api_key)
 
 
 def _is_llama_server(url: str, pr: probe.Probe) -> bool:
@@ -653,7 +651,7 @@ class BenchSession:
                 nginx_meta = {"policy": getattr(ng, "policy", None), "port": getattr(ng, "port", None),
                               "config_path": getattr(ng, "config_path", None), "config_hash": None}
                 with contextlib.suppress(OSError, TypeError, ImportError):
-                    from llama_tui.core.frontdoor import config_hash
+                    from llama_tui.core.fleet.frontdoor import config_hash
 
                     nginx_meta["config_hash"] = config_hash(Path(ng.config_path).read_text())
         gpus = []

@@ -108,6 +108,8 @@ class InstanceSnapshot(_Snapshot):
     cpus: tuple[int, ...] | None = None  # pinned CPUs (--pin-cpus), else None
     log_path: str | None = None
     last_error: str | None = None
+    host: str | None = None  # where it serves (its endpoint: host:port on node)
+    node: str | None = None  # the node it runs on ("local": this machine)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class UpstreamStat(_Snapshot):
     p95_ms: float | None = None
     header_p50_ms: float | None = None  # upstream header time (about time to first byte)
     header_p95_ms: float | None = None
-    inflight_estimate: float | None = None  # unrounded `inflight` (see core/accesslog.py)
+    inflight_estimate: float | None = None  # unrounded `inflight` (see core/fleet/accesslog.py)
     aborted: int = 0  # responses the client closed before the end (not errors)
 
 
@@ -206,6 +208,7 @@ class SweepCellResult(_Snapshot):
     ttft_p95_ms: float | None = None
     errors: int = 0
     valid: bool = True
+    good: bool = False  # the core's verdict: error-free, valid and within the SLO (core/sweep/best.py)
 
 
 @dataclass(frozen=True)
@@ -224,3 +227,4 @@ class SweepProgress(_Snapshot):
     message: str | None = None  # error text, or where the results were written
     done: bool = False
     row: Mapping[str, Any] | None = None  # the full results.jsonl row of a cell that just finished (sweep)
+    out_dir: str | None = None  # the sweep's output directory (results.jsonl, best.json, metadata.json)

@@ -28,6 +28,7 @@ from textual.worker import Worker, WorkerState
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
+from llama_tui.core.sweep import best_point
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
 from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
@@ -41,7 +42,6 @@ from llama_tui.ui.screens.main import MainScreen
 from llama_tui.ui.screens.sweep import SweepScreen
 from llama_tui.ui.widgets.fleet_table import FleetPane, FleetTable
 from llama_tui.ui.widgets.redraw import show_text
-from llama_tui.ui.widgets.sweep_heatmap import best_result
 from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
@@ -595,15 +595,16 @@ class LlamaTui(App[int]):
     def action_apply_best(self) -> None:
         if self._busy_refuses():
             return
-        best = best_result(self.sweep_progress.results) if self.sweep_progress else None
-        if best is None:
+        sweep = self.sweep_progress
+        best = best_point(sweep.results) if sweep else None  # the core's rule, as the controller applies it
+        if sweep is None or best is None or not sweep.out_dir:
             self.notify("no sweep result to apply yet", severity="warning", timeout=3)
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self.do(f"applying {best.instances} x {best.parallel}",
-                        lambda p: self.controller.apply_shape(best.instances, best.parallel, p),
+                        lambda p: self.controller.apply_shape(sweep.out_dir, p),
                         f"fleet is now {best.instances} instances x {best.parallel} slots")
 
         what = (f"{best.instances} instances x {best.parallel} slots "

@@ -113,11 +113,9 @@ class Controller:
     def start_sweep(self) -> RunHandle[SweepProgress]:
         raise NotImplementedError
 
-    def apply_shape(self, instances: int, parallel: int, on_progress: Progress | None = None) -> FleetSnapshot:
-        """Restart the fleet as `instances` x `parallel` (the sweep's "apply best")."""
-        form = replace(self.form(), instances=instances, parallel=parallel)
-        self.stop()
-        return self.start(form, on_progress)
+    def apply_shape(self, out_dir: Path | str, on_progress: Progress | None = None) -> FleetSnapshot:
+        """Restart the fleet as the best shape of the sweep in `out_dir` (the sweep's "apply best")."""
+        raise NotImplementedError
 
     def log_sources(self, snap: FleetSnapshot) -> list[LogSource]:
         raise NotImplementedError
@@ -316,25 +314,31 @@ class CoreController(Controller):
 
     def start_sweep(self) -> RunHandle[SweepProgress]:
         """The settings' [sweep] grid with the form's model and context, on free ports, in a child process."""
-        from llama_tui import cli
-        from llama_tui.commands import sweep as sweep_cmd
         from llama_tui.core import fleet, sweep
 
         settings = self._settings_for(self._form)
         widest = max(settings.get("sweep.instances"))
         base = fleet.free_port_block(widest + 1)  # instances on base.., the sweep's NGINX on the port after
         f = self._form
-        argv = ["sweep", "--model", f.model or "tiny", "--ctx-per-slot", str(f.ctx_per_slot), "--policy", f.policy,
-                "--base-port", str(base), "--nginx-port", str(base + widest)]
-        if f.preset or self.preset:
-            argv += ["--preset", str(f.preset or self.preset)]
-        if f.gpu_layers is not None:
-            argv += ["--gpu-layers", str(f.gpu_layers)]
-        if f.gpus:
-            argv += ["--gpus", ",".join(map(str, f.gpus))]
-        args = cli.build_parser().parse_args(argv)
-        config, _ = sweep_cmd.build_config(args, argv=["llama-tui", *argv])
+        options = {"model": f.model or "tiny", "ctx_per_slot": f.ctx_per_slot, "policy": f.policy,
+                   "base_port": base, "nginx_port": base + widest, "gpu_layers": f.gpu_layers,
+                   "gpus": list(f.gpus) or None}
+        config, _ = sweep.build_config(options, preset=f.preset or self.preset)
         return _SweepRun(sweep.spawn(config))
+
+    def apply_shape(self, out_dir: Path | str, on_progress: Progress | None = None) -> FleetSnapshot:
+        """The best shape of the sweep in `out_dir` with its full fleet settings (sweep.best_shape, as
+        `sweep report --apply`), over this TUI's own options (ports, host): the running fleet is
+        replaced only once that spec is valid."""
+        from llama_tui.core import fleet, sweep
+
+        best = sweep.best_shape(out_dir)
+        settings = best.settings(preset=self._form.preset or self.preset, cli=self.cli)
+        spec = fleet.FleetSpec.from_settings(settings)
+        self.stop()
+        snap = fleet.up(spec, self.state_dir, on_progress=on_progress)
+        self.settings, self._form = settings, self._form_from(settings)
+        return snap
 
     # ---------------------------------------------------------------- logs, models, presets
 

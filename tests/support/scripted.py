@@ -28,6 +28,7 @@ from llama_tui.core.snapshots import (
     UpstreamStat,
 )
 from llama_tui.core.presets import check_preset_name
+from llama_tui.core.sweep import best_point
 from llama_tui.ui.controller import Controller, FleetForm, LogSource, Progress, RunHandle
 
 T = TypeVar("T")
@@ -146,6 +147,7 @@ def bench_events(samples: Sequence[BenchSample], invalid: Sequence[int] = ()) ->
 
 SWEEP_INSTANCES = (1, 2, 4)
 SWEEP_PARALLEL = (1, 2, 4, 8)
+SWEEP_DIR = "/state/sweeps/20231114-2213"
 
 
 def sweep_results(cells: int | None = None, concurrency: Sequence[int] = (1, 4, 16)) -> tuple[SweepCellResult, ...]:
@@ -161,7 +163,7 @@ def sweep_results(cells: int | None = None, concurrency: Sequence[int] = (1, 4, 
                                        ttft_p50_ms=round(20 + 11 * c / max(1, i * p) * 4, 1),
                                        ttft_p95_ms=round(35 + 19 * c / max(1, i * p) * 4, 1),
                                        errors=1 if (i, p, c) == (4, 8, 16) else 0,
-                                       valid=(i, p, c) != (4, 8, 16)))
+                                       valid=(i, p, c) != (4, 8, 16), good=(i, p, c) != (4, 8, 16)))
     return tuple(out)
 
 
@@ -170,11 +172,11 @@ def sweep_progress(cells_done: int = 7, running: bool = True) -> SweepProgress:
     results = sweep_results(cells_done)
     if not running:
         return SweepProgress(t=31 * total, cell=total, cells_total=total, eta_s=0.0, phase="done",
-                             results=sweep_results(), message="results in /state/sweeps/20231114-2213", done=True)
+                             results=sweep_results(), message=f"results in {SWEEP_DIR}", done=True, out_dir=SWEEP_DIR)
     i, p = [(i, p) for i in SWEEP_INSTANCES for p in SWEEP_PARALLEL][cells_done]
     return SweepProgress(t=31.0 * cells_done + 12, cell=cells_done + 1, cells_total=total,
                          eta_s=31.0 * (total - cells_done) - 12, instances=i, parallel=p, concurrency=4,
-                         phase="measure", results=results)
+                         phase="measure", results=results, out_dir=SWEEP_DIR)
 
 
 # ------------------------------------------------------------------------------------------------ the controller
@@ -296,7 +298,13 @@ class ScriptedController(Controller):
         self._record("start_sweep")
         return self._run(self.sweep_items)
 
-    def apply_shape(self, instances: int, parallel: int, on_progress: Progress | None = None) -> FleetSnapshot:
+    def apply_shape(self, out_dir: Path | str, on_progress: Progress | None = None) -> FleetSnapshot:
+        """The scripted sweep's best shape (the core's rule over its last results), as if read from out_dir."""
+        done = [p for p in self.sweep_items if p.out_dir == str(out_dir) and p.results]
+        best = best_point(done[-1].results) if done else None
+        if best is None:
+            raise UserError(f"{out_dir} has no error-free cell to apply", "look at `llama-tui sweep report DIR`")
+        instances, parallel = best.instances, best.parallel
         self._record("apply_shape", instances, parallel)
         self._form = replace(self._form, instances=instances, parallel=parallel)
         self._snap = running_fleet(instances, parallel)

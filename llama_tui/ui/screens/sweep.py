@@ -11,9 +11,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
+from llama_tui.core.sweep import best_point
 from llama_tui.ui import units
 from llama_tui.ui.widgets.redraw import show_text
-from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap, best_result
+from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap
 from llama_tui.ui.widgets.throughput_chart import bar
 
 RESULT_COLUMNS = (("n", "#", 3), ("instances", "inst", 4), ("parallel", "par", 4), ("concurrency", "conc", 5),
@@ -76,7 +77,7 @@ class ResultsTable(DataTable):
         if len(results) < len(self._shown):  # a new sweep: start over
             self.clear()
             self._shown, self._best = [], None
-        best = best_result(results)
+        best = best_point(results)  # the core's rule: the star is the shape that apply-best starts
         best_n = next((n for n, r in enumerate(results) if r is best), None)
         for n in range(len(self._shown), len(results)):
             self.add_row(*self._cells(n, results[n], n == best_n), key=str(n))

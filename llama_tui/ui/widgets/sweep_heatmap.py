@@ -1,4 +1,6 @@
-"""The sweep's live heatmap: best tok/s by instances (rows) x parallel (columns), best cell starred."""
+"""The sweep's live heatmap: best tok/s by instances (rows) x parallel (columns), best cell starred.
+
+It renders the core's grid (`sweep.shape_grid`: the rule the report's heatmap and apply-best use)."""
 
 from __future__ import annotations
 
@@ -8,27 +10,11 @@ from textual.color import Color
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from llama_tui.core.snapshots import SweepCellResult, SweepProgress
+from llama_tui.core.snapshots import SweepProgress
+from llama_tui.core.sweep import shape_grid
 
 CELL_W = 8
 LABEL_W = 6
-
-
-def best_by_shape(results: tuple[SweepCellResult, ...]) -> dict[tuple[int, int], SweepCellResult]:
-    """The best valid point (highest tok/s over concurrency) of each instances x parallel shape."""
-    best: dict[tuple[int, int], SweepCellResult] = {}
-    for r in results:
-        if not r.valid:
-            continue
-        key = (r.instances, r.parallel)
-        if key not in best or r.tok_s > best[key].tok_s:
-            best[key] = r
-    return best
-
-
-def best_result(results: tuple[SweepCellResult, ...]) -> SweepCellResult | None:
-    valid = [r for r in results if r.valid]
-    return max(valid, key=lambda r: r.tok_s) if valid else None
 
 
 def cell_text(v: float) -> str:
@@ -45,32 +31,31 @@ class SweepHeatmap(Widget):
         p = self.progress
         if p is None:
             return Text("no sweep yet: press w to start one", style="dim")
-        best = best_by_shape(p.results)
-        inst = sorted({k[0] for k in best} | {r.instances for r in p.results} | ({p.instances} if p.instances else set()))
-        par = sorted({k[1] for k in best} | {r.parallel for r in p.results} | ({p.parallel} if p.parallel else set()))
-        top = best_result(p.results)
-        top_v = top.tok_s if top else 1.0
+        now_at = (p.instances, p.parallel) if p.instances and p.parallel and not p.done else None
+        grid = shape_grid(p.results, shapes=[now_at] if now_at else ())
+        top_v = grid.top or 1.0
         low = self.get_component_styles("sweep-heatmap--low").background
         high = self.get_component_styles("sweep-heatmap--high").background
         axis = self.get_component_rich_style("sweep-heatmap--axis", partial=True)
         current = self.get_component_rich_style("sweep-heatmap--current", partial=True)
         best_style = self.get_component_rich_style("sweep-heatmap--best", partial=True)
         out = Text(no_wrap=True, overflow="crop")
-        out.append(f"{'inst':>{LABEL_W - 1}} " + "".join(f"{'p=' + str(x):>{CELL_W}}" for x in par) + "\n", axis)
-        for i in inst:
+        out.append(f"{'inst':>{LABEL_W - 1}} " + "".join(f"{'p=' + str(x):>{CELL_W}}" for x in grid.parallel) + "\n",
+                   axis)
+        for i in grid.instances:
             out.append(f"{i:>{LABEL_W - 1}} ", axis)
-            for x in par:
-                r = best.get((i, x))
-                if r is None:
-                    now = (i, x) == (p.instances, p.parallel) and not p.done
-                    out.append(f"{'…' if now else '·':>{CELL_W}}", current if now else axis)
+            for x in grid.parallel:
+                cell = grid.cell(i, x)
+                if cell is None or cell.tok_s is None:
+                    now = (i, x) == now_at
+                    text = "…" if now else (cell.note if cell is not None else None) or "·"
+                    out.append(f"{text:>{CELL_W}}", current if now else axis)
                     continue
-                mark = "★" if top is not None and r is top else " "
-                color = low.blend(high, max(0.0, min(1.0, r.tok_s / top_v))) if isinstance(low, Color) else None
+                color = low.blend(high, max(0.0, min(1.0, cell.tok_s / top_v))) if isinstance(low, Color) else None
                 style = Style(bgcolor=color.rich_color, color=color.get_contrast_text(1.0).rich_color) if color else Style()
-                if mark == "★":
+                if cell.best:
                     style = style + best_style
-                out.append(f"{mark}{cell_text(r.tok_s):>{CELL_W - 2}} ", style)
+                out.append(f"{'★' if cell.best else ' '}{cell_text(cell.tok_s):>{CELL_W - 2}} ", style)
             out.append("\n")
         out.append(f"{'':>{LABEL_W}}★ best · … measuring now", axis)
         return out

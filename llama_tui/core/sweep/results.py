@@ -125,14 +125,16 @@ def best_row(rows: Iterable[Mapping[str, Any]], slo: Mapping[str, float] | None 
     for row in rows:
         if not is_good(row) or not within_slo(row, slo):
             continue
-        if best is None or _rank(row) > _rank(best):
+        if best is None or rank(row["output_tok_s"], row.get("ttft_p95_ms")) > rank(
+                best["output_tok_s"], best.get("ttft_p95_ms")):
             best = row
     return dict(best) if best is not None else None
 
 
-def _rank(row: Mapping[str, Any]) -> tuple[float, float]:
-    ttft = row.get("ttft_p95_ms")
-    return (float(row["output_tok_s"]), -float(ttft) if isinstance(ttft, (int, float)) else -math.inf)
+def rank(output_tok_s: float, ttft_p95_ms: Any) -> tuple[float, float]:
+    """The order of good cells: higher output tok/s first, then lower TTFT p95 (unknown: last)."""
+    ttft = -float(ttft_p95_ms) if isinstance(ttft_p95_ms, (int, float)) else -math.inf
+    return (float(output_tok_s), ttft)
 
 
 def pareto_frontier(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -297,7 +299,7 @@ def fingerprint(model: Path, chunk: int = FINGERPRINT_CHUNK) -> dict[str, Any]:
         tail = hashlib.sha256(f.read(chunk)).hexdigest()
     arch = name = None
     try:
-        from llama_tui.core import fit
+        from llama_tui.core.sweep import fit
 
         facts = fit.read_model_facts(model)
         arch, name = facts.arch, facts.name

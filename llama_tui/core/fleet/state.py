@@ -46,6 +46,9 @@ LOG_DIR = "logs"
 NGINX_DIR = "nginx"
 SCHEMA = 1
 
+# What a supervisor's command line holds (`python -m llama_tui.core.fleet.supervisor ...`).
+SUPERVISOR_MODULE = "llama_tui.core.fleet.supervisor"
+
 # Instances that belong to the fleet (NGINX balances over those of them that are `in_upstream`).
 MEMBER_STATES = ("starting", "ready", "restarting", "draining")
 
@@ -192,7 +195,7 @@ def owned_processes(state_dir: Path) -> list[psutil.Process]:
                 continue
             if p.environ().get("LLAMA_TUI_OWNER") != owner:
                 continue
-            if name.startswith("python") and "llama_tui.core.supervisor" not in " ".join(p.cmdline()):
+            if name.startswith("python") and SUPERVISOR_MODULE not in " ".join(p.cmdline()):
                 continue
             found.append(p)
         except psutil.Error:
@@ -226,6 +229,8 @@ class InstanceState:
     cpus: list[int] | None = None  # the logical CPUs it is pinned to (--pin-cpus), else None
     exit_code: int | None = None
     last_error: str | None = None
+    host: str | None = None  # its endpoint (placement.Endpoint) once started; None: the fleet's host
+    node: str | None = None  # the node it runs on ("local": this machine)
 
     def ref(self) -> ProcRef | None:
         return ProcRef(self.pid, self.pid_started, True, "llama-server") if self.pid else None
@@ -283,7 +288,7 @@ class FleetState:
         from llama_tui.core.probe import base_url
 
         host = self.spec.get("host", "127.0.0.1")
-        return [base_url(host, i.port) for i in sorted(self.instances, key=lambda i: i.index)
+        return [base_url(i.host or host, i.port) for i in sorted(self.instances, key=lambda i: i.index)
                 if i.state in MEMBER_STATES]
 
     def nginx_url(self) -> str | None:
@@ -429,6 +434,14 @@ def client_lock(state_dir: Path, timeout: float = 60.0) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------- logs
+
+
+def log(msg: str) -> None:
+    """One line of the supervisor's log (its stdout, appended to `supervisor_log_path`)."""
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+    except OSError:
+        pass  # a full disk must not take the supervisor down
 
 
 def tail_lines(path: Path | str | None, n: int = 20) -> list[str]:

@@ -26,14 +26,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jinja2
 
 from llama_tui import __version__
-from llama_tui.core import hardware, paths, resources
+from llama_tui.core import hardware, paths, probe, resources
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
+
+if TYPE_CHECKING:
+    from llama_tui.core.fleet.placement import Endpoint
 
 READ_TIMEOUT = "3600s"  # longest prompt processing + generation a stream may take
 MAX_BODY = "64m"  # long prompts are large JSON bodies
@@ -41,6 +44,8 @@ MAX_BODY = "64m"  # long prompts are large JSON bodies
 
 @dataclass(frozen=True)
 class Backend:
+    """One upstream server: an instance's endpoint and its slots."""
+
     host: str
     port: int
     slots: int = 1
@@ -75,12 +80,12 @@ class FrontDoorSpec:
     api_key_file: str | None = None
 
     @classmethod
-    def for_fleet(cls, fleet: Any, ports: list[int] | tuple[int, ...], policy: str | None = None) -> "FrontDoorSpec":
+    def for_fleet(cls, fleet: Any, endpoints: Sequence[Endpoint], policy: str | None = None) -> "FrontDoorSpec":
         """The front door of a fleet (a `fleet.FleetSpec`, or anything with its attribute names) whose
-        member instances listen on `ports`; `policy` overrides the fleet's."""
+        member instances serve at `endpoints` (`placement.Endpoint`: host, port, node); `policy`
+        overrides the fleet's."""
         slots = int(getattr(fleet, "parallel", 1))
-        host = getattr(fleet, "host", "127.0.0.1")
-        return cls(port=fleet.nginx_port, backends=tuple(Backend(host, p, slots) for p in ports),
+        return cls(port=fleet.nginx_port, backends=tuple(Backend(ep.host, ep.port, slots) for ep in endpoints),
                    policy=policy or getattr(fleet, "policy", "least_conn"),
                    listen=getattr(fleet, "listen", "127.0.0.1"), max_conns=bool(getattr(fleet, "max_conns", False)),
                    max_concurrency=int(getattr(fleet, "max_concurrency", 1024)),
@@ -258,31 +263,15 @@ def parse_stub_status(text: str) -> dict[str, int] | None:
 def read_stub_status(prefix: Path, timeout: float = 1.0) -> dict[str, int] | None:
     """NGINX's stub_status from the private unix socket, or None when NGINX is not there.
 
-    `active` and `writing` leave out this probe's own connection, so an idle NGINX reads 0."""
-    import socket
-
+    `active` and `writing` leave out this probe's own connection, so an idle NGINX reads 0. The
+    connection is not kept alive: an idle one would count as `active` and `waiting` for every reader."""
     sock = status_socket(Path(prefix))
     if not sock.exists():
         return None
-    # A plain HTTP/1.0 request over the unix socket: this runs every second for the TUI, and an
-    # HTTP client object per call (with its TLS context) cost ~30 ms here.
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(sock))
-            s.sendall(b"GET /nginx_status HTTP/1.0\r\nHost: nginx\r\n\r\n")
-            raw = bytearray()
-            while chunk := s.recv(4096):
-                raw += chunk
-                if len(raw) > 65536:
-                    return None
-    except OSError:
+    r = probe.fetch(probe.unix_url(sock), "/nginx_status", timeout=timeout, max_bytes=65536)
+    if r is None or r.status != 200:
         return None
-    head, _, body = bytes(raw).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or status_line[1] != b"200":
-        return None
-    data = parse_stub_status(body.decode("latin-1"))
+    data = parse_stub_status(r.body.decode("latin-1"))
     if data is not None:
         data["active"] = max(0, data["active"] - 1)
         data["writing"] = max(0, data["writing"] - 1)

@@ -1,0 +1,357 @@
+"""The supervisor's instances: start them, notice crashes and hangs, restart them, stop them.
+
+- an instance that exits is restarted on the same port after an exponential backoff (0.5 s, 1 s,
+  2 s ... 30 s); one that exits before it was ever ready twice, or `CRASH_LIMIT` times within
+  `CRASH_WINDOW_S`, is marked `failed` with the tail of its log, and leaves NGINX's upstream;
+- a ready instance that answers no /health probe for `HANG_S` while using almost no CPU (stopped,
+  deadlocked) is killed, and so restarted like a crash; a busy one (CPU in use) is left alone.
+
+`Instances` works under the supervisor's lock (`sup.lock`) and reads the supervisor's current spec,
+so a scale or policy change is seen at once. It starts, watches and stops instances only through the
+placement seam (`placement.Placement`): an instance is a handle and an endpoint, not a local pid.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_tui.core import hardware
+from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import state as st_mod
+from llama_tui.core.fleet.monitor import Monitor
+from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, PlacementError, endpoint_of
+from llama_tui.core.fleet.state import InstanceState, log
+from llama_tui.core.probe import health
+
+if TYPE_CHECKING:
+    from llama_tui.core.fleet.supervisor import Supervisor
+
+# An instance that answers no /health probe for HANG_S seconds while using under HANG_CPU_FRACTION of a
+# core is hung (stopped, deadlocked): it is killed and restarted like a crash. One that uses CPU is only
+# busy (llama-server queues /health behind streams when its HTTP threads are all taken) and is left alone.
+HANG_S = float(os.environ.get("LLAMA_TUI_HANG_S", "30"))
+HANG_CPU_FRACTION = 0.05
+
+
+class Liveness:
+    """The hang verdict for one instance, from /health probes and the process's CPU time."""
+
+    def __init__(self, hang_s: float = HANG_S, cpu_fraction: float = HANG_CPU_FRACTION) -> None:
+        self.hang_s = hang_s
+        self.cpu_fraction = cpu_fraction
+        self.since: float | None = None  # first unanswered probe of this episode
+        self.cpu0 = 0.0
+        self.busy_noted = False
+
+    def observe(self, now: float, answered: bool, cpu_s: float | None) -> tuple[str, float, float] | None:
+        """("hung" | "busy", seconds unanswered, CPU seconds used meanwhile) once a verdict is due, else None.
+        "busy" comes once per episode; the window then starts again."""
+        if answered or cpu_s is None:
+            self.since, self.busy_noted = None, False
+            return None
+        if self.since is None:
+            self.since, self.cpu0 = now, cpu_s
+            return None
+        waited, used = now - self.since, cpu_s - self.cpu0
+        if waited < self.hang_s:
+            return None
+        if used < self.cpu_fraction * waited:
+            self.since = None
+            return ("hung", waited, used)
+        self.since, self.cpu0 = now, cpu_s
+        if self.busy_noted:
+            return None
+        self.busy_noted = True
+        return ("busy", waited, used)
+
+
+CRASH_LIMIT = 5  # crashes within CRASH_WINDOW_S that mark an instance failed
+CRASH_WINDOW_S = 60.0
+START_ATTEMPTS = 2  # an instance that never got ready is failed after this many exits
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+STOP_TIMEOUT_S = 10.0
+LOG_MAX_BYTES = int(os.environ.get("LLAMA_TUI_LOG_MAX_BYTES", str(8 << 20)))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Instance:
+    """One llama-server: its record in fleet.json plus what only the supervisor knows."""
+
+    def __init__(self, rec: InstanceState, placement: Placement, handle: InstanceHandle | None = None) -> None:
+        self.rec = rec
+        self.placement = placement
+        self.handle = handle  # None: not running (never started, stopped, or gone)
+        self.spawned = time.monotonic()
+        self.crashes: collections.deque[float] = collections.deque()
+        self.ever_ready = rec.ready_at is not None
+        self.start_failures = 0
+        self.next_start: float | None = None  # waiting out a backoff
+        self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
+        self.liveness = Liveness()
+        self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
+
+    def alive(self) -> bool:
+        return self.handle is not None and self.placement.poll(self.handle) is None
+
+
+class Instances:
+    """Every instance of the fleet (`items`), as the supervisor's watch loop and operations see them.
+    `placement` starts, watches and stops them (set once the supervisor knows its spec)."""
+
+    def __init__(self, sup: "Supervisor") -> None:
+        self.sup = sup
+        self.items: list[Instance] = []
+        self.placement: Placement
+        self._mon: Monitor | None = None
+
+    def use(self, placement: Placement) -> None:
+        self.placement = placement
+        self._mon = Monitor(http_timeout=1.0, placement=placement)
+
+    def close(self) -> None:
+        if self._mon is not None:  # (set with the placement)
+            self._mon.close()
+            self.placement.close()
+
+    def instance(self, rec: InstanceState) -> Instance:
+        """The supervisor's view of a recorded instance, attached to its process when that still runs."""
+        return Instance(rec, self.placement, self.placement.attach(rec))
+
+    def sorted(self) -> list[Instance]:
+        return sorted(self.items, key=lambda x: x.rec.index)
+
+    def new(self, indices: range | list[int], threads: int) -> list[Instance]:
+        """Records for new instances; with `pin_cpus`, each gets physical cores no other instance holds."""
+        spec = self.sup.spec
+        taken = {c for i in self.items for c in (i.rec.cpus or ())}
+        out = []
+        for index in indices:
+            cpus = None
+            if spec.pin_cpus:
+                cpus = hardware.allocate_cores(threads, taken)
+                if cpus is None:
+                    free = len(hardware.core_groups()) - sum(1 for g in hardware.core_groups() if taken & set(g))
+                    raise UserError(f"--pin-cpus: instance {index} needs {threads} physical core(s) of its own and "
+                                    f"{free} of {len(hardware.core_groups())} are free",
+                                    "scale to fewer instances, or restart the fleet without --pin-cpus")
+                taken.update(cpus)
+            rec = InstanceState(index=index, port=spec.port_of(index), threads=threads,
+                                log_path=str(st_mod.instance_log_path(self.sup.dir, index)), gpu=spec.gpu_of(index),
+                                cpus=list(cpus) if cpus else None,
+                                cmd=spec.command(self.sup.state.llama_server or "llama-server", index, threads))
+            out.append(Instance(rec, self.placement))
+        return out
+
+    # ------------------------------------------------------------------------------------ processes
+
+    def spawn(self, inst: Instance, restart: bool = False) -> None:
+        rec = inst.rec
+        rec.cmd = self.sup.spec.command(self.sup.state.llama_server or "llama-server", rec.index, rec.threads)
+        try:
+            handle = self.placement.start(rec, restart=restart)
+        except PlacementError as exc:
+            rec.state = "failed"
+            rec.last_error = str(exc)
+            rec.pid = None
+            log(f"instance {rec.index}: {rec.last_error}")
+            return
+        inst.handle = handle
+        inst.spawned = time.monotonic()
+        inst.next_start = None
+        rec.pid = handle.pid
+        rec.pid_started = handle.started
+        rec.host = handle.endpoint.host
+        rec.node = handle.endpoint.node
+        rec.started_at = time.time()
+        rec.ready_at = None
+        rec.exit_code = None
+        if restart:
+            rec.restarts += 1
+            rec.state = "restarting"
+        else:
+            rec.state = "starting"
+
+    def _release(self, inst: Instance, timeout: float) -> None:
+        """Stop what is left of `inst` (nothing, after a crash) and forget its handle."""
+        if inst.handle is not None:
+            self.placement.stop([inst.handle], timeout=timeout)
+        inst.handle = None
+        inst.rec.pid = None
+
+    def _leave_upstream(self, rec: InstanceState) -> None:
+        if rec.in_upstream:
+            rec.in_upstream = False
+            self.sup.door.reload()
+
+    def _crashed(self, inst: Instance, code: int | None, now: float) -> None:
+        rec = inst.rec
+        self._release(inst, timeout=1)
+        rec.exit_code = code
+        inst.crashes.append(now)
+        while inst.crashes and now - inst.crashes[0] > CRASH_WINDOW_S:
+            inst.crashes.popleft()
+        tail = st_mod.error_summary(rec.log_path)
+        how, inst.hung_note = inst.hung_note or _exit_text(code), None
+        if not inst.ever_ready:
+            inst.start_failures += 1
+        if (not inst.ever_ready and inst.start_failures >= START_ATTEMPTS) or len(inst.crashes) >= CRASH_LIMIT:
+            why = (f"{how} before it was ready ({inst.start_failures} attempts)" if not inst.ever_ready
+                   else f"{how}; {len(inst.crashes)} crashes within {CRASH_WINDOW_S:.0f}s")
+            rec.state = "failed"
+            rec.last_error = f"{why}: {tail}"
+            log(f"instance {rec.index} failed: {rec.last_error}")
+            self._leave_upstream(rec)
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
+        rec.state = "restarting"
+        rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
+        inst.next_start = now + delay
+        log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
+
+    def stop(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
+        self.placement.stop([i.handle for i in insts if i.handle is not None], timeout=timeout)
+        with self.sup.lock:
+            for i in insts:
+                i.handle = None
+                i.rec.pid = None
+                if i.rec.state != "failed":  # a failed instance stays failed (with its error)
+                    i.rec.state = "stopped"
+                i.rec.in_upstream = False
+                i.next_start = None
+
+    # ------------------------------------------------------------------------------------ watching
+
+    def tick(self, now: float) -> bool:
+        """Restart what waited out its backoff, notice exits, promote instances that answer /health.
+        Runs under the supervisor's lock; returns whether anything changed."""
+        changed = False
+        for inst in list(self.items):
+            rec = inst.rec
+            if inst.held or rec.state in ("failed", "stopped"):
+                continue
+            if inst.next_start is not None:
+                if now >= inst.next_start:
+                    self.spawn(inst, restart=True)
+                    changed = True
+                continue
+            gone = self.placement.poll(inst.handle) if inst.handle is not None else None
+            if inst.handle is None or gone is not None:
+                self._crashed(inst, gone.code if gone is not None else None, now)
+                changed = True
+                continue
+            if rec.state in ("starting", "restarting"):
+                changed |= self._check_started(inst, now)
+        return changed
+
+    def _check_started(self, inst: Instance, now: float) -> bool:
+        rec = inst.rec
+        code = health(*self._probe_address(inst), timeout=0.5)
+        if code == 200:
+            rec.state = "ready"
+            rec.ready_at = time.time()
+            rec.last_error = None if not rec.restarts else rec.last_error
+            inst.ever_ready = True
+            inst.start_failures = 0
+            log(f"instance {rec.index} ready on port {rec.port} after {now - inst.spawned:.2f}s (pid {rec.pid})")
+            return True
+        ready_timeout = self.sup.spec.ready_timeout
+        if now - inst.spawned <= ready_timeout:
+            return False
+        self._release(inst, timeout=3)
+        rec.state = "failed"
+        rec.last_error = f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}"
+        log(f"instance {rec.index} failed: {rec.last_error}")
+        self._leave_upstream(rec)
+        return True
+
+    def check_liveness(self) -> None:
+        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
+        sup = self.sup
+        with sup.lock:
+            if sup.shutting_down:
+                return
+            targets = [(i, i.handle) for i in self.items if i.rec.state == "ready" and not i.held and i.handle]
+        timeout = min(2.0, HANG_S / 3)
+        for inst, handle in targets:
+            assert handle is not None
+            answered = health(*self._probe_address(inst), timeout=timeout) is not None
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
+            if verdict is None:
+                continue
+            kind, waited, used = verdict
+            if kind == "busy":
+                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
+                    "busy, not hung (its HTTP threads are taken by streams); left running")
+                continue
+            with sup.lock:
+                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
+                    continue
+                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
+                                  "killed by the supervisor")
+                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
+                self.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
+
+    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
+        st = self.placement.stats([handle]).get(handle)
+        return st.cpu_seconds if st is not None else None
+
+    def _probe_address(self, inst: Instance) -> tuple[str, int]:
+        """Where to probe an instance: its endpoint ("localhost" probed on 127.0.0.1)."""
+        ep = self.endpoint(inst)
+        return ("127.0.0.1" if ep.host == "localhost" else ep.host), ep.port
+
+    def endpoint(self, inst: Instance) -> Endpoint:
+        return inst.handle.endpoint if inst.handle is not None else endpoint_of(inst.rec, self.sup.spec.host)
+
+    def liveness_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(min(2.0, HANG_S / 3)):
+            try:
+                self.check_liveness()
+            except Exception:
+                log(f"liveness check error:\n{traceback.format_exc()}")
+
+    def rotate_logs(self) -> None:
+        for inst in list(self.items):
+            st_mod.rotate_log(Path(inst.rec.log_path), LOG_MAX_BYTES)
+
+    # ------------------------------------------------------------------------------------ for operations
+
+    def wait_ready(self, insts: list[Instance]) -> list[Instance]:
+        """Wait until every instance is ready (the watch loop probes them); returns those that failed."""
+        deadline = time.monotonic() + self.sup.spec.ready_timeout + 10
+        while time.monotonic() < deadline and not self.sup.shutting_down:
+            with self.sup.lock:
+                failed = [i for i in insts if i.rec.state in ("failed", "stopped")]
+                if failed:
+                    return failed
+                if all(i.rec.state == "ready" for i in insts):
+                    return []
+            time.sleep(0.05)
+        return [i for i in insts if i.rec.state != "ready"]
+
+    def busy(self, inst: Instance) -> bool:
+        assert self._mon is not None
+        host, port = self._probe_address(inst)
+        ep = Endpoint(host, port)
+        s = self._mon.servers([ep]).get(ep)
+        if s is None or not s.reachable:
+            return False
+        return bool(s.requests_processing or s.requests_deferred or s.slots_busy)
