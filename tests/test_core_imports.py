@@ -13,7 +13,7 @@ import llama_tui.core
 
 from conftest import REPO
 
-CORE_MODULES = sorted(f"llama_tui.core.{m.name}" for m in pkgutil.iter_modules(llama_tui.core.__path__))
+CORE_MODULES = sorted(m.name for m in pkgutil.walk_packages(llama_tui.core.__path__, "llama_tui.core."))
 COMMAND_MODULES = sorted(f"llama_tui.commands.{m.name}" for m in pkgutil.iter_modules(llama_tui.commands.__path__))
 
 _CHECK = (
@@ -31,6 +31,7 @@ def _loaded_after(code: str) -> str:
 
 def test_there_are_core_modules():
     assert "llama_tui.core.config" in CORE_MODULES and len(CORE_MODULES) >= 8
+    assert "llama_tui.core.bench.client" in CORE_MODULES  # modules inside the core's packages count too
 
 
 @pytest.mark.parametrize("module", CORE_MODULES + COMMAND_MODULES + ["llama_tui.cli"])
