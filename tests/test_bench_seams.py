@@ -156,13 +156,16 @@ def test_worker_processes_merge_their_raw_samples():
     with Source(interval_s=0.002) as src:
         pool = WorkerPool(2)
         try:
-            plans = worker_plans("closed", 4, None, 2, warmup=0.2, duration=1.0, drain=1.0, seed=1, index=0)
+            # a warm-up long enough for a worker process that starts late on a busy machine
+            plans = worker_plans("closed", 4, None, 2, warmup=1.0, duration=1.0, drain=1.0, seed=1, index=0)
             part = pool.run([Target.parse(src.url)], RequestShape(n_predict=40, nonce=False), plans, live, None)
         finally:
             pool.close()
     assert not pool.procs and part.errors == 0 and part.requests_ok >= 2
     assert len(part.worker_cpu_s) == 2 and len(part.worker_events) == 2 and all(e > 0 for e in part.worker_events)
     assert len(part.e2e) == part.requests_ok and part.output_tokens > 0
+    # each worker's live counters reached the parent (its last report: every token it received)
+    assert sorted(live.latest) == [0, 1] and sum(c.tokens for c in live.latest.values()) >= part.output_tokens
 
 
 def test_a_child_benchmark_against_the_loopback_source(tmp_path):

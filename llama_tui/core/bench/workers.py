@@ -4,7 +4,7 @@ back its raw samples, which the parent merges exactly.
 The pipe protocol, one JSON object per line (`pipes`):
 - parent -> worker: {"cmd": "step", "targets": [...], "shape": {...}, "plan": {...}} runs a step;
   {"cmd": "stop"} ends a running step early; {"cmd": "exit"} or end of input exits.
-- worker -> parent: {"t": "live", ...LiveCounters} every 0.5 s, then {"t": "partial", "partial": ...}
+- worker -> parent: {"t": "live", "live": LiveCounters} every 0.5 s, then {"t": "partial", "partial": ...}
   (a StepPartial), or {"t": "error", "error": "..."}.
 
 Entry point: `python -m llama_tui.core.bench.workers` (what `WorkerPool` starts).
@@ -44,7 +44,7 @@ def worker_main() -> int:
 
     def live(c: LiveCounters) -> None:
         with lock:
-            write_line(sys.stdout.buffer, {"t": "live", **asdict(c)})
+            write_line(sys.stdout.buffer, {"t": "live", "live": asdict(c)})
 
     def run_step(cmd: dict[str, Any]) -> None:
         try:
@@ -130,7 +130,7 @@ class WorkerPool:
             if msg is not None:
                 kind = msg.get("t")
                 if kind == "live":
-                    live.update(LiveCounters(**{k: v for k, v in msg.items() if k != "t"}))
+                    live.update(LiveCounters(**msg["live"]))
                 elif kind == "partial":
                     parts[i] = StepPartial.from_json(msg["partial"])
                 elif kind == "error":
