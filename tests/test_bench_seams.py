@@ -15,7 +15,7 @@ import pytest
 
 from llama_tui.core import bench
 from llama_tui.core.bench import BenchConfig, RequestShape, Source, StepPlan, Target
-from llama_tui.core.bench.client import Exchange
+from llama_tui.core.bench.client import READ_SIZE, Exchange
 from llama_tui.core.bench.live import LiveSamples
 from llama_tui.core.bench.pipes import json_lines, write_line
 from llama_tui.core.bench.plans import worker_plans
@@ -186,3 +186,21 @@ def test_a_child_benchmark_against_the_loopback_source(tmp_path):
     assert result["out"] == str(out) and orjson.loads(out.read_bytes())["steps"][0]["step"] == 0
     assert samples and samples[-1].valid is not None and proc.proc.poll() == 0
     assert early["stopped"] and early["steps"][0]["duration_s"] < 10
+
+
+def test_reads_are_sized_to_stay_on_the_heap(loop):
+    class Plain:  # a socket transport: asyncio reads `max_size` bytes per recv
+        max_size = 256 * 1024
+
+        def write(self, data: bytes) -> None:
+            self.sent = data
+
+    class Tls:  # TLS reads through its protocol: nothing to size here
+        def write(self, data: bytes) -> None:
+            self.sent = data
+
+    plain, tls = Plain(), Tls()
+    Exchange(_tally(), loop, b"GET", intended=0.0, target_index=0).connection_made(plain)
+    Exchange(_tally(), loop, b"GET", intended=0.0, target_index=0).connection_made(tls)
+    assert plain.max_size == READ_SIZE < 128 * 1024 and plain.sent == b"GET"
+    assert not hasattr(tls, "max_size") and tls.sent == b"GET"
