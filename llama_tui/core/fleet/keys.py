@@ -36,7 +36,7 @@ def ensure_internal_key(state_dir: Path | str | None) -> str:
     """The fleet's internal key, made (random, 0600) on first use and kept while the fleet lives."""
     key = read_internal_key(state_dir)
     if key is None:
-        key = secrets.token_urlsafe(KEY_BYTES)
+        key = secrets.token_hex(KEY_BYTES)  # hex: safe in a header, an env var and nginx.conf
         path = internal_key_path(state_dir)
         paths.ensure_private_dir(path.parent)
         paths.write_private(path, key + "\n")
