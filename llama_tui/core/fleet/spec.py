@@ -259,7 +259,10 @@ def exposure_warning(spec: FleetSpec) -> str | None:
 def parse_metrics_listen(value: str, public: bool = False) -> tuple[str, int]:
     """`--metrics-listen HOST:PORT` ([V6]:PORT) as (host, port). A private address: loopback unless `public`."""
     host, sep, port_text = str(value).strip().rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if ":" in host and not bracketed:  # "::1:9464" could be an address of its own
+        sep = ""
     try:
         ip = ipaddress.ip_address(host)
         port = int(port_text)
@@ -272,3 +275,11 @@ def parse_metrics_listen(value: str, public: bool = False) -> tuple[str, int]:
         raise UserError(f"--metrics-listen {value} is not a loopback address: the metrics describe the fleet",
                         f"use 127.0.0.1:{port}, or add --metrics-public to serve them on {host}")
     return str(ip), port
+
+
+def metrics_url(value: str) -> str:
+    """The URL a client on this machine scrapes for a `--metrics-listen` value (a wildcard via loopback)."""
+    from llama_tui.core.probe import base_url
+
+    host, port = parse_metrics_listen(value, public=True)
+    return base_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port) + "/metrics"
