@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -28,7 +29,7 @@ from llama_tui.core.export import kubernetes as k8s
 from llama_tui.core.fleet import FleetSpec
 from llama_tui.core.sweep import results
 
-from conftest import LOOPBACK, free_port, free_port_block, wait_for, wait_ready
+from conftest import LOOPBACK, REPO, free_port, free_port_block, wait_for, wait_ready
 
 kv = pytest.importorskip("kubernetes_validate", reason="the [k8s] extra (kubernetes-validate) validates manifests")
 OLDEST = "1.30"
@@ -394,3 +395,44 @@ def test_read_only_root_nginx_writes_only_under_its_prefix(nginx_bin: Path, cont
             writes.append(line)
     outside = [w for w in writes if str(run / "nginx") not in w and "EEXIST" not in w and "/dev/" not in w]
     assert writes and not outside, outside
+
+
+# --------------------------------------------------------------------------------------------- KubeRay
+
+
+RAYCLUSTER = REPO / "docs" / "kuberay" / "raycluster.yaml"
+RAY_OPTIONS = {"--engine", "ray", "--ray-address", "127.0.0.1:6379", "--placement", "spread",
+               "--gpus-per-instance", "1"}  # the Ray engine's options (its own branch adds them to the CLI)
+
+
+def test_the_kuberay_example_validates_as_far_as_schemas_exist() -> None:
+    """kubernetes-validate bundles no schema for KubeRay's RayCluster (a custom resource): its pod
+    templates are validated as core PodTemplates, the Service as itself, the rest by shape."""
+    cluster, service = yaml.safe_load_all(RAYCLUSTER.read_text())
+    with pytest.raises(kv.SchemaNotFoundError):
+        kv.validate(cluster, OLDEST, strict=True)
+    for version in VERSIONS:
+        kv.validate(service, version, strict=True)
+    spec = cluster["spec"]
+    assert cluster["apiVersion"] == "ray.io/v1" and spec["rayVersion"]
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    for name, group in groups:
+        assert isinstance(group["rayStartParams"], dict)
+        for version in VERSIONS:
+            kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
+                         "template": group["template"]}, version, strict=True)
+    for g in spec["workerGroupSpecs"]:
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    # the fleet's command: every option other than the Ray engine's is one `llama-tui fleet up` takes
+    (head,) = [c for c in spec["headGroupSpec"]["template"]["spec"]["containers"] if c["name"] == "llama-tui"]
+    script = head["command"][-1]
+    argv = shlex.split(script.split("exec llama-tui ", 1)[1])
+    from llama_tui.cli import build_parser
+
+    args, unknown = build_parser().parse_known_args(argv)
+    assert args.fleet_command == "up" and set(unknown) <= RAY_OPTIONS, unknown
+    assert args.metrics_listen == "0.0.0.0:9464" and args.metrics_public
+    mounts = {c["name"]: {m["mountPath"] for m in c["volumeMounts"]}
+              for _, g in groups for c in g["template"]["spec"]["containers"]}
+    assert all("/models" in m for m in mounts.values())  # the model at the same path on every node
+    assert args.model.startswith("/models/")
