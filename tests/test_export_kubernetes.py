@@ -165,6 +165,15 @@ def test_fleet_options_with_gpus_request_nvidia_gpus_and_validate(capsys, tiny_m
     assert nginx_svc["spec"]["type"] == "LoadBalancer"
 
 
+def test_a_reachable_service_without_an_api_key_is_warned_about(capsys) -> None:
+    code, _, err = run_export(capsys, "--preset", "demo", "--service-type", "NodePort")
+    assert code == 0 and "WARNING: NGINX's Service is a NodePort WITHOUT an API key" in err
+    code, _, err = run_export(capsys, "--preset", "demo", "--service-type", "NodePort", "--api-key-secret", "k")
+    assert code == 0 and "WARNING" not in err
+    code, _, err = run_export(capsys, "--preset", "demo")
+    assert code == 0 and "WARNING" not in err  # ClusterIP: inside the cluster only
+
+
 def test_fleet_options_on_cpu_with_an_api_key_and_a_model_elsewhere(capsys, tmp_path: Path) -> None:
     keyfile = tmp_path / "key"
     keyfile.write_text("client-key-0123456789abcdef\n")

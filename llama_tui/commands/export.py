@@ -90,6 +90,9 @@ def run_kubernetes(args: argparse.Namespace) -> int:
     if ex.memory_bytes is None and options.memory is None:
         info(f"note: no memory request: the model ({ex.model_file}) is not on this machine to estimate it "
              "(pass --memory QUANTITY)")
+    if options.service_type != "ClusterIP" and not (ex.api_key or options.api_key_secret):
+        info(f"WARNING: NGINX's Service is a {options.service_type} WITHOUT an API key: anyone who can reach it can "
+             "use the models (fix: --api-key-file FILE or --api-key-secret NAME)")
     if ex.internal_key is not None:
         info(f"note: the output holds a generated internal key (Secret {options.name}-internal-key); keep it private")
     if args.output is not None:
