@@ -13,7 +13,7 @@ from typing import Sequence
 from llama_tui import __version__
 from llama_tui.core.errors import UserError
 
-COMMAND_MODULES = ("fleet", "nginx", "bench", "sweep", "model", "presets", "doctor", "setup")
+COMMAND_MODULES = ("fleet", "nginx", "bench", "sweep", "model", "presets", "doctor", "setup", "export")
 
 
 class OneLineParser(argparse.ArgumentParser):

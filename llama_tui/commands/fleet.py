@@ -39,6 +39,10 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
                    help="cap each backend at its slot count in NGINX")
     g.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="largest concurrency planned; sizes NGINX")
     g.add_argument("--ready-timeout", dest="ready_timeout", metavar="S", help="seconds an instance may take to get ready")
+    g.add_argument("--metrics-listen", dest="metrics_listen", metavar="IP:PORT",
+                   help="the supervisor serves Prometheus metrics here (off by default; loopback only)")
+    g.add_argument("--metrics-public", dest="metrics_public", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow a --metrics-listen address that is not loopback")
 
 
 def settings_from_args(args: argparse.Namespace):

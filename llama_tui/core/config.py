@@ -165,6 +165,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "api_key_file": (_opt(str), None, "file holding the API key"),
         "expose_admin": (_as_bool, False, "serve /slots, /metrics, /props on the public listener"),
         "ready_timeout": (lambda v: _as_float(v, 1), 120.0, "seconds an instance may take to answer /health"),
+        "metrics_listen": (_opt(str), None, "IP:PORT where the supervisor serves Prometheus metrics (off by default)"),
+        "metrics_public": (_as_bool, False, "allow a --metrics-listen address that is not loopback"),
     },
     "bench": {
         "api": (_one_of(APIS), "completion", "completion (native /completion) or chat (/v1/chat/completions)"),
@@ -210,6 +212,8 @@ FLEET_OPTIONS = {
     "max_conns": "fleet.max_conns",
     "max_concurrency": "fleet.max_concurrency",
     "ready_timeout": "fleet.ready_timeout",
+    "metrics_listen": "fleet.metrics_listen",
+    "metrics_public": "fleet.metrics_public",
 }
 
 

@@ -23,6 +23,8 @@ The modules, one job each:
     door_keeper.py     the supervisor's NGINX: start, adopt, reload, restart, access-log following
     operations.py      the supervisor's operations: scale, restart, policy, down
     control_server.py  the supervisor's control socket
+    metrics_server.py  the supervisor's Prometheus listener (--metrics-listen): its sampler and HTTP server
+    prometheus.py      the fleet as Prometheus metrics: a collector over the sampler's latest sample
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class DoorKeeper:
         self.failures = 0
         self.follower: Any = None
         self.follower_error_logged = False
+        self.totals: Any = None  # the follower's latest AccessTotals (frozen; the metrics listener reads it)
 
     @staticmethod
     def nginx_state(spec: Any, state_dir: Path) -> NginxState:
@@ -177,6 +178,7 @@ class DoorKeeper:
 
                 self.follower = AccessLogFollower(self.door.access_log)
             self.follower.poll()
+            self.totals = self.follower.totals()
             paths.write_private(self.sup.dir / st_mod.UPSTREAM_FILE, orjson.dumps(self.follower.to_json()))
         except Exception as exc:  # statistics must never take the supervisor down
             if not self.follower_error_logged:

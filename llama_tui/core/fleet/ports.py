@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Collection
 
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet.spec import FleetSpec
+from llama_tui.core.fleet.spec import FleetSpec, parse_metrics_listen
 
 
 def port_free(host: str, port: int) -> bool:
@@ -57,3 +57,8 @@ def check_ports(spec: FleetSpec, indices: range | None = None, nginx: bool = Tru
     if nginx and not port_free(spec.listen, spec.nginx_port):
         raise UserError(f"port {spec.nginx_port} (NGINX) is already in use on {spec.listen}",
                         "stop what uses it, or pick another --nginx-port")
+    if nginx and spec.metrics_listen:
+        host, port = parse_metrics_listen(spec.metrics_listen, spec.metrics_public)
+        if not port_free(host, port) or (host == spec.listen and port == spec.nginx_port):
+            raise UserError(f"port {port} (--metrics-listen) is already in use on {host}",
+                            "stop what uses it, or pick another --metrics-listen port")

@@ -15,7 +15,7 @@ from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import endpoint_of
-from llama_tui.core.fleet.spec import FleetSpec, exposure_warning
+from llama_tui.core.fleet.spec import FleetSpec, exposure_warning, metrics_url
 from llama_tui.core.fleet.state import load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat
 
@@ -142,6 +142,7 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
     data["status"] = s.status if s else None
     data["supervisor"] = {"pid": snap.supervisor_pid, "alive": snap.supervisor_alive}
     data["nginx_url"] = s.nginx_url() if s else None
+    data["metrics_url"] = metrics_url(s.spec["metrics_listen"]) if s and s.spec.get("metrics_listen") else None
     data["spec"] = FleetSpec.from_dict(s.spec).public_dict() if s else None
     by_index = {i.index: i for i in (s.instances if s else [])}
     host = s.spec.get("host", "127.0.0.1") if s else "127.0.0.1"

@@ -65,10 +65,14 @@ class FleetSpec:
     ready_timeout: float = 120.0
     drain_timeout: float = DRAIN_TIMEOUT
     api_key_file: str | None = None  # NGINX re-reads it at every render (key rotation)
+    metrics_listen: str | None = None  # HOST:PORT of the supervisor's Prometheus listener (None: off)
+    metrics_public: bool = False  # allow a metrics_listen address that is not loopback
 
     @classmethod
-    def from_settings(cls, settings: config.Settings, check_extra_args: bool = True) -> "FleetSpec":
-        """Validate resolved settings and resolve the model (a GGUF file, or the tiny demo model)."""
+    def from_settings(cls, settings: config.Settings, check_extra_args: bool = True,
+                      resolve_model: bool = True) -> "FleetSpec":
+        """Validate resolved settings and resolve the model (a GGUF file, or the tiny demo model).
+        `resolve_model=False` keeps the model as given (a fleet described for another machine)."""
         f = settings.section("fleet")
         extra = parse_extra_args(f["extra_args"])
         if check_extra_args and extra:
@@ -78,13 +82,14 @@ class FleetSpec:
             api_key_file = str(Path(f["api_key_file"]).expanduser().absolute())
             frontdoor.read_key_file(api_key_file)  # fail now, naming the file
         spec = cls(
-            model=model_mod.resolve_model(f["model"]),
+            model=model_mod.resolve_model(f["model"]) if resolve_model else Path(f["model"] or model_mod.TINY_MODEL_NAME),
             instances=f["instances"], parallel=f["parallel"], ctx_per_slot=f["ctx_per_slot"],
             threads=f["threads"], gpu_layers=f["gpu_layers"], gpus=tuple(f["gpus"] or ()), pin_cpus=f["pin_cpus"],
             host=f["host"], base_port=f["base_port"], nginx_port=f["nginx_port"], listen=f["listen"],
             policy=f["policy"], max_conns=f["max_conns"], max_concurrency=f["max_concurrency"],
             extra_args=extra, api_key=f["api_key"], expose_admin=f["expose_admin"],
             ready_timeout=f["ready_timeout"], api_key_file=api_key_file,
+            metrics_listen=f["metrics_listen"], metrics_public=f["metrics_public"],
         )
         spec.validate()
         return spec
@@ -106,6 +111,8 @@ class FleetSpec:
         self.check_pinning(self.instances)
         if self.policy not in config.POLICIES:
             raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
+        if self.metrics_listen is not None:
+            parse_metrics_listen(self.metrics_listen, self.metrics_public)
 
     def check_port_range(self, instances: int) -> None:
         for name, port in (("--base-port", self.base_port), ("--nginx-port", self.nginx_port)):
@@ -247,3 +254,32 @@ def exposure_warning(spec: FleetSpec) -> str | None:
         return (f"NGINX listens on {spec.listen}:{spec.nginx_port} WITHOUT an API key: anyone who can reach "
                 f"this machine can use the models (fix: --api-key-file FILE, or --listen 127.0.0.1)")
     return None
+
+
+def parse_metrics_listen(value: str, public: bool = False) -> tuple[str, int]:
+    """`--metrics-listen HOST:PORT` ([V6]:PORT) as (host, port). A private address: loopback unless `public`."""
+    host, sep, port_text = str(value).strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if ":" in host and not bracketed:  # "::1:9464" could be an address of its own
+        sep = ""
+    try:
+        ip = ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        ip, port = None, 0
+    if not sep or ip is None or not 1 <= port <= 65535:
+        raise UserError(f"--metrics-listen must be IP:PORT, got {value!r}",
+                        "pass e.g. --metrics-listen 127.0.0.1:9464 (a port from 1 to 65535)")
+    if not ip.is_loopback and not public:
+        raise UserError(f"--metrics-listen {value} is not a loopback address: the metrics describe the fleet",
+                        f"use 127.0.0.1:{port}, or add --metrics-public to serve them on {host}")
+    return str(ip), port
+
+
+def metrics_url(value: str) -> str:
+    """The URL a client on this machine scrapes for a `--metrics-listen` value (a wildcard via loopback)."""
+    from llama_tui.core.probe import base_url
+
+    host, port = parse_metrics_listen(value, public=True)
+    return base_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port) + "/metrics"

@@ -65,6 +65,7 @@ class Supervisor:
         self._last_housekeeping = 0.0
         self._lock_fd: int | None = None
         self._control: ControlServer | None = None
+        self.metrics: Any = None  # metrics_server.MetricsListener with --metrics-listen
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -243,6 +244,20 @@ class Supervisor:
         self._control.open()
         threading.Thread(target=self.instances.liveness_loop, args=(self.exit_event,), name="liveness",
                          daemon=True).start()
+        if self.spec.metrics_listen:
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        """The Prometheus listener; a fleet whose metrics address is taken keeps serving without it."""
+        from llama_tui.core.fleet.metrics_server import MetricsListener  # (imports prometheus_client)
+
+        listener = MetricsListener(self.dir, self.spec.metrics_listen, lambda: self.door.totals,
+                                   public=self.spec.metrics_public)
+        try:
+            listener.start()
+            self.metrics = listener
+        except OSError as exc:
+            log(f"cannot serve metrics on {self.spec.metrics_listen}: {exc}; the fleet runs without them")
 
     def run(self) -> int:
         paths.ensure_private_dir(self.dir)
@@ -283,6 +298,8 @@ class Supervisor:
             self.exit_event.wait(0.1 if busy else 0.5)
         if self._control is not None:
             self._control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.instances.close()
         return code
 
