@@ -6,10 +6,8 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -17,24 +15,10 @@ import psutil
 import pytest
 
 from llama_tui.core import paths
-from llama_tui.core.childproc import (ChildProcess, EventStream, EventWriter, json_lines, stop_on_signals,
-                                      write_line)
+from llama_tui.core.childproc import EventStream, EventWriter, json_lines, stop_on_signals, write_line
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import StepVerdict
-
-TINY = Path(__file__).resolve().parent / "support" / "tiny_child.py"
-
-
-@dataclass(frozen=True)
-class Tick:
-    n: int
-    grandchild: int | None = None
-
-
-class TinyProcess(ChildProcess[Tick]):
-    COMMAND = (sys.executable, str(TINY))
-    EVENTS = {"tick": lambda d: Tick(**d)}
-    NAME = "tiny job"
+from tests.support.tiny_child import Tick, TinyProcess
 
 
 def _gone(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""A tiny job for the child-process protocol's tests (tests/test_childproc.py): `python tiny_child.py`.
+"""A tiny job for the child-process protocol's tests: `TinyProcess` (the parent's side) runs this
+file (`serve(job)`, the child's side) as its child.
 
 Its configuration picks what it does ({"do": ...}):
 - "tick": one {"t": "tick", "tick": {"n": N}} every `every` s until stopped, then the result {"ticks", "stopped"};
@@ -13,12 +14,25 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # run as a script: the repository
 
-from llama_tui.core.childproc import serve  # noqa: E402
+from llama_tui.core.childproc import ChildProcess, serve  # noqa: E402
 from llama_tui.core.errors import UserError  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Tick:
+    n: int
+    grandchild: int | None = None
+
+
+class TinyProcess(ChildProcess[Tick]):
+    COMMAND = (sys.executable, str(Path(__file__).resolve()))
+    EVENTS = {"tick": lambda d: Tick(**d)}
+    NAME = "tiny job"
 
 
 def job(config, send, stop):
