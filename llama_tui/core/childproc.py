@@ -288,7 +288,7 @@ class ChildProcess(Generic[T]):
         elif tag in self.EVENTS:
             try:
                 event = self.EVENTS[tag](payload)
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a protocol bug: fail loudly
+            except Exception as exc:  # a protocol bug: fail loudly, and keep draining the pipe so the child can end
                 self._error = UserError(f"the {self.NAME} process sent a malformed {tag!r} event "
                                         f"({type(exc).__name__}: {exc})", "report this as a bug", exit_code=1)
                 return
