@@ -1,6 +1,5 @@
-"""The bench package's seams: the tally's window accounting, how a step is shared among workers, the
-pipes between bench processes, and the worker and child entry points (against the loopback SSE source,
-no llama-server needed)."""
+"""The bench package's seams: the tally's window accounting, how a step is shared among workers, and
+the worker and child entry points (against the loopback SSE source, no llama-server needed)."""
 
 from __future__ import annotations
 
@@ -17,10 +16,11 @@ from llama_tui.core import bench
 from llama_tui.core.bench import BenchConfig, RequestShape, Source, StepPlan, Target
 from llama_tui.core.bench.client import READ_SIZE, Exchange
 from llama_tui.core.bench.live import LiveSamples
-from llama_tui.core.bench.pipes import json_lines, write_line
 from llama_tui.core.bench.plans import worker_plans
 from llama_tui.core.bench.tally import Tally
 from llama_tui.core.bench.workers import WorkerPool
+from llama_tui.core.childproc import json_lines
+from llama_tui.core.snapshots import BenchSample, StepVerdict
 
 from conftest import REPO
 
@@ -117,14 +117,6 @@ def test_a_step_is_shared_among_workers_on_one_clock():
                                          index=0)] == [2.0, 2.0, 2.0]
 
 
-def test_pipes_carry_one_object_per_line_and_skip_the_rest():
-    buf = io.BytesIO()
-    write_line(buf, {"t": "live", "n": 1})
-    buf.write(b"not json\n[1, 2]\n")
-    write_line(buf, {"t": "partial", 3: "x"}, orjson.OPT_NON_STR_KEYS)
-    assert list(json_lines(io.BytesIO(buf.getvalue()))) == [{"t": "live", "n": 1}, {"t": "partial", "3": "x"}]
-
-
 def test_a_worker_process_loads_the_load_generator_only():
     code = ("import sys, llama_tui.core.bench.workers; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'psutil') "
@@ -148,7 +140,8 @@ def test_the_worker_entry_exits_quietly_when_its_parent_goes():
 def test_the_child_entry_without_a_configuration_reports_one_error():
     proc = _entry("llama_tui.core.bench.child")
     [msg] = list(json_lines(io.BytesIO(proc.stdout)))
-    assert msg["t"] == "error" and msg["fix"] and proc.returncode == 1 and proc.stderr == b""
+    assert msg["t"] == "error" and msg["error"]["fix"] and proc.returncode == 1 and proc.stderr == b""
+    assert "no configuration" in msg["error"]["cause"] and msg["error"]["exit_code"] == 1
 
 
 def test_worker_processes_merge_their_raw_samples():
@@ -174,7 +167,8 @@ def test_a_child_benchmark_against_the_loopback_source(tmp_path):
         cfg = BenchConfig(url=src.url, concurrency=(2,), duration=1.0, warmup=0.2, n_predict=16,
                           ceiling_events_s=1e6, json_path=str(out))
         proc = bench.spawn(cfg)
-        samples = list(proc.samples(timeout=60))
+        events = list(proc.events(timeout=60))
+        samples = [e for e in events if isinstance(e, BenchSample)]
         result = proc.result(timeout=60)
         stopped = bench.spawn(BenchConfig(url=src.url, concurrency=(2,), duration=30, warmup=0, n_predict=16,
                                           ceiling_events_s=1e6, json_path=str(tmp_path / "s.json")))
@@ -186,6 +180,9 @@ def test_a_child_benchmark_against_the_loopback_source(tmp_path):
     assert result["out"] == str(out) and orjson.loads(out.read_bytes())["steps"][0]["step"] == 0
     assert samples and samples[-1].valid is not None and proc.proc.poll() == 0
     assert early["stopped"] and early["steps"][0]["duration_s"] < 10
+    # the step's verdict comes typed, after the step's last sample, and judges as the result does
+    assert events[-1] == StepVerdict.from_step(step) and len(events) == len(samples) + 1
+    assert events[-1].tok_s == step["output_tok_s"] and events[-1].valid == step["valid"]
 
 
 def test_reads_are_sized_to_stay_on_the_heap(loop):

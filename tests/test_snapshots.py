@@ -121,3 +121,21 @@ def test_to_json_is_plain_mutable_data_and_serializes_as_before():
     for snap in EVERY:  # the JSON bytes are what asdict() of the mutable classes gave
         assert orjson.dumps(snap.to_json()) == orjson.dumps(dataclasses.asdict(snap))
     assert orjson.loads(orjson.dumps(FLEET.to_json()))["instances"][0]["cpus"] == [0, 1]
+
+
+@pytest.mark.parametrize("snap", EVERY, ids=lambda s: type(s).__name__)
+def test_from_json_rebuilds_every_snapshot_from_its_json(snap):
+    data = orjson.loads(orjson.dumps(snap.to_json()))  # what crosses a child process's pipe
+    assert type(snap).from_json(data) == snap
+
+
+def test_from_json_rebuilds_nested_snapshots_and_drops_keys_it_does_not_know():
+    data = {**PROGRESS.to_json(), "ci_low": 1.0}  # a field of a newer sweep child
+    back = SweepProgress.from_json(data)
+    assert back == PROGRESS and isinstance(back.results[0], SweepCellResult) and isinstance(back.row, FrozenMap)
+    fleet = FleetSnapshot.from_json(FLEET.to_json())
+    assert isinstance(fleet.nginx, UpstreamSnapshot) and isinstance(fleet.nginx.upstreams[0], UpstreamStat)
+    assert isinstance(fleet.system.gpus[0], GpuSample) and fleet.instances[0].cpus == (0, 1)
+    assert FleetSnapshot.from_json({**FLEET.to_json(), "nginx": None, "system": None}).nginx is None
+    with pytest.raises(TypeError):  # a field it needs is missing
+        SweepProgress.from_json({"t": 1.0})

@@ -213,6 +213,31 @@ def test_spawn_streams_progress_and_cancel_stops_cleanly(tiny_model: Path, no_le
     assert state.read_state(cfg.fleet_state_dir()) is None  # torn down on the way out
 
 
+def test_a_spawned_sweep_whose_parent_goes_away_stops_and_takes_its_fleet_down(tiny_model: Path,
+                                                                              no_leftovers: Path) -> None:
+    """The TUI that started a sweep exits (or is killed): the sweep's stdin closes, which asks for the
+    same graceful stop as the stop line; its fleet, in a session of its own, is torn down."""
+    base = free_port_block(3)
+    cfg = SweepConfig(model=tiny_model, out_dir=no_leftovers / "orphaned", instances=(1,), parallel=(1, 2),
+                      concurrency=(1,), ctx_per_slot=256, duration=30.0, warmup=0.5, n_predict=(16,),
+                      prompt_tokens=8, nginx_port=base, base_port=base + 1)
+    proc = sweep.spawn(cfg)
+    try:
+        for ev in proc.events(timeout=120):
+            if ev.phase == "measure":
+                break
+        assert state.read_state(cfg.fleet_state_dir()) is not None  # its fleet is up, measuring
+        assert proc.proc.stdin is not None
+        proc.proc.stdin.close()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.proc.wait()
+    assert rc == 0 and proc.result()["status"] == "stopped" and rows_of(cfg.out_dir) == []
+    assert state.read_state(cfg.fleet_state_dir()) is None
+
+
 def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, isolated_dirs: Path) -> None:
     from llama_tui.core import fleet
 

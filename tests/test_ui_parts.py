@@ -60,6 +60,30 @@ def test_step_verdict_from_a_bench_step():
     assert StepVerdict.from_step({"step": 0, "concurrency": None, "rate": 2.0}).load == "rate 2.0/s"
 
 
+def test_the_tuis_run_handles_relay_the_child_protocol(tmp_path):
+    from llama_tui.ui.controller import _BenchRun, _SweepRun
+    from tests.support.tiny_child import Tick, TinyProcess
+
+    log = tmp_path / "sweep-child.log"
+    sweep = _SweepRun(TinyProcess({"do": "tick"}, log_path=log))
+    bench = _BenchRun(TinyProcess({"do": "tick"}))
+    try:
+        assert next(iter(sweep.events())) == Tick(1) and next(iter(bench.events())) == Tick(1)
+        sweep.cancel()  # q or c on a sweep: the graceful stop (only the sweep can take its fleet down)
+        assert sweep.summary() == f"sweep ended: results in {tmp_path}" and sweep.proc.result()["stopped"]
+        assert sweep.proc.wait(timeout=5) == 0
+        bench.cancel()  # a benchmark is killed with its process group, and says so
+        with pytest.raises(UserError, match="exited with code -9"):
+            bench.summary()
+    finally:
+        sweep.proc.cancel(grace=0)
+        bench.proc.cancel()
+    failed = _SweepRun(TinyProcess({"do": "fail"}, log_path=log))
+    with pytest.raises(UserError) as err:
+        failed.summary()
+    assert err.value.one_line() == f"error: the tiny job was told to fail (fix: do not tell it to; see {log})"
+
+
 def test_form_fields_parse_or_say_what_is_wrong():
     assert parse_int(" 4 ", "instances", 1) == 4
     assert parse_int("auto", "GPU layers", 0, optional=True) is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import textwrap
 import threading
@@ -252,25 +251,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     from llama_tui.core import bench
+    from llama_tui.core.childproc import stop_on_signals
 
     if args.calibrate:
         return run_calibrate(args)
     cfg = build_config(args)
     live = _LiveLine()
     stop = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        info("\nstopping after this step's window (Ctrl-C again to abort)")
-
-    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    try:
+    with stop_on_signals(stop, lambda: info("\nstopping after this step's window (Ctrl-C again to abort)")):
         result = bench.run(cfg, on_sample=live.sample, stop=stop, on_step=live.step)
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
     bench.write_outputs(result, args.json, args.csv)
     if args.json == "-":
         print_json(result)

@@ -10,8 +10,11 @@ down. `to_json()` gives plain, mutable JSON data back.
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 # "draining": out of NGINX's upstream, finishing its open streams before it stops (scale down, restart).
 INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
@@ -67,6 +70,39 @@ class _Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return thaw(asdict(self))
+
+    @classmethod
+    def from_json(cls: type[S], data: Mapping[str, Any]) -> S:
+        """Back from `to_json()` data (a child process's event): nested snapshots are rebuilt and keys
+        the class does not know are dropped, so a field added to a class needs no code here."""
+        nested = _nested_fields(cls)
+        kw = {}
+        for f in fields(cls):
+            if f.name in data:
+                value, inner = data[f.name], nested.get(f.name)
+                if inner is not None and value is not None:
+                    kind, many = inner
+                    value = tuple(kind.from_json(v) for v in value) if many else kind.from_json(value)
+                kw[f.name] = value
+        return cls(**kw)
+
+
+S = TypeVar("S", bound=_Snapshot)
+
+
+@functools.cache
+def _nested_fields(cls: type) -> dict[str, tuple[type[_Snapshot], bool]]:
+    """The fields of `cls` that hold a snapshot (`X`, `X | None`) or a tuple of them (`tuple[X, ...]`)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            given = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = given[0] if len(given) == 1 else hint
+        many = typing.get_origin(hint) is tuple
+        kind = typing.get_args(hint)[0] if many else hint
+        if isinstance(kind, type) and issubclass(kind, _Snapshot):
+            out[name] = (kind, many)
+    return out
 
 
 @dataclass(frozen=True)
@@ -191,7 +227,7 @@ class StepVerdict(_Snapshot):
 
     @classmethod
     def from_step(cls, d: Mapping[str, Any]) -> "StepVerdict":
-        """From one step of a benchmark result (`steps` in bench.json, the "step" event of `bench.spawn`)."""
+        """From one step of a benchmark result (`steps` in bench.json; the bench child sends each as it ends)."""
         load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
         return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
 

@@ -150,19 +150,9 @@ class _BenchRun(RunHandle[BenchSample | StepVerdict]):
 
     def __init__(self, proc: Any) -> None:
         self.proc = proc
-        self._steps_seen = 0
-
-    def _new_verdicts(self) -> Iterator[StepVerdict]:
-        steps = list(self.proc.steps)
-        for d in steps[self._steps_seen:]:
-            yield StepVerdict.from_step(d)
-        self._steps_seen = len(steps)
 
     def events(self) -> Iterator[BenchSample | StepVerdict]:
-        for sample in self.proc.samples():
-            yield from self._new_verdicts()
-            yield sample
-        yield from self._new_verdicts()
+        yield from self.proc.events()
 
     def stop(self) -> None:
         self.proc.stop()
@@ -183,12 +173,12 @@ class _SweepRun(RunHandle[SweepProgress]):
         yield from self.proc.events()
 
     def cancel(self) -> None:
-        self.proc.cancel()  # SIGTERM: the sweep finishes its step, tears its fleet down, stays resumable
+        # The graceful stop, not waited for: the sweep finishes its step, tears its fleet down (only it
+        # can: the fleet runs in its own session) and stays resumable, also after the TUI has gone.
+        self.proc.stop()
 
     def summary(self) -> str | None:
-        if self.proc.error:
-            raise UserError(self.proc.error, f"see {self.proc.log_path}")
-        result = self.proc.result() or {}
+        result = self.proc.result()  # raises the run's UserError (its fix names the sweep's log) if it failed
         return f"sweep {result.get('status', 'ended')}: results in {result.get('out_dir', self.proc.log_path.parent)}"
 
 

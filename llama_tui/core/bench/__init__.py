@@ -26,7 +26,6 @@ The modules, one job each:
     outputs      write_outputs, to_csv                          JSON and CSV files
     child        spawn, BenchProcess, child entry               a benchmark in a child process (the TUI)
     definitions  DEFINITIONS                                    what every figure means
-    pipes        json_lines, write_line                         JSON lines between bench processes
 
 The names below are imported on first use: the worker and source processes import this package too,
 and must start with only the load generator loaded (a worker starts inside a step's 0.4 s lead).

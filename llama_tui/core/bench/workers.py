@@ -1,7 +1,7 @@
 """Load-worker processes: each runs its share of every step on its own event loop (and core) and sends
 back its raw samples, which the parent merges exactly.
 
-The pipe protocol, one JSON object per line (`pipes`):
+The pipe protocol, one JSON object per line (`core.childproc`'s wire):
 - parent -> worker: {"cmd": "step", "targets": [...], "shape": {...}, "plan": {...}} runs a step;
   {"cmd": "stop"} ends a running step early; {"cmd": "exit"} or end of input exits.
 - worker -> parent: {"t": "live", "live": LiveCounters} every 0.5 s, then {"t": "partial", "partial": ...}
@@ -23,11 +23,11 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from llama_tui.core import paths
-from llama_tui.core.bench.pipes import json_lines, write_line
 from llama_tui.core.bench.runner import run_plan
 from llama_tui.core.bench.step import LiveCounters, StepPartial, StepPlan
 from llama_tui.core.bench.target import Target
 from llama_tui.core.bench.workload import RequestShape
+from llama_tui.core.childproc import json_lines, write_line
 from llama_tui.core.errors import UserError
 
 if TYPE_CHECKING:
