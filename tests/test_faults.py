@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from llama_tui.core import bench, fleet
-from llama_tui.core.fleet import state
+from llama_tui.core.fleet import instances, processes, state
 from llama_tui.core.bench import BenchConfig
 
 from conftest import wait_for, free_port, free_port_block, reap_owned, run_cli
@@ -149,13 +149,13 @@ def test_a_full_disk_does_not_stop_the_fleet(how, tmp_path, tiny_model, monkeypa
                            json={"prompt": "hello", "n_predict": 32, "ignore_eos": True, "cache_prompt": False})
             assert r.status_code == 200 and r.json()["timings"]["predicted_n"] == 32
         time.sleep(2.5)  # a few supervisor ticks (state writes, log rotation) on the full disk
-        assert all(state.alive(p) for p in running)
+        assert all(processes.alive(p) for p in running)
         status = run_cli("fleet", "status", "--json", env={"LLAMA_TUI_STATE_DIR": str(sd)})
         assert status.returncode == 0, status.stderr
         assert '"supervisor_alive": true' in status.stdout
         down = run_cli("fleet", "down", env={"LLAMA_TUI_STATE_DIR": str(sd)})
         assert down.returncode == 0, down.stderr
-        assert not any(state.alive(p) for p in running)
+        assert not any(processes.alive(p) for p in running)
     finally:
         fleet.down(sd, timeout=5)
         leftovers = reap_owned(str(sd))  # this state dir is outside the per-test safety net
@@ -179,7 +179,7 @@ def test_a_hung_instance_is_killed_and_restarted_a_busy_one_is_not(isolated_dirs
         assert time.monotonic() - stopped_at < 15
         assert back.port == victim.port and back.restarts == 1
         assert back.last_error.startswith("hung (no /health answer for"), back.last_error
-        assert not state.alive(victim.pid, victim.pid_started)  # the frozen process is gone, not left stopped
+        assert not processes.alive(victim.pid, victim.pid_started)  # the frozen process is gone, not left stopped
         # Busy is not hung: 8 streams through NGINX for 6 s, three times the hang window; nobody is killed.
         config = BenchConfig(url=st.nginx_url(), concurrency=(8,), duration=6.0, warmup=0.0, n_predict=400,
                              prompt_tokens=8, workers=1, timeout=30, state_dir=str(isolated_dirs))

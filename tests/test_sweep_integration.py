@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
 import pytest
 
-from conftest import REPO, free_port_block, run_cli
+from conftest import REPO, free_port_block, run_cli, wait_for
 from llama_tui.core import hardware, sweep
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state
 from llama_tui.core.sweep import SweepConfig, results, runner
 
@@ -94,7 +96,7 @@ def test_grid_2x2x2_then_adaptive_finds_the_grid_best(tiny_model: Path, no_lefto
     assert [e.cell for e in events if e.row is not None] == list(range(1, 9))
     text = sweep.report(out)
     assert "best output tok/s by instances x parallel" in text and "llama-tui fleet up" in text
-    assert not state.owned_processes(out / "fleet-state")
+    assert not processes.owned_processes(out / "fleet-state")
 
     # Adaptive on the same grid, replayed over the grid run's own real measurements: which cell wins is
     # whatever this machine measured (validity included), and the search must find that cell.

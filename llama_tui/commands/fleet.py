@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_tui.commands.output import info, print_json
+from llama_tui.core.config import seconds_arg
 
 # CLI option -> settings key; shared by `fleet up` and the TUI entry point.
 FLEET_OPTIONS = {
@@ -115,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.set_defaults(func=run_logs)
 
     d = fsub.add_parser("down", help="stop every process of the fleet (SIGTERM, then SIGKILL)")
-    d.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    d.add_argument("--timeout", type=seconds_arg(0, 3600), default=10.0, help="seconds before SIGKILL (default 10)")
     _state_dir_option(d)
     d.set_defaults(func=run_down)
 
@@ -309,21 +310,21 @@ def run_down(args: argparse.Namespace) -> int:
 
 def _log_path(target: str, state_dir: Path | None) -> Path:
     from llama_tui.core import fleet
-    from llama_tui.core.fleet import state as st_mod
     from llama_tui.core.errors import UserError
+    from llama_tui.core.fleet import state as st_mod
+    from llama_tui.core.fleet.processes import NGINX_DIR
 
     sd = st_mod.resolve_dir(state_dir)
     if target == "supervisor":
         return st_mod.supervisor_log_path(sd)
     if target in ("nginx", "access"):
-        return sd / st_mod.NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
+        return sd / NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
     try:
         index = int(target)
     except ValueError:
         raise UserError(f"unknown log {target!r}", "pass an instance index, nginx, access or supervisor") from None
     s = fleet.load_state(sd)
-    rec = next((i for i in (s.instances if s else []) if i.index == index), None)
-    path = Path(rec.log_path) if rec else st_mod.instance_log_path(sd, index)
+    path = st_mod.instance_log_path(sd, index)  # computed, never a path the state file names
     if not path.exists():
         have = ", ".join(str(i.index) for i in (s.instances if s else [])) or "none running"
         raise UserError(f"no log for instance {index} in {sd / st_mod.LOG_DIR}", f"instances: {have}")
