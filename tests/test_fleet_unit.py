@@ -388,3 +388,52 @@ def test_liveness_tells_a_hung_instance_from_a_busy_one():
     gone = Liveness(hang_s=10)  # a process that is gone is the watch loop's (a crash), not a hang
     gone.observe(0, False, 0.0)
     assert gone.observe(30, False, None) is None
+
+
+def test_the_control_socket_bounds_connections_request_sizes_and_slow_clients(tmp_path, monkeypatch):
+    from llama_tui.core.fleet import control_server
+
+    monkeypatch.setattr(control_server, "READ_TIMEOUT_S", 1.0)
+    stop = threading.Event()
+    path = tmp_path / "c.sock"
+    srv = control_server.ControlServer(path, lambda req: {"echo": req.get("op")}, stop, lambda: False, "log")
+    srv.open()
+
+    def ask(payload: bytes, timeout: float = 10.0) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(timeout)
+            c.connect(str(path))
+            c.sendall(payload)
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return orjson.loads(buf)
+
+    try:
+        assert ask(b'{"op": "ping"}\n') == {"ok": True, "echo": "ping"}
+        # A request larger than the limit is answered with an error, not read forever.
+        big = ask(b'{"op": "' + b"x" * (control_server.MAX_REQUEST_BYTES + 10) + b'"}\n')
+        assert not big["ok"] and "bytes" in big["error"]
+        # Idle connections hold at most MAX_CONNECTIONS slots; one more is told the supervisor is busy.
+        idle = []
+        for _ in range(control_server.MAX_CONNECTIONS):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(str(path))
+            idle.append(c)
+        time.sleep(0.3)
+        busy = ask(b'{"op": "ping"}\n')
+        assert not busy["ok"] and "busy" in busy["error"]
+        # A client that never finishes its line is cut off after READ_TIMEOUT_S, freeing its slot.
+        t0 = time.monotonic()
+        assert idle[0].recv(65536)  # the server's answer to a request that never came
+        assert time.monotonic() - t0 < 5
+        for c in idle:
+            c.close()
+        time.sleep(0.3)
+        assert ask(b'{"op": "ping"}\n') == {"ok": True, "echo": "ping"}
+    finally:
+        stop.set()
+        srv.close()
