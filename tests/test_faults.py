@@ -190,3 +190,78 @@ def test_a_hung_instance_is_killed_and_restarted_a_busy_one_is_not(isolated_dirs
         assert [i.pid for i in sorted(after.instances, key=lambda i: i.index)] == [st.instances[0].pid, back.pid]
     finally:
         fleet.down(isolated_dirs, timeout=5)
+
+
+def _kill_each_new_pid(sd: Path, index: int, times: int, ready_first: bool, timeout: float = 60) -> list[str]:
+    """SIGKILL instance `index` `times` times, each time once a new process of it runs (and, with
+    `ready_first`, once it is ready: a crash while it serves). Returns the states seen meanwhile."""
+    seen: list[str] = []
+    killed: set[int] = set()
+    for _ in range(times):
+        def target() -> Any:
+            i = instance(sd, index)
+            seen.append(i.state if i else "gone")
+            ok = i and i.pid and i.pid not in killed and i.state != "failed" and (i.state == "ready" or not ready_first)
+            return i if ok and processes.alive(i.pid, i.pid_started) else None
+
+        victim = wait_for(target, timeout, f"instance {index} to run again")
+        killed.add(victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+    return seen
+
+
+def test_the_last_serving_instance_is_never_failed_for_crashes(isolated_dirs, tiny_model):
+    """Crashes while serving (as a request that crashes llama-server causes) never fail the last serving
+    instance: the model itself starts, so it is restarted however often it crashes."""
+    try:
+        st = start_fleet(isolated_dirs, tiny_model, instances=1)
+        n = instances.CRASH_LIMIT  # (enough to fail an instance that others could stand in for)
+        seen = _kill_each_new_pid(isolated_dirs, 0, n, ready_first=True)
+        back = wait_for(lambda: (lambda i: i if i and (i.state == "failed" or i.state == "ready" and i.restarts == n)
+                                 else None)(instance(isolated_dirs, 0)), 40, "the instance to come back")
+        assert back.state == "ready", back
+        assert "failed" not in seen
+        assert httpx.get(f"{st.nginx_url()}/health", timeout=10).status_code == 200
+        log = state.supervisor_log_path(isolated_dirs).read_text()
+        assert "last serving instance: restarting it, not failing it" in log
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_failed_instance_is_tried_again_after_its_cool_down(isolated_dirs, tiny_model, monkeypatch):
+    monkeypatch.setenv("LLAMA_TUI_FAILED_COOLDOWN_S", "4")  # the supervisor reads it at start (default 60 s)
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        port = instance(isolated_dirs, 1).port
+        conf = Path(st.nginx.config_path)
+        _kill_each_new_pid(isolated_dirs, 1, instances.CRASH_LIMIT, ready_first=False)
+        failed = wait_for(lambda: (lambda i: i if i.state == "failed" else None)(instance(isolated_dirs, 1)), 20,
+                          "the crash-looping instance to be failed (the other one serves)")
+        assert "killed by SIGKILL" in failed.last_error and failed.retry_at
+        out = run_cli("fleet", "status")
+        line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("instance 1:"))
+        assert "killed by SIGKILL" in line and "next try in" in line, out.stdout
+        assert f"127.0.0.1:{port}" not in conf.read_text()  # out of NGINX meanwhile
+        assert instance(isolated_dirs, 0).state == "ready"
+
+        back = wait_for(lambda: (lambda i: i if i.state == "ready" else None)(instance(isolated_dirs, 1)), 30,
+                        "the failed instance to be tried again after its cool-down and get ready")
+        assert back.pid != failed.pid and back.in_upstream and back.retry_at is None
+        wait_for(lambda: f"127.0.0.1:{port}" in conf.read_text(), 10, "NGINX to route to it again")
+        assert "trying it again after its cool-down" in state.supervisor_log_path(isolated_dirs).read_text()
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_model_that_cannot_start_still_ends_failed_even_alone(isolated_dirs, tiny_model, tmp_path):
+    model = tmp_path / "model.gguf"
+    shutil.copy(tiny_model, model)
+    try:
+        start_fleet(isolated_dirs, model, instances=1)
+        model.write_bytes(model.read_bytes()[:100])  # the model cannot load any more
+        _kill_each_new_pid(isolated_dirs, 0, 1, ready_first=True)
+        failed = wait_for(lambda: (lambda i: i if i.state == "failed" else None)(instance(isolated_dirs, 0)), 60,
+                          "the instance that cannot start to be failed")
+        assert "exiting due to model loading error" in failed.last_error  # with its log's tail
+    finally:
+        fleet.down(isolated_dirs, timeout=5)

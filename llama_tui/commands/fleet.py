@@ -238,7 +238,8 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
         lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip())
     for i in snap.instances:
         if i.state in ("failed", "restarting") and i.last_error:
-            lines.append(f"  instance {i.index}: {i.last_error}")
+            retry = f" (next try in {i.retry_in_s:.0f}s)" if i.retry_in_s is not None else ""
+            lines.append(f"  instance {i.index}: {i.last_error}{retry}")
     sysm = snap.system
     if sysm is not None:
         gpus = ", ".join(f"gpu{g.index} {_fmt_bytes(g.memory_used_bytes)}/{_fmt_bytes(g.memory_total_bytes)} "

@@ -141,10 +141,7 @@ class Operations:
         else:
             sup.instances.stop([inst])
         with sup.lock:
-            inst.crashes.clear()
-            inst.start_failures = 0
-            inst.ever_ready = False
-            inst.rec.last_error = None
+            inst.forget_failures()
             sup.instances.spawn(inst, restart=True)
             inst.held = False
             sup.save()

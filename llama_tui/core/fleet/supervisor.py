@@ -141,7 +141,9 @@ class Supervisor:
                     inst.held = True
                     leftover.append(inst)
                     continue
-                if rec.state in ("failed", "stopped"):
+                if rec.state == "failed":
+                    inst.resume_retry(now)
+                elif rec.state == "stopped":
                     pass
                 elif inst.handle is not None:
                     log(f"adopted instance {rec.index} (pid {rec.pid}, port {rec.port}, {rec.state})")
