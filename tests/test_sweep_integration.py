@@ -238,3 +238,30 @@ def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, iso
         assert again.returncode == 2 and "already running" in again.stderr
     finally:
         fleet.down()
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_and_leaves_the_first_alone(no_leftovers: Path) -> None:
+    out = no_leftovers / "shared"
+    base = free_port_block(4)
+    env = {**os.environ, "LLAMA_TUI_OWNER": str(no_leftovers)}
+    first = subprocess.Popen(_sweep_cmd(out, base, "--duration", "8"), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def running() -> Any:
+            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            st = state.read_state(out / "fleet-state")
+            return st if st is not None and st.status == "running" and st.supervisor_alive else None
+
+        st = wait_for(running, 120, "the first sweep's fleet to run")
+        pids = [st.supervisor_pid] + [p.pid for p in st.refs()]
+        second = run_cli(*_sweep_cmd(out, free_port_block(4), "--resume")[3:], timeout=60, env=env)
+        err = second.stderr.strip()
+        assert second.returncode == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith("error: another sweep is running with --out") and "(fix: " in err, err
+        assert all(processes.alive(p) for p in pids), "the second sweep stopped the first one's fleet"
+        assert first.poll() is None
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)  # stops after the current step and tears its fleet down
+        first.wait(timeout=120)
+    assert state.read_state(out / "fleet-state") is None

@@ -98,6 +98,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     stop = threading.Event()
     sweep.install_stop_handlers(
         stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down (Ctrl-C again to force)"))
+    with sweep.out_lock(cfg.out_dir):
+        pass  # another sweep there: one line now, before any output (run() holds the lock itself)
     info(f"sweep -> {cfg.out_dir}")
     res = sweep.run(cfg, on_event=_print_event, stop=stop)
     if args.json:
