@@ -265,3 +265,53 @@ def test_a_model_that_cannot_start_still_ends_failed_even_alone(isolated_dirs, t
         assert "exiting due to model loading error" in failed.last_error  # with its log's tail
     finally:
         fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_process_squatting_a_crashed_instances_port_gets_no_requests(isolated_dirs, tiny_model):
+    """While a crashed instance waits out its backoff its port is free: any local process may bind it
+    (this one answers everything with 200, /health included). NGINX must not send it requests (they
+    would carry the fleet's internal key), and the supervisor must not take it for the instance."""
+    import socket
+
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        victim = instance(isolated_dirs, 1)
+        os.kill(victim.pid, signal.SIGKILL)
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (closed connections linger in TIME_WAIT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                squatter.bind(("127.0.0.1", victim.port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed instance's port stayed taken"
+                time.sleep(0.005)
+        squatter.listen(64)
+        hits: list[bytes] = []
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = squatter.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(2)
+                    try:
+                        hits.append(conn.recv(65536))
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        wait_for(lambda: instance(isolated_dirs, 1).state != "ready", 10, "the supervisor to see the crash")
+        for _ in range(20):
+            r = httpx.post(f"{st.nginx_url()}/completion", timeout=30,
+                           json={"prompt": "hi", "n_predict": 4, "cache_prompt": False})
+            assert r.status_code == 200 and "timings" in r.json(), r.text
+        assert instance(isolated_dirs, 1).state != "ready"  # its port answers, but not from the instance
+        assert not [h for h in hits if not h.startswith(b"GET /health")], f"the squatter got requests: {hits}"
+        squatter.close()
+    finally:
+        fleet.down(isolated_dirs, timeout=5)

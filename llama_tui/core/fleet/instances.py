@@ -7,6 +7,8 @@
 - except the last serving one: an instance that crashes while it serves (a request may have crashed
   it) is never marked failed while no other instance serves; it is restarted (backoff up to 30 s),
   so requests cannot take the whole fleet down for good while the model itself starts;
+- a crashed instance leaves NGINX's upstream while others serve, and rejoins once ready (nobody
+  else's process on its free port gets requests meanwhile);
 - a failed instance is tried again after a cool-down (`FAILED_COOLDOWN_S`, doubling up to
   `FAILED_COOLDOWN_MAX_S`) once the fleet runs: one start (half-open); ready, it rejoins NGINX;
   exiting before ready, it is failed again with the new log tail;
@@ -117,6 +119,7 @@ class Instance:
         self.cooldown = FAILED_COOLDOWN_S  # the next cool-down after a failure
         self.probing = False  # this start is a failed instance's retry: one try only
         self.rejoin = False  # joins NGINX's upstream once ready (it left it when it failed)
+        self.squatted_noted = False
         self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
         self.liveness = Liveness()
         self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
@@ -281,6 +284,11 @@ class Instances:
         if crash_loop:
             log(f"instance {rec.index} crashed {len(inst.crashes)} times within {CRASH_WINDOW_S:.0f}s but is the "
                 "last serving instance: restarting it, not failing it")
+        if rec.in_upstream and self._serving_others(inst):
+            # Out of NGINX until it is ready again: while its port is free, another local process could
+            # bind it and would receive requests (with the fleet's internal key).
+            inst.rejoin = True
+            self._leave_upstream(rec)
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
         rec.state = "restarting"
         rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
@@ -330,6 +338,12 @@ class Instances:
     def _check_started(self, inst: Instance, now: float) -> bool:
         rec = inst.rec
         code = health(*self._probe_address(inst), timeout=0.5)
+        if code == 200 and inst.handle is not None and not self.placement.listens(inst.handle):
+            if not inst.squatted_noted:  # someone else's process answers on its port: not ready, ever
+                inst.squatted_noted = True
+                log(f"instance {rec.index}: port {rec.port} answers, but not from the instance (another process "
+                    "holds it); it does not join NGINX")
+            code = None
         if code == 200:
             rec.state = "ready"
             rec.ready_at = time.time()

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import psutil
+
 from llama_tui.core import hardware, paths
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet.placement import (LOCAL_NODE, Endpoint, ExitStatus, InstanceHandle, PlacementError,
@@ -126,6 +128,19 @@ class LocalPlacement:
         ref = self._ref(handle)
         if ref is not None:
             ref.signal(signal.SIGKILL)
+
+    def listens(self, handle: InstanceHandle) -> bool:
+        """Its process (or one of its children) holds the listening socket of its port."""
+        try:
+            root = psutil.Process(handle.pid)
+            for p in [root, *root.children(recursive=True)]:
+                conns = p.net_connections(kind="inet") if hasattr(p, "net_connections") else p.connections("inet")
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == handle.endpoint.port
+                       for c in conns):
+                    return True
+        except (psutil.Error, ValueError):
+            return False
+        return False
 
     def stats(self, handles: Sequence[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
         with self._stats_lock:

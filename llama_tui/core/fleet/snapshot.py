@@ -16,6 +16,7 @@ from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import endpoint_of
+from llama_tui.core.fleet.processes import NGINX_DIR
 from llama_tui.core.fleet.spec import FleetSpec, exposure_warning
 from llama_tui.core.fleet.state import load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat
@@ -106,10 +107,11 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
         ng = None
         if s.nginx is not None:
             n = s.nginx
+            prefix = sd / NGINX_DIR  # computed, never the prefix the file names
             ng = UpstreamSnapshot(
                 port=n.port, pid=n.pid if n.alive(s.owner) else None, policy=n.policy, listen=n.listen,
-                config_path=n.config_path, config_valid=n.config_valid, config_error=n.config_error,
-                upstreams=_read_upstreams(sd), stub_status=_stub_status(n.prefix),
+                config_path=str(prefix / "nginx.conf"), config_valid=n.config_valid, config_error=n.config_error,
+                upstreams=_read_upstreams(sd), stub_status=_stub_status(str(prefix)),
             )
         warnings = []
         if not s.supervisor_alive:
