@@ -163,6 +163,8 @@ def test_a_damaged_state_file_never_kills_the_serving_fleet(isolated_dirs, stopp
     for args in (["fleet", "status"], ["fleet", "status", "--json"]):
         err = one_line_error(run_cli(*args), "fleet state damaged", str(path), "llama-tui fleet down")
         assert "no fleet running" not in err
+    logs = run_cli("fleet", "logs", "0")  # the logs stay readable
+    assert logs.returncode == 0 and "--- llama-tui: instance 0 start" in logs.stdout, logs.stderr
     one_line_error(cli_up(None), "fleet state damaged")  # other ports: refused ...
     assert serves(url)  # ... and the serving fleet untouched
     assert sorted(p.pid for p in fleet_processes(sd)) == sorted(p.pid for p in before)

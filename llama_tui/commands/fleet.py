@@ -324,9 +324,9 @@ def _log_path(target: str, state_dir: Path | None) -> Path:
         index = int(target)
     except ValueError:
         raise UserError(f"unknown log {target!r}", "pass an instance index, nginx, access or supervisor") from None
-    s = fleet.load_state(sd)
     path = st_mod.instance_log_path(sd, index)  # computed, never a path the state file names
-    if not path.exists():
+    if not path.exists():  # (the logs stay readable when the state file is damaged)
+        s = fleet.load_state(sd)
         have = ", ".join(str(i.index) for i in (s.instances if s else [])) or "none running"
         raise UserError(f"no log for instance {index} in {sd / st_mod.LOG_DIR}", f"instances: {have}")
     return path
