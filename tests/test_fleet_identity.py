@@ -163,6 +163,9 @@ def test_a_damaged_state_file_never_kills_the_serving_fleet(isolated_dirs, stopp
     for args in (["fleet", "status"], ["fleet", "status", "--json"]):
         err = one_line_error(run_cli(*args), "fleet state damaged", str(path), "llama-tui fleet down")
         assert "no fleet running" not in err
+    doctor = orjson.loads(run_cli("doctor", "--json").stdout)
+    assert "fleet state damaged" in doctor["fleet"]["error"], doctor["fleet"]
+    assert any("fleet state damaged" in w for w in doctor["warnings"])
     logs = run_cli("fleet", "logs", "0")  # the logs stay readable
     assert logs.returncode == 0 and "--- llama-tui: instance 0 start" in logs.stdout, logs.stderr
     one_line_error(cli_up(None), "fleet state damaged")  # other ports: refused ...

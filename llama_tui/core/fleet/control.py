@@ -201,7 +201,10 @@ def _request(s: FleetState, sd: Path, payload: dict[str, Any], timeout: float) -
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(orjson.dumps(payload) + b"\n")
+        try:
+            sock.sendall(orjson.dumps(payload) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the request (busy): its answer says why
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = sock.recv(65536)
