@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from llama_tui.core import fleet
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state
 from llama_tui.core.errors import UserError
 
@@ -54,12 +55,12 @@ def complete(url: str, n: int = 8) -> httpx.Response:
 
 
 def all_gone(pids: list[int]) -> bool:
-    return not any(state.alive(p) for p in pids)
+    return not any(processes.alive(p) for p in pids)
 
 
 def assert_nothing_left(sd: Path, pids: list[int]) -> None:
-    assert all_gone(pids), [p for p in pids if state.alive(p)]
-    assert state.owned_processes(sd) == []
+    assert all_gone(pids), [p for p in pids if processes.alive(p)]
+    assert processes.owned_processes(sd) == []
     assert not (sd / state.STATE_FILE).exists()
 
 
@@ -71,7 +72,7 @@ def test_lifecycle_through_the_cli(fleet_dir):
 
     data = status()  # a second process finds the fleet through the state file
     assert data["running"] and data["status"] == "running"
-    assert data["supervisor"]["alive"] and state.alive(data["supervisor"]["pid"])
+    assert data["supervisor"]["alive"] and processes.alive(data["supervisor"]["pid"])
     insts = data["instances"]
     assert [i["port"] for i in insts] == [base, base + 1]
     for i in insts:
@@ -203,7 +204,7 @@ def test_scale_down_lets_open_streams_finish(fleet_dir, tiny_model):
     assert {r.get("upstream") for r in results} == {f"127.0.0.1:{spec.base_port}", f"127.0.0.1:{spec.base_port + 1}"}
     for r in results:
         assert "error" not in r and r["status"] == 200 and r.get("predicted_n") == n_predict, r
-    assert [i.index for i in after.instances] == [0] and not state.alive(leaving_pid)
+    assert [i.index for i in after.instances] == [0] and not processes.alive(leaving_pid)
 
 
 @pytest.mark.faults
@@ -254,7 +255,7 @@ def test_a_corrupt_gguf_fails_with_its_log_tail_and_leaves_nothing(fleet_dir, co
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: instance ") and "failed to start" in err and cause in err
     assert "fleet logs" in err  # the fix points at the full log
-    assert state.owned_processes(fleet_dir) == [] and not (fleet_dir / state.STATE_FILE).exists()
+    assert processes.owned_processes(fleet_dir) == [] and not (fleet_dir / state.STATE_FILE).exists()
     assert fleet.port_free("127.0.0.1", base) and fleet.port_free("127.0.0.1", nport)
     assert cause in (fleet_dir / "logs" / "instance-0.log").read_text()
 
@@ -267,7 +268,7 @@ def test_corrupt_gguf_reports_failed_state_through_the_api(fleet_dir, corrupt_mo
         fleet.up(spec, state_dir=fleet_dir, on_progress=seen.append)
     assert any(m.endswith(": failed") for m in seen), seen
     assert "failed to read header" in exc.value.cause
-    assert fleet.load_state(fleet_dir) is None and state.owned_processes(fleet_dir) == []
+    assert fleet.load_state(fleet_dir) is None and processes.owned_processes(fleet_dir) == []
 
 
 @pytest.mark.faults
@@ -279,7 +280,7 @@ def test_supervisor_killed_fleet_serves_is_adopted_and_nginx_comes_back(fleet_di
     inst_pids = [i.pid for i in st.instances]
     old_sup = st.supervisor_pid
     os.kill(old_sup, signal.SIGKILL)
-    wait_for(lambda: not state.alive(old_sup), 10, "the supervisor to die")
+    wait_for(lambda: not processes.alive(old_sup), 10, "the supervisor to die")
 
     # Instances and NGINX keep serving; status says the supervisor is gone.
     assert complete(st.nginx_url()).status_code == 200
@@ -315,11 +316,11 @@ def test_supervisor_killed_fleet_serves_is_adopted_and_nginx_comes_back(fleet_di
     st = fleet.load_state(fleet_dir)
     pids = [p.pid for p in st.refs()] + [st.supervisor_pid]
     os.kill(st.supervisor_pid, signal.SIGKILL)
-    wait_for(lambda: not state.alive(pids[-1]), 10, "the supervisor to die")
+    wait_for(lambda: not processes.alive(pids[-1]), 10, "the supervisor to die")
     down = run_cli("fleet", "down")
     assert down.returncode == 0 and "fleet stopped" in down.stderr
     assert_nothing_left(fleet_dir, pids)
-    assert not [p for p in psutil.process_iter() if _pgid(p.pid) == ng.pid and state.alive(p.pid)]  # nor workers
+    assert not [p for p in psutil.process_iter() if _pgid(p.pid) == ng.pid and processes.alive(p.pid)]  # nor workers
 
 
 def _pgid(pid: int) -> int | None:

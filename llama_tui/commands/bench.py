@@ -10,6 +10,7 @@ from typing import Any
 
 from llama_tui.commands.output import info, print_json
 from llama_tui.core.bench.definitions import DEFINITIONS
+from llama_tui.core.config import DAY_S, seconds_arg
 
 # CLI option -> settings key (preset [bench] table and LLAMA_TUI_BENCH_* fill in the rest).
 SETTINGS_OPTIONS = {
@@ -67,9 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tm = p.add_argument_group("timing")
     tm.add_argument("--duration", metavar="S", help="measured seconds per step (default 10)")
     tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2)")
-    tm.add_argument("--timeout", type=float, metavar="S",
+    tm.add_argument("--timeout", type=seconds_arg(0.1, DAY_S), metavar="S",
                     help="a request that receives nothing for this long is a timeout (default 120)")
-    tm.add_argument("--drain", type=float, metavar="S",
+    tm.add_argument("--drain", type=seconds_arg(0, 3600), metavar="S",
                     help="open loop: how long requests sent inside the window may take to finish (default 60)")
     rq = p.add_argument_group("requests")
     rq.add_argument("--n-predict", dest="n_predict", metavar="N", help="tokens per request (default 128)")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_tui.commands.output import info, print_json
+from llama_tui.core.config import seconds_arg
 
 
 def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) -> None:
@@ -94,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.set_defaults(func=run_logs)
 
     d = fsub.add_parser("down", help="stop every process of the fleet (SIGTERM, then SIGKILL)")
-    d.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    d.add_argument("--timeout", type=seconds_arg(0, 3600), default=10.0, help="seconds before SIGKILL (default 10)")
     _state_dir_option(d)
     d.set_defaults(func=run_down)
 
@@ -216,7 +217,8 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
         lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip())
     for i in snap.instances:
         if i.state in ("failed", "restarting") and i.last_error:
-            lines.append(f"  instance {i.index}: {i.last_error}")
+            retry = f" (next try in {i.retry_in_s:.0f}s)" if i.retry_in_s is not None else ""
+            lines.append(f"  instance {i.index}: {i.last_error}{retry}")
     sysm = snap.system
     if sysm is not None:
         gpus = ", ".join(f"gpu{g.index} {_fmt_bytes(g.memory_used_bytes)}/{_fmt_bytes(g.memory_total_bytes)} "
@@ -288,22 +290,22 @@ def run_down(args: argparse.Namespace) -> int:
 
 def _log_path(target: str, state_dir: Path | None) -> Path:
     from llama_tui.core import fleet
-    from llama_tui.core.fleet import state as st_mod
     from llama_tui.core.errors import UserError
+    from llama_tui.core.fleet import state as st_mod
+    from llama_tui.core.fleet.processes import NGINX_DIR
 
     sd = st_mod.resolve_dir(state_dir)
     if target == "supervisor":
         return st_mod.supervisor_log_path(sd)
     if target in ("nginx", "access"):
-        return sd / st_mod.NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
+        return sd / NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
     try:
         index = int(target)
     except ValueError:
         raise UserError(f"unknown log {target!r}", "pass an instance index, nginx, access or supervisor") from None
-    s = fleet.load_state(sd)
-    rec = next((i for i in (s.instances if s else []) if i.index == index), None)
-    path = Path(rec.log_path) if rec else st_mod.instance_log_path(sd, index)
-    if not path.exists():
+    path = st_mod.instance_log_path(sd, index)  # computed, never a path the state file names
+    if not path.exists():  # (the logs stay readable when the state file is damaged)
+        s = fleet.load_state(sd)
         have = ", ".join(str(i.index) for i in (s.instances if s else [])) or "none running"
         raise UserError(f"no log for instance {index} in {sd / st_mod.LOG_DIR}", f"instances: {have}")
     return path

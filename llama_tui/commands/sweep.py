@@ -97,6 +97,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         return run_report(args)
     cfg, settings = build_config(args)
     stop = threading.Event()
+    with sweep.out_lock(cfg.out_dir):
+        pass  # another sweep there: one line now, before any output (run() holds the lock itself)
     info(f"sweep -> {cfg.out_dir}")
     with stop_on_signals(stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down "
                                             "(Ctrl-C again to force)")):

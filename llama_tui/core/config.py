@@ -16,6 +16,7 @@ of the user file. Every error names the file (or variable) and the key.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -94,13 +95,41 @@ def _as_bool(v: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _as_float(v: Any, minimum: float | None = None) -> float:
+def _as_float(v: Any, minimum: float | None = None, maximum: float | None = None) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number")
     f = float(v)
+    if not math.isfinite(f):
+        raise ValueError("must be a finite number")
     if minimum is not None and f < minimum:
         raise ValueError(f"must be >= {minimum}")
+    if maximum is not None and f > maximum:
+        raise ValueError(f"must be <= {maximum:g}")
     return f
+
+
+DAY_S = 86400.0
+
+
+def check_seconds(value: Any, what: str, lo: float, hi: float) -> float:
+    """A duration in seconds within [lo, hi] (inf, nan and text refused), else a one-line UserError."""
+    try:
+        return _as_float(value, lo, hi)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number of seconds from {lo:g} to {hi:g}, got {value!r}",
+                        f"pass e.g. {what} {min(hi, max(lo, 10)):g}") from None
+
+
+def seconds_arg(lo: float, hi: float, unit: str = "seconds") -> Callable[[str], float]:
+    """An argparse `type=` for a duration option within [lo, hi] (in `unit`)."""
+    import argparse
+
+    def conv(text: str) -> float:
+        try:
+            return _as_float(text, lo, hi)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit} from {lo:g} to {hi:g}, got {text!r}") from None
+    return conv
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -164,15 +193,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "api_key": (_opt(str), None, "API key NGINX requires (Authorization: Bearer KEY)"),
         "api_key_file": (_opt(str), None, "file holding the API key"),
         "expose_admin": (_as_bool, False, "serve /slots, /metrics, /props on the public listener"),
-        "ready_timeout": (lambda v: _as_float(v, 1), 120.0, "seconds an instance may take to answer /health"),
+        "ready_timeout": (lambda v: _as_float(v, 1, DAY_S), 120.0, "seconds an instance may take to answer /health"),
         "metrics_listen": (_opt(str), None, "IP:PORT where the supervisor serves Prometheus metrics (off by default)"),
         "metrics_public": (_as_bool, False, "allow a --metrics-listen address that is not loopback"),
     },
     "bench": {
         "api": (_one_of(APIS), "completion", "completion (native /completion) or chat (/v1/chat/completions)"),
         "concurrency": (parse_int_list, (1, 2, 4, 8), "concurrency steps (closed loop)"),
-        "duration": (lambda v: _as_float(v, 0.5), 10.0, "seconds per step"),
-        "warmup": (lambda v: _as_float(v, 0), 2.0, "seconds of warm-up before each step, excluded"),
+        "duration": (lambda v: _as_float(v, 0.5, DAY_S), 10.0, "seconds per step"),
+        "warmup": (lambda v: _as_float(v, 0, 3600), 2.0, "seconds of warm-up before each step, excluded"),
         "n_predict": (lambda v: _as_int(v, 1), 128, "tokens to generate per request"),
         "prompt_tokens": (lambda v: _as_int(v, 1), 32, "approximate prompt length when no prompt is given"),
         "stream": (_as_bool, True, "stream responses (false: like-for-like with non-streaming tools)"),
@@ -181,8 +210,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "instances": (parse_int_list, (1, 2), "instance counts to try"),
         "parallel": (parse_int_list, (1, 2, 4), "slots per instance to try"),
         "concurrency": (_ints_or_auto, "auto", "concurrency list, or auto (double until gains < 3%)"),
-        "duration": (lambda v: _as_float(v, 0.5), 8.0, "seconds per cell"),
-        "warmup": (lambda v: _as_float(v, 0), 2.0, "seconds of warm-up per cell"),
+        "duration": (lambda v: _as_float(v, 0.5, DAY_S), 8.0, "seconds per cell"),
+        "warmup": (lambda v: _as_float(v, 0, 3600), 2.0, "seconds of warm-up per cell"),
         "repeats": (lambda v: _as_int(v, 1), 1, "measurements per cell"),
         "max_concurrency": (lambda v: _as_int(v, 1), 1024, "auto ramp stops here"),
     },

@@ -146,6 +146,7 @@ class InstanceSnapshot(_Snapshot):
     last_error: str | None = None
     host: str | None = None  # where it serves (its endpoint: host:port on node)
     node: str | None = None  # the node it runs on ("local": this machine)
+    retry_in_s: float | None = None  # a failed instance: seconds until the supervisor tries it again
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ The modules, one job each:
     ports.py           free ports, checked before anything starts
     control.py         the client side: up / adopt / scale / restart / set_policy / down
     snapshot.py        the fleet now as frozen snapshots; `fleet status --json`; doctor's fleet check
-    state.py           fleet.json, the processes it names, locks, logs
+    state.py           fleet.json (damaged state refused, paths computed), locks, logs
+    processes.py       which processes are the fleet's (owner marker, start time), signals, the owner scan
     placement.py       the placement seam: start/stop an instance, its Endpoint (host, port, node), its process stats
     local.py           LocalPlacement: instances as local processes (the first placement)
     process_stats.py   CPU, RSS, GPU of local processes (psutil, NVML)

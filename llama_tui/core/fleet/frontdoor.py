@@ -22,7 +22,6 @@ import re
 import resource
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from llama_tui import __version__
 from llama_tui.core import hardware, paths, probe, resources
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import processes
 
 if TYPE_CHECKING:
     from llama_tui.core.fleet.placement import Endpoint
@@ -181,12 +181,12 @@ def read_api_key(spec: FrontDoorSpec) -> str | None:
 
 def status_socket(prefix: Path) -> Path:
     """The stub_status unix socket: in the prefix, or (when that path is too long for a socket)
-    in a private 0700 directory under the temp dir, named after the prefix."""
+    in the private runtime dir (`paths.runtime_dir()`), named after the prefix."""
     inside = Path(prefix) / "status.sock"
     if len(str(inside)) <= 100:
         return inside
     digest = hashlib.sha256(str(Path(prefix).resolve()).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / f"llama-tui-{os.geteuid()}" / f"{digest}.sock"
+    return paths.runtime_dir() / f"{digest}.sock"
 
 
 def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_root: bool | None = None) -> str:
@@ -369,27 +369,29 @@ class FrontDoor:
         fd = os.open(self.prefix / "logs" / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             # umask 077: the pid file and the logs NGINX creates are private (0600) like the rest of the state dir
+            # cwd = the prefix: how a scan knows NGINX's workers, whose title names no prefix (processes.py)
             self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=fd,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self._env(),
-                                         umask=0o077)
+                                         umask=0o077, cwd=str(self.prefix))
         finally:
             os.close(fd)
         self.spec = spec
         self._wait_listening(spec)
         return self.proc
 
-    def adopt(self, pid: int, spec: FrontDoorSpec | None) -> None:
-        """Take over an NGINX started by an earlier process (reattach)."""
+    def adopt(self, pid: int, spec: FrontDoorSpec | None, started: float | None = None) -> None:
+        """Take over an NGINX started by an earlier process (reattach). It counts (and gets signals)
+        only while `pid` is an NGINX with this prefix, started at `started` when that is given."""
         self.proc = None
         self.spec = spec
-        self._adopted_pid = pid
+        self._adopted = (pid, started)
 
     @property
     def pid(self) -> int | None:
         if self.proc is not None:
             return self.proc.pid if self.proc.poll() is None else None
-        pid = getattr(self, "_adopted_pid", None)
-        return pid if pid and _alive(pid) else None
+        pid, started = getattr(self, "_adopted", (None, None))
+        return pid if pid and _is_ours(pid, started, self.prefix) else None
 
     def _wait_listening(self, spec: FrontDoorSpec, timeout: float = 10.0) -> None:
         import socket
@@ -502,6 +504,12 @@ class FrontDoor:
                 self.proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _is_ours(pid: int, started: float | None, prefix: Path) -> bool:
+    """`pid` is an NGINX running with `prefix` (started at `started`, when given)."""
+    p = processes.running_process(pid, started)
+    return p is not None and processes.is_nginx_of(p, str(prefix))
 
 
 def _alive(pid: int) -> bool:

@@ -97,6 +97,11 @@ class Placement(Protocol):
         """Kill the instance at once (a hung one); `poll` then reports its exit."""
         ...
 
+    def listens(self, handle: InstanceHandle) -> bool:
+        """Whether the instance itself serves its endpoint, not another process that took its port
+        while it was down (checked before an answer from the endpoint makes it ready)."""
+        ...
+
     def stats(self, handles: Sequence[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
         """Process stats of each running instance (CPU percent since the previous call). Instances that
         are gone are left out."""

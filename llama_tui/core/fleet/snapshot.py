@@ -11,10 +11,12 @@ from typing import Any
 import orjson
 
 from llama_tui.core import hardware
+from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import endpoint_of
+from llama_tui.core.fleet.processes import NGINX_DIR
 from llama_tui.core.fleet.spec import FleetSpec, exposure_warning, metrics_url
 from llama_tui.core.fleet.state import load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat
@@ -47,9 +49,14 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
     """The fleet now: per-instance state, slots, tok/s, CPU, memory, GPU; NGINX; the machine.
 
     Pass the same `monitor` (fleet/monitor.Monitor) on every call to get rates between calls (the TUI
-    does, once a second). Without one, a fresh monitor samples twice, `interval` seconds apart."""
+    does, once a second). Without one, a fresh monitor samples twice, `interval` seconds apart.
+
+    Raises StateDamaged for a damaged state file, and UserError when processes of a fleet run in the
+    state dir without one: neither is "no fleet running"."""
     sd = st_mod.resolve_dir(state_dir)
     s = load_state(sd)
+    if s is None and sd.is_dir():
+        st_mod.refuse_strays(sd)
     own = monitor is None
     mon = Monitor() if own else monitor
     try:
@@ -59,7 +66,8 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 time.sleep(min(interval, 0.2))
             return FleetSnapshot(taken_at=time.time(), running=False, system=mon.system())
         host = s.spec.get("host", "127.0.0.1")
-        handles = {i.index: mon.placement.attach(i) for i in s.instances}  # None: not running
+        # None: not running, or its pid names a process that is not the fleet's any more
+        handles = {i.index: mon.placement.attach(i) if i.alive(s.owner) else None for i in s.instances}
         endpoints = {i.index: endpoint_of(i, host) for i in s.instances}
         live = [h for h in handles.values() if h is not None]
         eps = [endpoints[h.index] for h in live]
@@ -93,15 +101,17 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 cpu_percent=proc.cpu_percent if proc else None, rss_bytes=proc.rss_bytes if proc else None,
                 gpu_memory_bytes=proc.gpu_memory_bytes if proc else None,
                 gpu_util_percent=proc.gpu_util_percent if proc else None, cpus=i.cpus,
-                log_path=i.log_path, last_error=error, host=ep.host, node=ep.node,
+                log_path=str(st_mod.instance_log_path(sd, i.index)), last_error=error, host=ep.host, node=ep.node,
+                retry_in_s=max(0.0, round(i.retry_at - now, 1)) if state == "failed" and i.retry_at else None,
             ))
         ng = None
         if s.nginx is not None:
             n = s.nginx
+            prefix = sd / NGINX_DIR  # computed, never the prefix the file names
             ng = UpstreamSnapshot(
-                port=n.port, pid=n.pid if n.alive() else None, policy=n.policy, listen=n.listen,
-                config_path=n.config_path, config_valid=n.config_valid, config_error=n.config_error,
-                upstreams=_read_upstreams(sd), stub_status=_stub_status(n.prefix),
+                port=n.port, pid=n.pid if n.alive(s.owner) else None, policy=n.policy, listen=n.listen,
+                config_path=str(prefix / "nginx.conf"), config_valid=n.config_valid, config_error=n.config_error,
+                upstreams=_read_upstreams(sd), stub_status=_stub_status(str(prefix)),
             )
         warnings = []
         if not s.supervisor_alive:
@@ -160,7 +170,12 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
 
 def doctor_check(data: dict[str, Any]) -> None:
     """For `llama-tui doctor`: the running fleet (if any) and its thread budget."""
-    s = load_state()
+    try:
+        s = load_state()
+    except UserError as exc:  # damaged state, a state dir we cannot trust
+        data["fleet"] = {"running": None, "error": exc.cause}
+        data["warnings"].append(exc.one_line().removeprefix("error: "))
+        return
     if s is None:
         data["fleet"] = {"running": False}
         return

@@ -36,6 +36,7 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
@@ -90,11 +91,12 @@ class Supervisor:
         self.spec = FleetSpec.from_dict(payload["spec"])
         self.state = FleetState(
             state_dir=str(self.dir), spec=self.spec.to_dict(), status="starting",
-            supervisor_pid=os.getpid(), supervisor_started=st_mod.process_start_time(os.getpid()),
+            supervisor_pid=os.getpid(), supervisor_started=processes.process_start_time(os.getpid()),
             control=str(st_mod.control_path(self.dir)), llama_server=payload["llama_server"],
             nginx_bin=payload["nginx_bin"], nginx=DoorKeeper.nginx_state(self.spec, self.dir),
         )
-        self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / st_mod.NGINX_DIR)
+        self.state.owner = paths.owner_marker(self.dir)
+        self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / processes.NGINX_DIR)
         self.instances.use(LocalPlacement(self.dir, self.spec.host))
         access_log = self.door.door.access_log
         if access_log.exists():  # an earlier fleet's requests do not count for this one
@@ -114,14 +116,22 @@ class Supervisor:
             raise UserError(f"no fleet state to adopt in {self.dir}", "start a fleet with `llama-tui fleet up`")
         self.spec = FleetSpec.from_dict(old.spec)
         old.supervisor_pid = os.getpid()
-        old.supervisor_started = st_mod.process_start_time(os.getpid())
+        old.supervisor_started = processes.process_start_time(os.getpid())
         old.control = str(st_mod.control_path(self.dir))
         old.status = "starting"
         old.error = None
+        # Paths are computed from the state dir, never taken from the file (a log path in it would be
+        # rotated, i.e. truncated; a prefix would get NGINX's files).
+        fresh = DoorKeeper.nginx_state(self.spec, self.dir)
         if old.nginx is None:
-            old.nginx = DoorKeeper.nginx_state(self.spec, self.dir)
+            old.nginx = fresh
+        else:
+            for name in ("prefix", "config_path", "error_log", "access_log"):
+                setattr(old.nginx, name, getattr(fresh, name))
+        for rec in old.instances:
+            rec.log_path = str(st_mod.instance_log_path(self.dir, rec.index))
         self.state = old
-        self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(old.nginx.prefix))
+        self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(fresh.prefix))
         self.instances.use(LocalPlacement(self.dir, self.spec.host))
         now = time.monotonic()
         leftover: list[Instance] = []
@@ -132,7 +142,9 @@ class Supervisor:
                     inst.held = True
                     leftover.append(inst)
                     continue
-                if rec.state in ("failed", "stopped"):
+                if rec.state == "failed":
+                    inst.resume_retry(now)
+                elif rec.state == "stopped":
                     pass
                 elif inst.handle is not None:
                     log(f"adopted instance {rec.index} (pid {rec.pid}, port {rec.port}, {rec.state})")
@@ -143,8 +155,9 @@ class Supervisor:
                     inst.next_start = now
                 self.instances.items.append(inst)
             self.state.instances = [i.rec for i in self.instances.items]
-            if old.nginx.alive():
-                self.door.adopt(old.nginx.pid)  # type: ignore[arg-type]
+            ng = old.nginx.ref(old.owner)
+            if ng is not None and ng.alive():  # its pid names our NGINX, started when recorded
+                self.door.adopt(ng)
             self.save()
         self.instances.stop(leftover)
 
@@ -228,7 +241,7 @@ class Supervisor:
             if keep_state:
                 self.save()
             else:
-                st_mod.remove_runtime_files(self.dir, self.state.control)
+                st_mod.remove_runtime_files(self.dir)
         log("fleet stopped")
 
     # ------------------------------------------------------------------------------------ main loop
@@ -238,7 +251,7 @@ class Supervisor:
         self.exit_event.set()
 
     def _start_serving(self) -> None:
-        self._control = ControlServer(Path(self.state.control or st_mod.control_path(self.dir)), self.ops.dispatch,
+        self._control = ControlServer(st_mod.control_path(self.dir), self.ops.dispatch,
                                       self.exit_event, lambda: self.exit_after_reply,
                                       str(st_mod.supervisor_log_path(self.dir)))
         self._control.open()

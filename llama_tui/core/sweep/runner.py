@@ -119,7 +119,7 @@ class FleetRunner:
     def cleanup_stale(self) -> list[str]:
         """Stop a fleet that a killed sweep left behind in this output directory."""
         from llama_tui.core import fleet
-        from llama_tui.core.fleet import state
+        from llama_tui.core.fleet import processes, state
 
         notes = []
         st = state.read_state(self.state_dir)
@@ -127,7 +127,7 @@ class FleetRunner:
             fleet.down(state_dir=self.state_dir)
             n = len(st.instances)
             notes.append(f"stopped the fleet an interrupted sweep left running ({n} instance{'' if n == 1 else 's'})")
-        stray = state.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
+        stray = processes.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
         if stray:
             for p in stray:
                 try:
