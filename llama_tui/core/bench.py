@@ -289,12 +289,14 @@ class Servers:
     urls: tuple[str, ...] = ()
     source: str | None = None  # "--server-url", "fleet", "target" or None
     fleet: Any = None
+    api_key: str | None = None  # the fleet's internal key: its instances require it
+    targets_are_instances: bool = False  # every target is a fleet instance (not NGINX): they need api_key too
 
 
 def discover_servers(config: BenchConfig) -> Servers:
     if config.server_urls:
-        return Servers(tuple(Target.parse(u).url for u in config.server_urls), "--server-url",
-                       _fleet_state(config.state_dir))
+        st = _fleet_state(config.state_dir)
+        return Servers(tuple(Target.parse(u).url for u in config.server_urls), "--server-url", st, _internal_key(st))
     targets = [Target.parse(u) for u in config.target_urls]
     st = _fleet_state(config.state_dir)
     if st is not None:
@@ -307,12 +309,19 @@ def discover_servers(config: BenchConfig) -> Servers:
         if nginx:
             known.add(_norm_netloc(Target.parse(nginx)))
         if fleet_urls and all(_norm_netloc(t) in known for t in targets):
-            return Servers(tuple(u.url for u in fleet_urls), "fleet", st)
+            direct = not any(nginx and _norm_netloc(t) == _norm_netloc(Target.parse(nginx)) for t in targets)
+            return Servers(tuple(u.url for u in fleet_urls), "fleet", st, _internal_key(st), direct)
     with _probe() as pr:
         direct = [t.url for t in targets if _is_llama_server(t.url, pr)]
     if direct and len(direct) == len(targets):
         return Servers(tuple(direct), "target", None)
     return Servers((), None, None)
+
+
+def _internal_key(st: Any) -> str | None:
+    from llama_tui.core.fleet import keys
+
+    return keys.read_internal_key(st.state_dir) if st is not None and getattr(st, "state_dir", None) else None
 
 
 def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, float] | None:
@@ -330,9 +339,10 @@ def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, float] | 
 class _CounterReader(threading.Thread):
     """Reads the servers' counters at the window's start and end (or when the step is stopped early)."""
 
-    def __init__(self, urls: tuple[str, ...], t_window: float, t_end: float, stopped: threading.Event) -> None:
+    def __init__(self, urls: tuple[str, ...], t_window: float, t_end: float, stopped: threading.Event,
+                 api_key: str | None = None) -> None:
         super().__init__(name="llama-tui-counters", daemon=True)
-        self.urls, self.t_window, self.t_end, self.stopped = urls, t_window, t_end, stopped
+        self.urls, self.t_window, self.t_end, self.stopped, self.api_key = urls, t_window, t_end, stopped, api_key
         self.start_read: tuple[float, dict[str, float] | None] | None = None
         self.end_read: tuple[float, dict[str, float] | None] | None = None
 
@@ -342,7 +352,7 @@ class _CounterReader(threading.Thread):
         return (t0 + time.monotonic()) / 2, c
 
     def run(self) -> None:
-        with _probe() as pr:
+        with _probe(self.api_key) as pr:
             self.stopped.wait(max(0.0, self.t_window - time.monotonic()))
             self.start_read = self._read(pr)
             self.stopped.wait(max(0.0, self.t_end - time.monotonic()))
@@ -603,12 +613,14 @@ class BenchSession:
         self.t0 = time.monotonic()
         self.targets = [Target.parse(u) for u in self.config.target_urls]
         self.health = check_targets(self.config) if self.config.check else {}
+        self.servers = discover_servers(self.config)
+        if self.servers.targets_are_instances and self.servers.api_key:  # --url straight at instances
+            self.config = replace(self.config, api_key=self.servers.api_key)
         prompt, self.prompt_info = resolve_prompt(self.config)
         c = self.config
         self.shape = RequestShape(api=c.api, stream=c.stream, n_predict=c.n_predict, prompt=prompt,
                                   nonce=not c.cache_prompt, cache_prompt=c.cache_prompt, ignore_eos=c.ignore_eos,
                                   api_key=c.api_key, timeout_s=c.timeout)
-        self.servers = discover_servers(self.config)
         self.ceiling, self.ceiling_source = client_ceiling(self.config)
         self.seed = c.seed if c.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.pool: WorkerPool | None = None
@@ -633,7 +645,7 @@ class BenchSession:
     def metadata(self) -> dict[str, Any]:
         c = self.config
         props = None
-        with _probe(c.api_key) as pr:
+        with _probe(self.servers.api_key or c.api_key) as pr:
             for u in self.servers.urls + tuple(t.url for t in self.targets):
                 props = pr.props(u)
                 if props:
@@ -713,7 +725,7 @@ class BenchSession:
             self.pool = WorkerPool(n_workers)
         started_at = _iso_now()
         stopped = threading.Event()
-        pr = _probe()
+        pr = _probe(self.servers.api_key)
         pre = read_counters(self.servers.urls, pr) if self.servers.urls else None
         lead = 0.05 if n_workers == 1 else 0.4
         t_start = time.monotonic() + lead
@@ -732,7 +744,8 @@ class BenchSession:
                 plans.append(StepPlan("open", t_start, t_window, t_end, rate=(rate or 0.0) / n_workers, seed=seed,
                                       worker=w, target_offset=w, drain_s=c.drain))
         live = _Live(on_sample, self.t0, index, steps_total, concurrency, rate, t_start, t_window, t_end)
-        reader = _CounterReader(self.servers.urls, t_window, t_end, stopped) if self.servers.urls else None
+        reader = (_CounterReader(self.servers.urls, t_window, t_end, stopped, self.servers.api_key)
+                  if self.servers.urls else None)
         if reader is not None:
             reader.start()
         try:
