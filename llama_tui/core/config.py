@@ -164,6 +164,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "api_key": (_opt(str), None, "API key NGINX requires (Authorization: Bearer KEY)"),
         "api_key_file": (_opt(str), None, "file holding the API key"),
         "expose_admin": (_as_bool, False, "serve /slots, /metrics, /props on the public listener"),
+        "insecure_public": (_as_bool, False, "let a non-loopback listen address serve without an API key"),
+        "upstream_header": (_opt(_as_bool), None, "add X-Upstream (the backend that answered); auto: loopback listener only"),
+        "conn_limit": (_opt(lambda v: _as_int(v, 0)), None,
+                       "concurrent requests per remote client address; auto: 64 on a public listener; 0: no limit"),
+        "allow_unsafe_args": (_as_bool, False, "let --extra-args publish files, tools or proxies (--path, --tools ...)"),
         "ready_timeout": (lambda v: _as_float(v, 1), 120.0, "seconds an instance may take to answer /health"),
     },
     "bench": {
