@@ -118,6 +118,10 @@ def test_bad_public_listener_settings_are_refused(isolated_dirs, tmp_path):
     one_line_error(up("--listen", "0.0.0.0")[0], "no API key", "--api-key-file", "--insecure-public")
     one_line_error(up("--listen", "::1%lo")[0], "--listen must be an IP address")
     one_line_error(up("--listen", "fe80::1%eth0", "--api-key", PUBLIC_KEY)[0], "--listen must be an IP address")
+    key_file = tmp_path / "good.key"
+    key_file.write_text(PUBLIC_KEY + "\n")
+    one_line_error(up("--listen", "192.0.2.1", "--api-key-file", str(key_file))[0],  # TEST-NET: not ours
+                   "--listen 192.0.2.1 is not an address of this machine")
     one_line_error(up("--api-key", "fifteen-chars-k")[0], "16-200 characters")
     short = tmp_path / "short.key"
     short.write_text("only-12-char\n")

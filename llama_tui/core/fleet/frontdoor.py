@@ -15,6 +15,7 @@ The private status listener (stub_status) is a unix socket in a 0700 directory: 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -123,8 +124,14 @@ class ConfigCheck:
 
 
 def _jinja() -> jinja2.Environment:
+    return _jinja_for(str(resources.templates_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _jinja_for(templates: str) -> jinja2.Environment:
+    """One environment per templates dir: it keeps the compiled templates (and reloads a changed file)."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+        loader=jinja2.FileSystemLoader(templates),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
