@@ -296,7 +296,8 @@ class Servers:
 def discover_servers(config: BenchConfig) -> Servers:
     if config.server_urls:
         st = _fleet_state(config.state_dir)
-        return Servers(tuple(Target.parse(u).url for u in config.server_urls), "--server-url", st, _internal_key(st))
+        urls = tuple(Target.parse(u).url for u in config.server_urls)
+        return Servers(urls, "--server-url", st, _internal_key(st, urls))
     targets = [Target.parse(u) for u in config.target_urls]
     st = _fleet_state(config.state_dir)
     if st is not None:
@@ -310,7 +311,8 @@ def discover_servers(config: BenchConfig) -> Servers:
             known.add(_norm_netloc(Target.parse(nginx)))
         if fleet_urls and all(_norm_netloc(t) in known for t in targets):
             direct = not any(nginx and _norm_netloc(t) == _norm_netloc(Target.parse(nginx)) for t in targets)
-            return Servers(tuple(u.url for u in fleet_urls), "fleet", st, _internal_key(st), direct)
+            urls = tuple(u.url for u in fleet_urls)
+            return Servers(urls, "fleet", st, _internal_key(st, urls), direct)
     with _probe() as pr:
         direct = [t.url for t in targets if _is_llama_server(t.url, pr)]
     if direct and len(direct) == len(targets):
@@ -318,10 +320,17 @@ def discover_servers(config: BenchConfig) -> Servers:
     return Servers((), None, None)
 
 
-def _internal_key(st: Any) -> str | None:
+def _internal_key(st: Any, urls: tuple[str, ...]) -> str | None:
+    """The fleet's internal key, when every one of `urls` is one of its instances (never sent elsewhere)."""
     from llama_tui.core.fleet import keys
 
-    return keys.read_internal_key(st.state_dir) if st is not None and getattr(st, "state_dir", None) else None
+    try:
+        ours = {_norm_netloc(Target.parse(u)) for u in st.instance_urls()} if st is not None else set()
+    except Exception:  # a damaged or foreign state file
+        return None
+    if not urls or not {_norm_netloc(Target.parse(u)) for u in urls} <= ours:
+        return None
+    return keys.read_internal_key(st.state_dir)
 
 
 def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, float] | None:
