@@ -217,7 +217,8 @@ def test_hostile_settings_fail_cleanly_or_render_only_our_directives(tmp_path, n
         if plain not in expected:
             expected[plain] = statements(render(plain, Path("/benign/state/nginx"), nofile=65536, as_root=False))
         assert statements(text) == expected[plain], "a value changed the config's statements"
-        shape = (tuple(statements(text)), char_kinds(segment), char_kinds(door.listen), door.internal_key is None)
+        shape = (tuple(statements(text)), char_kinds(segment), char_kinds(door.listen), door.internal_key is None,
+                 len(str(door.conn_limit)), len(str(door.max_concurrency)))  # and the size of the numbers
         if shape not in tested and len(tested) < NGINX_T_SAMPLE:
             tested.add(shape)
             check_ = FrontDoor(nginx_bin, prefix=prefix).test(text)

@@ -81,6 +81,13 @@ def test_public_listener_limits(tmp_path):
             conf(tmp_path, conn_limit=bad)
 
 
+def test_the_largest_conn_limit_passes_nginx_t(nginx_bin, tmp_path):
+    door = FrontDoor(nginx_bin, prefix=tmp_path / "nginx")
+    check = door.test(render(FrontDoorSpec(port=18999, backends=BACKENDS, conn_limit=frontdoor.MAX_CONN_LIMIT),
+                             door.prefix))
+    assert check.ok, check.error
+
+
 def test_x_upstream_is_opt_in_on_a_public_listener(tmp_path):
     header = "add_header X-Upstream $llama_tui_served_by always;"
     assert header in directives(conf(tmp_path))  # loopback: on (the TUI and benchmarks attribute by it)

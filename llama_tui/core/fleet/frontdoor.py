@@ -48,7 +48,7 @@ CLIENT_HEADER_TIMEOUT = "10s"
 CLIENT_BODY_TIMEOUT = "30s"
 SEND_TIMEOUT = "60s"
 PUBLIC_CONN_LIMIT = 64  # concurrent requests per remote client address on a non-loopback listener (default)
-MAX_CONN_LIMIT = 1_000_000
+MAX_CONN_LIMIT = 65535  # NGINX refuses a larger limit_conn
 # The only routes the listener serves (unless expose_admin): inference, the model list and /health.
 PUBLIC_ROUTES = ("/v1/chat/completions", "/v1/completions", "/completion", "/v1/embeddings", "/v1/models",
                  "/health")
