@@ -161,6 +161,17 @@ def test_a_state_dir_with_a_space_works(tmp_path, isolated_dirs):
     assert state.owned_processes(bad) == []
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "{tmp}/cost $HOME"], "cannot be written into nginx.conf"),
+    (["--out", "{tmp}/out", "--extra-args=--path /etc"], "--path serves the files"),
+])
+def test_a_sweep_refuses_what_its_fleets_would_refuse_before_it_starts(args, needle, tmp_path):
+    proc = run_cli("sweep", "--model", "tiny", "--instances", "1", "--parallel", "1",
+                   *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    one_line_error(proc, needle)
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
 def test_a_sweep_into_an_out_dir_with_a_space_runs(tmp_path):
     out = tmp_path / "my runs"
     proc = run_cli("sweep", "--model", "tiny", "--instances", "1", "--parallel", "1", "--threads", "1",

@@ -62,6 +62,10 @@ class SweepConfig:
         if self.budget_min is not None and self.budget_min <= 0:
             raise UserError(f"--budget must be a positive number of minutes, got {self.budget_min}",
                             "write --budget 10")
+        from llama_tui.core.fleet import frontdoor, spec  # refused now, not at every cell's fleet
+
+        spec.check_unsafe_args(spec.parse_extra_args(self.extra_args), allow=False)
+        frontdoor.conf_path(self.fleet_state_dir() / "nginx")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
