@@ -145,7 +145,16 @@ def test_a_public_listener_needs_its_key_keeps_it_out_of_the_state_and_hides_ups
     assert st.spec["api_key"] is None and key_file.read_text().strip() == PUBLIC_KEY
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     conf = Path(st.nginx.config_path).read_text()
-    assert f"limit_conn llama_tui_per_client" in conf and "send_timeout" in conf
+    assert "limit_conn llama_tui_per_client" in conf and "send_timeout" in conf
+    # bench takes the key from a file (nothing in `ps`), and warns about one on its command line
+    out = fleet_dir.parent / "bench.json"
+    common = ("bench", "--url", front, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--n-predict", "4")
+    b = run_cli(*common, "--api-key-file", str(key_file), "--json", str(out))
+    assert b.returncode == 0 and "visible to every local user" not in b.stderr, b.stderr
+    [step] = orjson.loads(out.read_bytes())["steps"]
+    assert step["requests_ok"] > 0 and step["errors"] == 0
+    b = run_cli(*common, "--api-key", PUBLIC_KEY)
+    assert b.returncode == 0 and "--api-key KEY on a command line is visible" in b.stderr, b.stderr
 
 
 def test_a_state_dir_with_a_space_works(tmp_path, isolated_dirs):
