@@ -20,6 +20,7 @@ import pytest
 from llama_tui.core import bench, probe
 from llama_tui.core.fleet import keys
 from llama_tui.core.bench import BenchConfig
+from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample
 
 from conftest import free_port, free_port_block, run_cli
@@ -328,7 +329,7 @@ def test_cancel_leaves_no_process(fleet2x2):
     assert len(family) >= 3  # the child and its two load workers
     proc.cancel()
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
-    with pytest.raises(bench.UserError):
+    with pytest.raises(UserError):
         proc.result(timeout=5)
 
 

@@ -19,6 +19,7 @@ def test_internal_key_is_made_once_private_and_random(tmp_path):
 
 def test_bench_sends_the_internal_key_only_to_the_fleets_own_instances(tmp_path, monkeypatch):
     from llama_tui.core import bench
+    from llama_tui.core.bench import servers
 
     key = keys.ensure_internal_key(tmp_path)
 
@@ -33,7 +34,7 @@ def test_bench_sends_the_internal_key_only_to_the_fleets_own_instances(tmp_path,
         def nginx_url(self):
             return "http://127.0.0.1:18000"
 
-    monkeypatch.setattr(bench, "_fleet_state", lambda d: State())
+    monkeypatch.setattr(servers, "fleet_state", lambda d: State())
     via_nginx = bench.discover_servers(bench.BenchConfig(url="http://127.0.0.1:18000"))
     assert via_nginx.api_key == key and not via_nginx.targets_are_instances  # NGINX gets the public key
     direct = bench.discover_servers(bench.BenchConfig(url="http://localhost:18081"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from llama_tui.commands.fleet import warn_api_key_argv
 from llama_tui.commands.output import info, print_json
-from llama_tui.core.loadgen import DEFINITIONS
+from llama_tui.core.bench.definitions import DEFINITIONS
 
 # CLI option -> settings key (preset [bench] table and LLAMA_TUI_BENCH_* fill in the rest).
 SETTINGS_OPTIONS = {
@@ -120,7 +120,7 @@ def _default_url() -> str:
     from llama_tui.core import bench
     from llama_tui.core.errors import UserError
 
-    st = bench._fleet_state(None)
+    st = bench.fleet_state(None)
     url = None
     if st is not None:
         try:

@@ -12,34 +12,6 @@ from typing import Any
 
 from llama_tui.commands.output import info, print_json
 
-# CLI option -> settings key; shared by `fleet up` and the TUI entry point.
-FLEET_OPTIONS = {
-    "model": "fleet.model",
-    "instances": "fleet.instances",
-    "parallel": "fleet.parallel",
-    "ctx_per_slot": "fleet.ctx_per_slot",
-    "threads": "fleet.threads",
-    "gpu_layers": "fleet.gpu_layers",
-    "gpus": "fleet.gpus",
-    "pin_cpus": "fleet.pin_cpus",
-    "base_port": "fleet.base_port",
-    "host": "fleet.host",
-    "nginx_port": "fleet.nginx_port",
-    "policy": "fleet.policy",
-    "extra_args": "fleet.extra_args",
-    "listen": "fleet.listen",
-    "api_key": "fleet.api_key",
-    "api_key_file": "fleet.api_key_file",
-    "expose_admin": "fleet.expose_admin",
-    "insecure_public": "fleet.insecure_public",
-    "upstream_header": "fleet.upstream_header",
-    "conn_limit": "fleet.conn_limit",
-    "allow_unsafe_args": "fleet.allow_unsafe_args",
-    "max_conns": "fleet.max_conns",
-    "max_concurrency": "fleet.max_concurrency",
-    "ready_timeout": "fleet.ready_timeout",
-}
-
 
 def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) -> None:
     g = parser.add_argument_group("fleet options" + (" (start this fleet when none is running)" if for_tui else ""))
@@ -83,10 +55,9 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
 
 
 def settings_from_args(args: argparse.Namespace):
-    from llama_tui.core.config import load_settings
+    from llama_tui.core.config import fleet_overrides, load_settings
 
-    cli = {key: getattr(args, opt, None) for opt, key in FLEET_OPTIONS.items()}
-    return load_settings(preset=getattr(args, "preset", None), cli=cli)
+    return load_settings(preset=getattr(args, "preset", None), cli=fleet_overrides(args))
 
 
 def warn_api_key_argv(args: argparse.Namespace) -> None:

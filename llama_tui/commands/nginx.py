@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from llama_tui.commands.fleet import FLEET_OPTIONS, add_fleet_options, settings_from_args
+from llama_tui.commands.fleet import add_fleet_options, settings_from_args
+from llama_tui.core.config import FLEET_OPTIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

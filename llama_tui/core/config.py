@@ -192,6 +192,42 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
 }
 
 
+# Command-line option (argparse dest) -> settings key, for the fleet options that `fleet up`,
+# `nginx render` and the TUI's entry point (`llama-tui` with no command) all take.
+FLEET_OPTIONS = {
+    "model": "fleet.model",
+    "instances": "fleet.instances",
+    "parallel": "fleet.parallel",
+    "ctx_per_slot": "fleet.ctx_per_slot",
+    "threads": "fleet.threads",
+    "gpu_layers": "fleet.gpu_layers",
+    "gpus": "fleet.gpus",
+    "pin_cpus": "fleet.pin_cpus",
+    "base_port": "fleet.base_port",
+    "host": "fleet.host",
+    "nginx_port": "fleet.nginx_port",
+    "policy": "fleet.policy",
+    "extra_args": "fleet.extra_args",
+    "listen": "fleet.listen",
+    "api_key": "fleet.api_key",
+    "api_key_file": "fleet.api_key_file",
+    "expose_admin": "fleet.expose_admin",
+    "insecure_public": "fleet.insecure_public",
+    "upstream_header": "fleet.upstream_header",
+    "conn_limit": "fleet.conn_limit",
+    "allow_unsafe_args": "fleet.allow_unsafe_args",
+    "max_conns": "fleet.max_conns",
+    "max_concurrency": "fleet.max_concurrency",
+    "ready_timeout": "fleet.ready_timeout",
+}
+
+
+def fleet_overrides(options: Any) -> dict[str, Any]:
+    """The fleet options of a parsed command line (any object with FLEET_OPTIONS' attributes, e.g. an
+    argparse namespace) as `load_settings(cli=...)` overrides; options not given are None."""
+    return {key: getattr(options, opt, None) for opt, key in FLEET_OPTIONS.items()}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings plus where each value came from (for `doctor` and error messages)."""

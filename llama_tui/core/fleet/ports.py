@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import random
 import socket
+from pathlib import Path
+from typing import Collection
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet.spec import FleetSpec
@@ -26,11 +28,26 @@ def port_free(host: str, port: int) -> bool:
     return bind_error(host, port) is None
 
 
-def free_port_block(n: int, host: str = "127.0.0.1", lo: int = 20000, hi: int = 60000) -> int:
-    """The first port of `n` consecutive ports free on `host` now (for scripts that start fleets)."""
+def ephemeral_low(default: int = 32768) -> int:
+    """Where the kernel's ephemeral (client) ports start. Any process's outgoing connection can take a
+    port at or above it at any moment, and its TIME_WAIT keeps it for a minute: on a box where load tests
+    open thousands of connections, a fleet port picked there was busy again seconds later (measured: a
+    sweep's NGINX port, between two cells). So free blocks are picked below it."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(n: int, host: str = "127.0.0.1", lo: int = 10000, hi: int | None = None,
+                    exclude: Collection[int] = ()) -> int:
+    """The first port of `n` consecutive ports free on `host` now, below the ephemeral range (for scripts
+    and tests that start fleets); ports in `exclude` (handed out already) are never part of the block."""
+    hi = hi or max(lo + 1000, ephemeral_low())
     for _ in range(500):
         base = random.randrange(lo, hi - n)
-        if all(port_free(host, p) for p in range(base, base + n)):
+        block = range(base, base + n)
+        if not any(p in exclude for p in block) and all(port_free(host, p) for p in block):
             return base
     raise UserError(f"no block of {n} free ports between {lo} and {hi} on {host}", "stop some servers and retry")
 
