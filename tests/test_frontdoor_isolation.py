@@ -67,6 +67,9 @@ def test_a_request_that_kills_its_instance_is_not_resent(fake_backend, nginx_fro
     assert sorted(len(g) for g in got) == [0, 0, 1], got
     # and it carried the internal key, not the client's Authorization
     assert [g for g in got if g][0] == ["POST /completion Bearer internal-key-0123456789"]
+    # the 502 names the instance that failed (a benchmark attributes the error to it)
+    victim = next(u for (u, _), g in zip(backends, got) if g)
+    assert r.headers["x-upstream"] == victim.removeprefix("http://")
 
 
 def test_refused_connections_and_503s_go_to_one_other_instance(fake_backend, nginx_front):

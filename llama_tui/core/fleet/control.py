@@ -139,7 +139,7 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
             proc = None
         else:
             spec.validate()
-            frontdoor.conf_path(sd / st_mod.NGINX_DIR)  # a state dir nginx.conf cannot name is refused now
+            frontdoor.conf_path(sd)  # a state dir that nginx.conf cannot name is refused now
             check_ports(spec)
             llama_server = binaries.require_llama_server()
             nginx_bin = binaries.require_nginx()
