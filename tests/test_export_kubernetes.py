@@ -284,7 +284,7 @@ def test_the_configmap_serves_through_real_nginx_unprivileged_with_the_secret_ke
         container_dirs: tuple[Path, Path]) -> None:
     nginx_port = free_port()
     docs = exported(capsys, "--model", str(tiny_model), "--instances", "2", "--parallel", "2", "--threads", "1",
-                    "--nginx-port", str(nginx_port), "--namespace", "llm")
+                    "--nginx-port", str(nginx_port), "--namespace", "llm", "--upstream-header")
     key = one(docs, "Secret")["stringData"]["api-key"]
     cm = one(docs, "ConfigMap")["data"]
     pod_port = container(one(docs, "StatefulSet"))["ports"][0]["containerPort"]

@@ -63,9 +63,11 @@ def test_instance_killed_mid_benchmark(isolated_dirs, tiny_model):
         assert not t.is_alive()
         step = box["step"]
 
-        # Only the killed instance's in-flight streams failed, and they are attributed to it.
+        # Only the killed instance's in-flight requests failed, and they are attributed to it: streams cut
+        # short, and requests it had received but not answered yet (queued for a slot): NGINX never re-sends
+        # a request an instance received (it might be the one that killed it), so those get 502.
         assert step["errors"] >= 1, "the kill hit no stream: the test proved nothing"
-        assert set(step["errors_by_class"]) <= {"truncated"}, step["errors_by_class"]
+        assert set(step["errors_by_class"]) <= {"truncated", "http_502"}, step["errors_by_class"]
         assert step["errors"] <= 8  # at most what was in flight (concurrency 8)
         others = {a: u for a, u in step["per_upstream"].items() if a != victim_addr}
         assert others and all(u["errors"] == 0 for u in others.values()), step["per_upstream"]

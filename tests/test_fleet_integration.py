@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 from llama_tui.core import fleet
-from llama_tui.core.fleet import processes
-from llama_tui.core.fleet import state
+from llama_tui.core.fleet import keys, processes, state
 from llama_tui.core.errors import UserError
 
 from conftest import wait_for, REPO, free_port, free_port_block, run_cli
@@ -50,8 +49,10 @@ def api_spec(tiny_model: Path, instances: int = 2, ctx_per_slot: int = 512, **kw
                            base_port=free_port_block(instances + 2), nginx_port=free_port(), ready_timeout=60, **kw)
 
 
-def complete(url: str, n: int = 8) -> httpx.Response:
-    return httpx.post(f"{url}/completion", json={"prompt": "hi", "n_predict": n, "ignore_eos": True}, timeout=30)
+def complete(url: str, n: int = 8, key: str | None = None) -> httpx.Response:
+    """A completion at `url`; straight at an instance it needs the fleet's internal `key`."""
+    return httpx.post(f"{url}/completion", json={"prompt": "hi", "n_predict": n, "ignore_eos": True}, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def all_gone(pids: list[int]) -> bool:
@@ -227,7 +228,7 @@ def test_a_sigkilled_instance_comes_back_on_its_port(fleet_dir, tiny_model, monk
     assert inst.port == victim.port and inst.restarts == 1 and "SIGKILL" in (inst.last_error or "")
     snap = fleet.snapshot(fleet_dir)
     assert snap.instances[1].restarts == 1 and snap.instances[1].slots_total == 2
-    assert complete(f"http://127.0.0.1:{victim.port}").status_code == 200
+    assert complete(f"http://127.0.0.1:{victim.port}", key=keys.read_internal_key(fleet_dir)).status_code == 200
     assert snap.instances[0].pid == fleet.load_state(fleet_dir).instances[0].pid  # the other one untouched
     log = Path(inst.log_path)  # two starts' worth of log went over the cap: rotated, both parts capped
     wait_for(lambda: log.with_name(log.name + ".1").exists(), 10, "the instance log to be rotated")
@@ -284,7 +285,7 @@ def test_supervisor_killed_fleet_serves_is_adopted_and_nginx_comes_back(fleet_di
 
     # Instances and NGINX keep serving; status says the supervisor is gone.
     assert complete(st.nginx_url()).status_code == 200
-    assert all(complete(u).status_code == 200 for u in st.instance_urls())
+    assert all(complete(u, key=keys.read_internal_key(fleet_dir)).status_code == 200 for u in st.instance_urls())
     data = status()
     assert data["running"] and data["supervisor"] == {"pid": old_sup, "alive": False}
     assert any("supervisor" in w and "fleet up" in w for w in data["warnings"])
@@ -372,7 +373,7 @@ def test_pinned_instances_keep_their_own_cores_across_restarts(fleet_dir, tiny_m
     assert all(pinned) and len({c for cpus in pinned for c in cpus}) == sum(len(c) for c in pinned)  # disjoint
     for inst in snap.instances:  # every thread of the real llama-server, the main one included
         assert _affinities(inst.pid) == {tuple(sorted(inst.cpus))}, inst.index
-        assert complete(f"http://127.0.0.1:{inst.port}").status_code == 200
+        assert complete(f"http://127.0.0.1:{inst.port}", key=keys.read_internal_key(fleet_dir)).status_code == 200
     victim = snap.instances[-1]
     os.kill(victim.pid, signal.SIGKILL)
     back = wait_for(lambda: (i := fleet.load_state(fleet_dir).instances[-1]).state == "ready"

@@ -98,8 +98,10 @@ def test_valid_extra_args_and_key_file_are_accepted(tmp_path):
                                                    api_key_file=str(key), listen="0.0.0.0"))
     assert spec.extra_args == ("--batch-size", "256", "--no-warmup")
     assert spec.api_key_file == str(key) and fleet.exposure_warning(spec) is None
-    open_spec = fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0"))
-    assert "WITHOUT an API key" in fleet.exposure_warning(open_spec)
+    with pytest.raises(UserError, match="no API key is set"):  # a public listener needs a key ...
+        fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0"))
+    open_spec = fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0", insecure_public=True))
+    assert "WITHOUT an API key" in fleet.exposure_warning(open_spec)  # ... unless --insecure-public, with a warning
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tiny_model, isolated_dirs):

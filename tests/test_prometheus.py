@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llama_tui.cli import main
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import keys
 from llama_tui.core.fleet.accesslog import LATENCY_BUCKETS, AccessLogFollower
 from llama_tui.core.fleet.metrics_server import MetricsListener
 from llama_tui.core.fleet.prometheus import FleetCollector, MetricsSample
@@ -217,7 +218,9 @@ def _mark(url: str, log: Path) -> int:
     """The task id of one completion sent straight to the instance (llama-server numbers every /slots,
     /metrics and completion task it serves; /health takes none)."""
     before = len(_task_ids(log))
-    r = httpx.post(f"{url}/completion", json={"prompt": "mark", "n_predict": 1, "cache_prompt": False}, timeout=30)
+    key = keys.read_internal_key(None)  # the instances require the fleet's internal key
+    r = httpx.post(f"{url}/completion", json={"prompt": "mark", "n_predict": 1, "cache_prompt": False}, timeout=30,
+                   headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
     return wait_for(lambda: _task_ids(log)[before:], 10, "the completion's task in the log")[-1]
 

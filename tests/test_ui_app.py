@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,41 @@ def test_logs_screen_follows_the_selected_log(tmp_path):
         await pilot.press("escape")
 
     drive(ctrl, scenario)
+
+
+PROMPT_TAIL = "exited with code 1: prompt '<s>[INST] hi [/INST]' [b]"  # log text that looks like markup
+
+
+def test_log_text_is_shown_as_text_never_as_markup(tmp_path):
+    """A prompt quoted in a log ("[/INST]") is no markup tag: the problems line, the logs screen, the
+    status line and the toast show it as written, and nothing raises MarkupError."""
+    snap = scripted.degraded_fleet()
+    failed = replace(snap.instances[1], last_error=PROMPT_TAIL)
+    snap = replace(snap, instances=(snap.instances[0], failed, snap.instances[2]))
+    log = tmp_path / "instance-1.log"
+    log.write_text(f"{PROMPT_TAIL}\n")
+    ctrl = scripted.ScriptedController(snap, logs=[LogSource("instance 1 :18081", log)])
+
+    async def scenario(app, pilot):
+        problems = app.screen.query_one("#fleet-problems")
+        await wait_for(pilot, lambda: "[/INST]" in str(problems.render()), what="the error as written")
+        assert "[b]" in str(problems.render())
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await wait_for(pilot, lambda: PROMPT_TAIL in list(app.screen.query_one(Log).lines), what="the log line")
+        await pilot.press("escape")
+
+    drive(ctrl, scenario)
+
+    ctrl = scripted.ScriptedController(start_error=UserError(f"instance 0 failed: {PROMPT_TAIL}", "see its log"))
+
+    async def start_fails(app, pilot):
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.busy is None and app.status, what="start to fail")
+        await pilot.pause(0.3)  # the toast and the status line are drawn
+        assert "[/INST]" in str(app.screen.query_one("#status-line").render())
+
+    drive(ctrl, start_fails)
 
 
 # ------------------------------------------------------------------------------------------------ form

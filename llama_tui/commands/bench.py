@@ -8,6 +8,7 @@ import textwrap
 import threading
 from typing import Any
 
+from llama_tui.commands.fleet import warn_api_key_argv
 from llama_tui.commands.output import info, print_json
 from llama_tui.core.bench.definitions import DEFINITIONS
 from llama_tui.core.config import DAY_S, seconds_arg
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "target itself when it is a llama-server)")
     t.add_argument("--api", choices=("completion", "chat"),
                    help="completion: native /completion (default); chat: /v1/chat/completions with usage")
-    t.add_argument("--api-key", dest="api_key", metavar="KEY", help="sent as Authorization: Bearer KEY")
+    t.add_argument("--api-key", dest="api_key", metavar="KEY",
+                   help="sent as Authorization: Bearer KEY (visible in `ps`: prefer --api-key-file)")
+    t.add_argument("--api-key-file", dest="api_key_file", metavar="FILE", help="file whose first line is the API key")
     t.add_argument("--preset", help="preset whose [bench] table gives the defaults")
     shape = p.add_argument_group("load shape")
     shape.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
@@ -149,12 +152,20 @@ def build_config(args: argparse.Namespace):
         "urls": urls, "server_urls": tuple(args.server_url or ()), "ramp": bool(args.ramp),
         "rates": bench.parse_rates(args.rate) if args.rate is not None else (),
         "prompt": args.prompt, "prompt_file": args.prompt_file, "cache_prompt": bool(args.cache_prompt),
-        "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": args.api_key,
+        "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": _api_key(args),
         "timeout": args.timeout, "drain": args.drain, "max_concurrency": args.max_concurrency, "seed": args.seed,
     }
     if args.ramp and args.concurrency is None:
         overrides["concurrency"] = (1,)
     return bench.BenchConfig.from_settings(settings, **overrides).validated()
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    from llama_tui.core.fleet.frontdoor import read_key_file
+
+    if args.api_key is None and getattr(args, "api_key_file", None):
+        return read_key_file(args.api_key_file)
+    return args.api_key
 
 
 class _LiveLine:
@@ -257,6 +268,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.calibrate:
         return run_calibrate(args)
     cfg = build_config(args)
+    warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     live = _LiveLine()
     stop = threading.Event()
     with stop_on_signals(stop, lambda: info("\nstopping after this step's window (Ctrl-C again to abort)")):

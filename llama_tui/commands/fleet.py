@@ -32,10 +32,23 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
     g.add_argument("--policy", help="round_robin, least_conn, random_two_least_conn or hash")
     g.add_argument("--extra-args", dest="extra_args", metavar="ARGS", help='extra llama-server args, e.g. "--batch-size 512"')
     g.add_argument("--listen", metavar="ADDR", help="address NGINX listens on (default 127.0.0.1; 0.0.0.0 = public)")
-    g.add_argument("--api-key", dest="api_key", metavar="KEY", help="API key NGINX requires (Authorization: Bearer KEY)")
+    g.add_argument("--api-key", dest="api_key", metavar="KEY",
+                   help="API key NGINX requires (Authorization: Bearer KEY; 16+ characters). Visible in `ps`: "
+                   "prefer --api-key-file or $LLAMA_TUI_FLEET_API_KEY")
     g.add_argument("--api-key-file", dest="api_key_file", metavar="FILE", help="file holding the API key (safer than --api-key)")
+    g.add_argument("--insecure-public", dest="insecure_public", action=argparse.BooleanOptionalAction, default=None,
+                   help="let a non-loopback --listen serve WITHOUT an API key (refused otherwise)")
     g.add_argument("--expose-admin", dest="expose_admin", action=argparse.BooleanOptionalAction, default=None,
-                   help="serve /slots, /metrics, /props on the NGINX listener")
+                   help="serve every llama-server route (/slots, /metrics, /props, /tokenize, the web UI ...) on "
+                   "the NGINX listener, not only the inference routes")
+    g.add_argument("--upstream-header", dest="upstream_header", action=argparse.BooleanOptionalAction, default=None,
+                   help="add X-Upstream (the backend that answered) to responses (default: on for a loopback "
+                   "--listen, off for a public one)")
+    g.add_argument("--conn-limit", dest="conn_limit", metavar="N",
+                   help="concurrent requests per remote client address (default: 64 on a public --listen, none "
+                   "on loopback; 0 = no limit)")
+    g.add_argument("--allow-unsafe-args", dest="allow_unsafe_args", action=argparse.BooleanOptionalAction,
+                   default=None, help="let --extra-args publish files, tools or proxies (--path, --tools, ...)")
     g.add_argument("--max-conns", dest="max_conns", action=argparse.BooleanOptionalAction, default=None,
                    help="cap each backend at its slot count in NGINX")
     g.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="largest concurrency planned; sizes NGINX")
@@ -50,6 +63,13 @@ def settings_from_args(args: argparse.Namespace):
     from llama_tui.core.config import fleet_overrides, load_settings
 
     return load_settings(preset=getattr(args, "preset", None), cli=fleet_overrides(args))
+
+
+def warn_api_key_argv(args: argparse.Namespace) -> None:
+    """A key given as --api-key shows in `ps` to every local user for as long as the command runs."""
+    if getattr(args, "api_key", None):
+        info("WARNING: --api-key KEY on a command line is visible to every local user (`ps`): "
+             "use --api-key-file FILE (or $LLAMA_TUI_FLEET_API_KEY) instead")
 
 
 def _state_dir_option(p: argparse.ArgumentParser) -> None:
@@ -114,8 +134,10 @@ def run_up(args: argparse.Namespace) -> int:
         print(render_status(snap))
         return _stay(args) if not args.detach else 0
     spec = fleet.FleetSpec.from_settings(settings_from_args(args))
+    warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     threads = spec.threads_for(spec.instances)
-    for warning in (fleet.oversubscription(spec.instances, threads), fleet.exposure_warning(spec)):
+    for warning in (fleet.oversubscription(spec.instances, threads), fleet.exposure_warning(spec),
+                    fleet.unsafe_args_warning(spec)):
         if warning:
             info(f"WARNING: {warning}")
     t0 = time.monotonic()

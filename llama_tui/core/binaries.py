@@ -204,7 +204,12 @@ def llama_server_help(path: Path) -> str:
 
 def llama_server_flags(path: Path) -> frozenset[str]:
     """Every flag spelling that this llama-server's --help mentions (e.g. "-np", "--parallel")."""
-    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", llama_server_help(path)))
+    return _flags_in(llama_server_help(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _flags_in(help_text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
 
 
 # ---------------------------------------------------------------------------------------------- nginx

@@ -152,11 +152,17 @@ class Probe:
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.keep_alive = keep_alive
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        if not keep_alive:
-            self._headers["Connection"] = "close"
+        self._headers: dict[str, str] = {} if keep_alive else {"Connection": "close"}
+        self.set_api_key(api_key)
         self._idle: dict[Address, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Send `Authorization: Bearer KEY` from now on (None: no Authorization)."""
+        headers = {k: v for k, v in self._headers.items() if k != "Authorization"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = headers  # replaced whole: a request in flight keeps the dict it took
 
     def close(self) -> None:
         with self._lock:

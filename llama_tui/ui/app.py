@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -244,7 +245,7 @@ class LlamaTui(App[int]):
         else:
             text, cls = self.status, ""
         line = screen.query_one("#status-line", Static)
-        show_text(line, text)
+        show_text(line, Text(text))  # errors quote logs: never markup
         for c in ("-error", "-busy"):
             line.set_class(c == cls, c)
 
@@ -308,7 +309,7 @@ class LlamaTui(App[int]):
         self.busy = None
         self.status = message.text
         self.notify(message.text, severity="information" if message.ok else "error",
-                    timeout=4 if message.ok else 10)
+                    timeout=4 if message.ok else 10, markup=False)
         self.render_main()
         self.poll_now()
 
@@ -543,11 +544,11 @@ class LlamaTui(App[int]):
             self.bench_summary = message.text or ""
             self.render_bench()
             if not message.ok:
-                self.notify(message.text or "benchmark failed", severity="error", timeout=10)
+                self.notify(message.text or "benchmark failed", severity="error", timeout=10, markup=False)
         else:
             self.sweep_running = False
             if not message.ok:
-                self.notify(message.text or "sweep failed", severity="error", timeout=10)
+                self.notify(message.text or "sweep failed", severity="error", timeout=10, markup=False)
             self.render_sweep()
 
     # ------------------------------------------------------------------------------------------ sweep

@@ -70,12 +70,28 @@ class Servers:
     urls: tuple[str, ...] = ()
     source: str | None = None  # "--server-url", "fleet", "target" or None
     fleet: Any = None
+    api_key: str | None = None  # the fleet's internal key: its instances require it
+    targets_are_instances: bool = False  # every target is a fleet instance (not NGINX): they need api_key too
+
+
+def internal_key(st: Any, urls: tuple[str, ...]) -> str | None:
+    """The fleet's internal key, when every one of `urls` is one of its instances (never sent elsewhere)."""
+    from llama_tui.core.fleet import keys
+
+    try:
+        ours = {_norm_netloc(Target.parse(u)) for u in st.instance_urls()} if st is not None else set()
+    except Exception:  # a damaged or foreign state file
+        return None
+    if not urls or not {_norm_netloc(Target.parse(u)) for u in urls} <= ours:
+        return None
+    return keys.read_internal_key(st.state_dir)
 
 
 def discover_servers(config: BenchConfig) -> Servers:
     if config.server_urls:
-        return Servers(tuple(Target.parse(u).url for u in config.server_urls), "--server-url",
-                       fleet_state(config.state_dir))
+        st = fleet_state(config.state_dir)
+        urls = tuple(Target.parse(u).url for u in config.server_urls)
+        return Servers(urls, "--server-url", st, internal_key(st, urls))
     targets = [Target.parse(u) for u in config.target_urls]
     st = fleet_state(config.state_dir)
     if st is not None:
@@ -88,7 +104,9 @@ def discover_servers(config: BenchConfig) -> Servers:
         if nginx:
             known.add(_norm_netloc(Target.parse(nginx)))
         if fleet_urls and all(_norm_netloc(t) in known for t in targets):
-            return Servers(tuple(u.url for u in fleet_urls), "fleet", st)
+            direct = not any(nginx and _norm_netloc(t) == _norm_netloc(Target.parse(nginx)) for t in targets)
+            urls = tuple(u.url for u in fleet_urls)
+            return Servers(urls, "fleet", st, internal_key(st, urls), direct)
     with server_probe() as pr:
         direct = [t.url for t in targets if _is_llama_server(t.url, pr)]
     if direct and len(direct) == len(targets):
@@ -111,9 +129,10 @@ def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, float] | 
 class CounterReader(threading.Thread):
     """Reads the servers' counters at the window's start and end (or when the step is stopped early)."""
 
-    def __init__(self, urls: tuple[str, ...], t_window: float, t_end: float, stopped: threading.Event) -> None:
+    def __init__(self, urls: tuple[str, ...], t_window: float, t_end: float, stopped: threading.Event,
+                 api_key: str | None = None) -> None:
         super().__init__(name="llama-tui-counters", daemon=True)
-        self.urls, self.t_window, self.t_end, self.stopped = urls, t_window, t_end, stopped
+        self.urls, self.t_window, self.t_end, self.stopped, self.api_key = urls, t_window, t_end, stopped, api_key
         self.start_read: tuple[float, dict[str, float] | None] | None = None
         self.end_read: tuple[float, dict[str, float] | None] | None = None
 
@@ -123,7 +142,7 @@ class CounterReader(threading.Thread):
         return (t0 + time.monotonic()) / 2, c
 
     def run(self) -> None:
-        with server_probe() as pr:
+        with server_probe(self.api_key) as pr:
             self.stopped.wait(max(0.0, self.t_window - time.monotonic()))
             self.start_read = self._read(pr)
             self.stopped.wait(max(0.0, self.t_end - time.monotonic()))

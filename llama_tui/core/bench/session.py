@@ -22,6 +22,7 @@ import os
 import platform
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,12 +55,14 @@ class BenchSession:
         self.t0 = time.monotonic()
         self.targets = [Target.parse(u) for u in self.config.target_urls]
         self.health = check_targets(self.config) if self.config.check else {}
+        self.servers = discover_servers(self.config)
+        if self.servers.targets_are_instances and self.servers.api_key:  # --url straight at instances
+            self.config = replace(self.config, api_key=self.servers.api_key)
         prompt, self.prompt_info = resolve_prompt(self.config)
         c = self.config
         self.shape = RequestShape(api=c.api, stream=c.stream, n_predict=c.n_predict, prompt=prompt,
                                   nonce=not c.cache_prompt, cache_prompt=c.cache_prompt, ignore_eos=c.ignore_eos,
                                   api_key=c.api_key, timeout_s=c.timeout)
-        self.servers = discover_servers(self.config)
         self.ceiling, self.ceiling_source = client_ceiling(self.config)
         self.seed = c.seed if c.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.pool: WorkerPool | None = None
@@ -84,7 +87,7 @@ class BenchSession:
     def metadata(self) -> dict[str, Any]:
         c = self.config
         props = None
-        with server_probe(c.api_key) as pr:
+        with server_probe(self.servers.api_key or c.api_key) as pr:
             for u in self.servers.urls + tuple(t.url for t in self.targets):
                 props = pr.props(u)
                 if props:
@@ -164,13 +167,14 @@ class BenchSession:
             self.pool = WorkerPool(n_workers)
         started_at = iso_now()
         stopped = threading.Event()
-        pr = server_probe()
+        pr = server_probe(self.servers.api_key)
         pre = read_counters(self.servers.urls, pr) if self.servers.urls else None
         plans = worker_plans(mode, concurrency, rate, n_workers, warmup=c.warmup, duration=c.duration, drain=c.drain,
                              seed=self.seed, index=index)
         t_start, t_window, t_end = plans[0].t_start, plans[0].t_window, plans[0].t_end
         live = LiveSamples(on_sample, self.t0, index, steps_total, concurrency, rate, t_start, t_window, t_end)
-        reader = CounterReader(self.servers.urls, t_window, t_end, stopped) if self.servers.urls else None
+        reader = (CounterReader(self.servers.urls, t_window, t_end, stopped, self.servers.api_key)
+                  if self.servers.urls else None)
         if reader is not None:
             reader.start()
         try:

@@ -340,7 +340,9 @@ def frontdoor_spec(ex: Export) -> frontdoor.FrontDoorSpec:
     o, spec = ex.options, ex.spec
     pods = [Endpoint(pod_host(o, i), spec.port_of(0), f"{o.name}-{i}") for i in range(spec.instances)]
     door = frontdoor.FrontDoorSpec.for_fleet(spec, pods)
-    return dataclasses.replace(door, listen="0.0.0.0", worker_processes=o.nginx_workers,
+    # Behind a Service, clients often arrive with a node's address (SNAT): no per-address limit unless asked.
+    conn_limit = 0 if spec.conn_limit is None else spec.conn_limit
+    return dataclasses.replace(door, listen="0.0.0.0", worker_processes=o.nginx_workers, conn_limit=conn_limit,
                                internal_key=INTERNAL_KEY_PLACEHOLDER, api_key_file=None,
                                api_key=API_KEY_PLACEHOLDER if api_secret_name(ex) else None)
 

@@ -35,11 +35,12 @@ from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.ports import check_ports, free_port_block, port_free
 from llama_tui.core.fleet.snapshot import doctor_check, snapshot, status_json
 from llama_tui.core.fleet.spec import (DRAIN_TIMEOUT, FleetSpec, check_loopback, exposure_warning, oversubscription,
-                                       parse_extra_args, validate_extra_args)
+                                       parse_extra_args, unsafe_args_warning, validate_extra_args)
 from llama_tui.core.fleet.state import FleetState, load_state, read_state
 
 __all__ = [
     "DRAIN_TIMEOUT", "FleetSpec", "FleetState", "Monitor", "adopt", "check_loopback", "check_ports", "doctor_check",
     "down", "exposure_warning", "free_port_block", "load_state", "oversubscription", "parse_extra_args", "port_free",
-    "read_state", "restart", "scale", "set_policy", "snapshot", "status_json", "up", "validate_extra_args",
+    "read_state", "restart", "scale", "set_policy", "snapshot", "status_json", "unsafe_args_warning", "up",
+    "validate_extra_args",
 ]

@@ -20,6 +20,7 @@ marker (`fleet/processes.py`) when the file cannot say.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -34,7 +35,7 @@ import orjson
 
 from llama_tui.core import binaries, config, paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor, processes
+from llama_tui.core.fleet import frontdoor, keys, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.ports import check_ports
 from llama_tui.core.fleet.snapshot import snapshot
@@ -146,17 +147,20 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
         else:
             st_mod.refuse_strays(sd)
             spec.validate()
+            frontdoor.conf_path(sd)  # a state dir that nginx.conf cannot name is refused now
             check_ports(spec)
             llama_server = binaries.require_llama_server()
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
-                validate_extra_args(spec.extra_args, llama_server)
+                validate_extra_args(spec.extra_args, llama_server, spec.allow_unsafe_args)
             for sock in (st_mod.control_path(sd), frontdoor.status_socket(sd / processes.NGINX_DIR)):
                 paths.ensure_private_dir(sock.parent)  # a socket dir someone else made first is refused now
             if on_progress:
                 on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
                             f"{spec.threads_for(spec.instances)} threads each) on ports {spec.base_port}-"
                             f"{spec.port_of(spec.instances - 1)}, nginx on {spec.listen}:{spec.nginx_port}")
+            if spec.api_key:  # the state names a private key file, never the key
+                spec = dataclasses.replace(spec, api_key=None, api_key_file=str(keys.store_api_key(sd, spec.api_key)))
             payload = {"spec": spec.to_dict(), "llama_server": str(llama_server), "nginx_bin": str(nginx_bin)}
             paths.write_private(sd / st_mod.SPEC_FILE, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
             proc = _spawn_supervisor(sd, adopt=False)

@@ -56,7 +56,8 @@ class DoorKeeper:
         """NGINX in front of the instances that are in the upstream, with the current policy (the same
         builder `llama-tui nginx render` uses, so it prints exactly the live config)."""
         members = [self.sup.instances.endpoint(i) for i in self.sup.instances.sorted() if i.rec.in_upstream]
-        return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
+        return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy,  # type: ignore[union-attr]
+                                       internal_key=self.sup.internal_key)
 
     def adopt(self, ref: processes.ProcRef) -> None:
         """Take over the NGINX an earlier supervisor started (`ref`: checked to be ours by the caller;

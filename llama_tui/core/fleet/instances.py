@@ -153,9 +153,10 @@ class Instances:
         self.placement: Placement
         self._mon: Monitor | None = None
 
-    def use(self, placement: Placement) -> None:
+    def use(self, placement: Placement, api_key: str | None = None) -> None:
+        """`api_key`: the fleet's internal key, for /slots and /metrics (`busy`)."""
         self.placement = placement
-        self._mon = Monitor(http_timeout=1.0, placement=placement)
+        self._mon = Monitor(http_timeout=1.0, placement=placement, api_key=api_key)
 
     def close(self) -> None:
         if self._mon is not None:  # (set with the placement)

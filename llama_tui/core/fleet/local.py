@@ -2,7 +2,9 @@
 seam, see `placement.py`).
 
 Each llama-server runs in its own session and process group (signals reach the whole group), with
-LLAMA_TUI_OWNER naming the state dir (so a scan finds it), `CUDA_VISIBLE_DEVICES` set to its GPU,
+LLAMA_TUI_OWNER naming the state dir (so a scan finds it), the fleet's internal key as LLAMA_API_KEY
+(never in argv), no inherited LLAMA_ARG_* variables (its command line, recorded in fleet.json, is all
+its configuration), `CUDA_VISIBLE_DEVICES` set to its GPU,
 its output appended to its log after a banner line, and, with `--pin-cpus`, its CPU affinity set
 before it starts (a trampoline that execs llama-server, so the pid stays the same). Nothing ties it
 to the process that started it: it keeps serving when that process dies, and `attach` finds it again
@@ -25,6 +27,7 @@ import psutil
 
 from llama_tui.core import hardware, paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import keys
 from llama_tui.core.fleet.placement import (LOCAL_NODE, Endpoint, ExitStatus, InstanceHandle, PlacementError,
                                             ProcessStats, endpoint_of)
 from llama_tui.core.fleet.process_stats import ProcessSampler
@@ -48,12 +51,14 @@ def pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
 
 class LocalPlacement:
     """Instances as local processes. `state_dir` (where they run, whose owner marker they carry) is
-    needed to start them; `host` is the loopback address they bind (the fleet's --host)."""
+    needed to start them; `host` is the loopback address they bind (the fleet's --host);
+    `internal_key` is the key they require (None: keyless instances)."""
 
     def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1",
-                 sampler: ProcessSampler | None = None) -> None:
+                 sampler: ProcessSampler | None = None, internal_key: str | None = None) -> None:
         self.state_dir = state_dir
         self.host = host
+        self.internal_key = internal_key
         self.sampler = sampler or ProcessSampler()
         self._procs: dict[InstanceHandle, subprocess.Popen] = {}  # the ones this placement started
         self._stats_lock = threading.Lock()
@@ -75,7 +80,10 @@ class LocalPlacement:
     def start(self, rec: InstanceState, restart: bool = False) -> InstanceHandle:
         if self.state_dir is None:
             raise PlacementError("this placement has no state dir to start instances in")
-        env = paths.owner_env(self.state_dir)
+        env = {k: v for k, v in paths.owner_env(self.state_dir).items()
+               if not k.startswith("LLAMA_ARG_") and k != keys.INSTANCE_KEY_ENV}
+        if self.internal_key:
+            env = keys.instance_env(self.internal_key, env)
         if rec.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
         fd = self._open_log(rec)

@@ -75,6 +75,10 @@ class Monitor:
         # keep-alive, one connection per server; `api_key` for instances that require one
         self._probe = Probe(timeout=http_timeout, connect_timeout=None, api_key=api_key)
 
+    def use_key(self, api_key: str | None) -> None:
+        """The key the servers require from now on (a fleet's internal key, `keys.read_internal_key`)."""
+        self._probe.set_api_key(api_key)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)

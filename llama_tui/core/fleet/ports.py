@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 from pathlib import Path
@@ -11,15 +12,20 @@ from llama_tui.core.errors import UserError
 from llama_tui.core.fleet.spec import FleetSpec, parse_metrics_listen
 
 
-def port_free(host: str, port: int) -> bool:
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why `port` cannot be bound on `host` now, or None when it can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "in use"
         try:
             s.bind((host.strip("[]"), port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
+
+
+def port_free(host: str, port: int) -> bool:
+    return bind_error(host, port) is None
 
 
 def ephemeral_low(default: int = 32768) -> int:
@@ -54,7 +60,11 @@ def check_ports(spec: FleetSpec, indices: range | None = None, nginx: bool = Tru
         if not port_free(host, spec.port_of(i)):
             raise UserError(f"port {spec.port_of(i)} (instance {i}) is already in use on {host}",
                             "stop what uses it, or pick another --base-port")
-    if nginx and not port_free(spec.listen, spec.nginx_port):
+    error = bind_error(spec.listen, spec.nginx_port) if nginx else None
+    if error is not None and error.errno == errno.EADDRNOTAVAIL:
+        raise UserError(f"--listen {spec.listen} is not an address of this machine",
+                        "use 127.0.0.1, 0.0.0.0 (every interface) or an address this machine has")
+    if error is not None:
         raise UserError(f"port {spec.nginx_port} (NGINX) is already in use on {spec.listen}",
                         "stop what uses it, or pick another --nginx-port")
     if nginx and spec.metrics_listen:

@@ -12,7 +12,7 @@ import orjson
 
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor, keys
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import endpoint_of
@@ -65,6 +65,7 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 mon.system()
                 time.sleep(min(interval, 0.2))
             return FleetSnapshot(taken_at=time.time(), running=False, system=mon.system())
+        mon.use_key(keys.read_internal_key(sd))  # the instances answer /slots and /metrics only with it
         host = s.spec.get("host", "127.0.0.1")
         # None: not running, or its pid names a process that is not the fleet's any more
         handles = {i.index: mon.placement.attach(i) if i.alive(s.owner) else None for i in s.instances}

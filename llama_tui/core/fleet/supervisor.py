@@ -36,7 +36,7 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import processes
+from llama_tui.core.fleet import keys, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
@@ -58,6 +58,7 @@ class Supervisor:
         self.term_requested = False
         self.shutting_down = False
         self.spec: FleetSpec
+        self.internal_key: str | None = None  # every instance requires it; NGINX sends it
         self.state: FleetState
         self.door: DoorKeeper
         self.instances = Instances(self)
@@ -97,7 +98,7 @@ class Supervisor:
         )
         self.state.owner = paths.owner_marker(self.dir)
         self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / processes.NGINX_DIR)
-        self.instances.use(LocalPlacement(self.dir, self.spec.host))
+        self._use_placement()
         access_log = self.door.door.access_log
         if access_log.exists():  # an earlier fleet's requests do not count for this one
             os.replace(access_log, access_log.with_name("access.log.1"))
@@ -132,7 +133,7 @@ class Supervisor:
             rec.log_path = str(st_mod.instance_log_path(self.dir, rec.index))
         self.state = old
         self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(fresh.prefix))
-        self.instances.use(LocalPlacement(self.dir, self.spec.host))
+        self._use_placement()
         now = time.monotonic()
         leftover: list[Instance] = []
         with self.lock:
@@ -160,6 +161,12 @@ class Supervisor:
                 self.door.adopt(ng)
             self.save()
         self.instances.stop(leftover)
+
+    def _use_placement(self) -> None:
+        """Instances as local processes, each requiring the fleet's internal key (in its environment)."""
+        self.internal_key = keys.ensure_internal_key(self.dir)
+        self.instances.use(LocalPlacement(self.dir, self.spec.host, internal_key=self.internal_key),
+                           api_key=self.internal_key)
 
     # ------------------------------------------------------------------------------------ state file
 

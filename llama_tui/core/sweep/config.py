@@ -64,6 +64,10 @@ class SweepConfig:
             raise UserError(f"--budget must be a positive number of minutes (a week at most), got {self.budget_min}",
                             "write --budget 10")
         paths.check_private_dir(self.out_dir)  # not a link, ours, writable by no one else
+        from llama_tui.core.fleet import frontdoor, spec  # refused now, not at every cell's fleet
+
+        spec.check_unsafe_args(spec.parse_extra_args(self.extra_args), allow=False)
+        frontdoor.conf_path(self.fleet_state_dir() / "nginx")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

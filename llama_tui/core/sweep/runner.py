@@ -178,7 +178,9 @@ class FleetRunner:
         build_info = None
         urls = st.instance_urls()
         if urls:
-            with probe.Probe() as pr:
+            from llama_tui.core.fleet import keys
+
+            with probe.Probe(api_key=keys.read_internal_key(self.state_dir)) as pr:
                 props = pr.props(urls[0]) or {}
             build_info = props.get("build_info")
         return LaunchInfo(tuple(commands), str(build_info) if build_info else None, self.pids)
