@@ -364,7 +364,8 @@ class Run:
         return steps, util
 
     def sweep(self) -> None:
-        from llama_tui.core import fleet, results
+        from llama_tui.core import fleet
+        from llama_tui.core.sweep import results
 
         out = self.work / "sweep"
         shutil.rmtree(out, ignore_errors=True)

@@ -66,7 +66,7 @@ def _row(i: int, p: int, c: int, tok: float, errors: int = 0, valid: bool = True
 
 
 def test_fleet_gain_is_best_cell_over_best_single_instance_cell():
-    from llama_tui.core import results
+    from llama_tui.core.sweep import results
 
     rows = [_row(1, 16, 64, 1000.0), _row(1, 4, 64, 800.0), _row(4, 4, 64, 3000.0), _row(8, 4, 64, 5000.0, errors=2)]
     gain = gpu_report.fleet_gain(results.best_row(rows), results.best_row([r for r in rows if r["instances"] == 1]))

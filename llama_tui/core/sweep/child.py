@@ -130,7 +130,7 @@ def install_stop_handlers(stop: threading.Event, on_first: Callable[[], None] | 
 def summary(res: SweepResult) -> dict[str, Any]:
     return {"out_dir": str(res.out_dir), "status": res.status, "measured": res.measured,
             "skipped_standing": res.skipped_standing, "best": res.best, "damaged": res.damaged,
-            "wall_s": round(res.wall_s, 3)}
+            "wall_s": round(res.wall_s, 3), "time": res.time}
 
 
 def main() -> int:
