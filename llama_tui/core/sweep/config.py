@@ -57,11 +57,26 @@ class SweepConfig:
             if vals is not None and (not vals or any(int(v) < 1 for v in vals)):
                 raise UserError(f"--{name.replace('_', '-')} needs positive integers, got {vals!r}",
                                 f"write --{name.replace('_', '-')} as e.g. 1,2,4")
-        if self.repeats < 1 or self.duration <= 0 or self.warmup < 0:
-            raise UserError("--repeats must be >= 1, --duration > 0 and --warmup >= 0", "correct those values")
+        for ok, name, value, fix in ((self.repeats >= 1, "--repeats", self.repeats, "write --repeats 1 or more"),
+                                     (self.duration > 0, "--duration", self.duration, "write a positive --duration"),
+                                     (self.warmup >= 0, "--warmup", self.warmup, "write --warmup 0 or more")):
+            if not ok:
+                raise UserError(f"bad value for {name} {value!r}: {fix.split(' ', 1)[1]}", fix)
         if self.budget_min is not None and self.budget_min <= 0:
             raise UserError(f"--budget must be a positive number of minutes, got {self.budget_min}",
                             "write --budget 10")
+        if self.adaptive and self.shape_count() < 2:
+            raise UserError("--adaptive compares shapes, and this grid has only one "
+                            f"(instances {','.join(map(str, self.instances))} x parallel "
+                            f"{','.join(map(str, self.parallel))})",
+                            "give --instances or --parallel more than one value, or drop --adaptive")
+
+    def shape_count(self) -> int:
+        """How many shapes the grid holds (instances x parallel x threads x batch x ubatch)."""
+        n = 1
+        for vals in (self.instances, self.parallel, self.threads, self.batch, self.ubatch):
+            n *= len(vals) if vals else 1
+        return n
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -34,6 +34,10 @@ class TimeLedger:
         self.paused_s = 0.0
         self._paused_at: float | None = None
 
+    def start(self) -> None:
+        """Start the clock now (a sweep's time begins when it runs, not when it is made)."""
+        self.t0 = self.clock()
+
     def add(self, category: str, seconds: float) -> None:
         self.seconds[category] += max(0.0, seconds)
 

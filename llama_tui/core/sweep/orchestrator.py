@@ -271,6 +271,7 @@ class Sweep:
         before the next one starts; no fleet is up while the caller holds it, and that time is not
         counted as this sweep's (so two sweeps can alternate rounds on one machine). `self.result` holds
         how it ended."""
+        self.ledger.start()
         self._open()
         assert self.store is not None
         status = "done"
