@@ -4,8 +4,8 @@ Successive halving with a reduction factor of 3 (Jamieson & Talwalkar's non-stoc
 identification; Hyperband's inner loop):
 
     rung 0   every shape, briefly: one fleet start and one step, at the concurrency where the shape's
-             slots are full (the largest candidate not above instances x parallel); the order spans the
-             grid first (centre, corners, then the rest) so that a budget cut short still saw its extent
+             slots are all busy (the smallest candidate not below instances x parallel); the order spans
+             the grid first (centre, corners, then the rest) so that a budget cut short still saw its extent
     halve    keep the best third (at least two), ranked by the mean of each shape's best good cell;
              shapes with no good cell rank last
     rung 1   the survivors again, longer: each ramp goes on from where rung 0 left it up to its knee
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from llama_tui.core.sweep.planner import Plan, Ramp, Visit, coarse_order, grid_indices, ramp_start
+from llama_tui.core.sweep.planner import Plan, Ramp, Visit, coarse_order, fill_start, grid_indices
 
 MAX_RUNGS = 8  # a bound for cells whose lead keeps changing
 ETA = 3  # keep the best third after each rung (simulated: about as safe as halves, ~15% cheaper)
@@ -44,7 +44,7 @@ class HalvingPlan(Plan):
         self.target = max(2, repeats)
         self.alive = spanning_order(axes)
         self._queue = list(self.alive)
-        self._ramps = {(idx, n): Ramp(self.candidates, ramp_start(self.candidates, slots(idx)))
+        self._ramps = {(idx, n): Ramp(self.candidates, fill_start(self.candidates, slots(idx)))
                        for idx in self.alive for n in self.n_predicts}
 
     # ----------------------------------------------------------------------------------- visits

@@ -281,3 +281,9 @@ def ramp_start(candidates: Sequence[int], slots: int) -> int:
         if c <= slots:
             start = i
     return start
+
+
+def fill_start(candidates: Sequence[int], slots: int) -> int:
+    """Index of the smallest candidate that fills every slot (at least the shape's slot count), or the
+    last: where a closed loop first keeps the whole fleet busy."""
+    return next((i for i, c in enumerate(candidates) if c >= slots), len(candidates) - 1)
