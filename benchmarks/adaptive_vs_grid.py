@@ -110,7 +110,9 @@ def main() -> int:
                   repeats=args.repeats, extra_args=args.extra_args)
     configs = {}
     for name, adaptive in (("grid", False), ("adaptive", True)):
-        base = fleet.free_port_block(block)
+        # below Linux's ephemeral range (32768-60999): the load generators' own connections take ports
+        # there, and a port free now can be taken by one of them before a later round starts its fleet
+        base = fleet.free_port_block(block, hi=32000)
         configs[name] = SweepConfig(out_dir=root / name, adaptive=adaptive, nginx_port=base, base_port=base + 1,
                                     command=("benchmarks/adaptive_vs_grid.py", *sys.argv[1:]), **common)
     print(f"machine: {hardware.cpu_model()}, {hardware.physical_cores()} physical cores")

@@ -104,6 +104,12 @@ def test_best_json_names_the_runner_up_and_the_report_says_whether_they_separate
     assert "95% CI" in text and "time: not recorded" in text
     table = [line for line in text.splitlines() if line.startswith("ok ")]
     assert len(table) == 2 and all(" 3 " in line for line in table)  # one line per cell, 3 repeats each
+    from conftest import run_cli
+
+    proc = run_cli("sweep", "report", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    js = orjson.loads(proc.stdout)
+    assert js["runner_up"]["instances"] == 1 and js["distinguishable"] is False and len(js["rows"]) == 6
 
 
 def test_a_directory_from_before_repeats_still_reports(tmp_path: Path) -> None:

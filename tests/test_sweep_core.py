@@ -384,6 +384,23 @@ def test_fit_estimate_from_gguf_metadata(model: Path) -> None:
     assert not fit.check(a, 1, free_ram=a.ram_bytes).fits  # no headroom left
 
 
+def test_the_header_reader_agrees_with_gguf_and_skips_what_it_does_not_need(model: Path, tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(model))
+    kv, tensors = fit.read_header(model)
+    assert [name for name, _ in tensors] == [t.name for t in reader.tensors]
+    assert [b for _, b in tensors] == [int(t.n_bytes) for t in reader.tensors]
+    assert kv["general.architecture"] == "llama" and kv["llama.block_count"] == 2
+    assert kv["tokenizer.ggml.tokens"] == fit.Counted(len(reader.fields["tokenizer.ggml.tokens"].data))
+    facts = fit.read_model_facts(model)
+    assert facts.weights_bytes == sum(int(t.n_bytes) for t in reader.tensors) and facts.n_vocab == 306
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(ValueError, match="not a GGUF"):
+        fit.read_header(bad)
+
+
 def test_fit_checks_vram_per_gpu_when_layers_are_offloaded(model: Path) -> None:
     facts = fit.read_model_facts(model)
     est = fit.estimate(facts, 3, 2, 512, gpu_layers=99)

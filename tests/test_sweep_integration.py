@@ -240,7 +240,7 @@ def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, iso
 def test_repeats_on_the_real_stack_give_intervals_a_verdict_and_a_page(no_leftovers: Path) -> None:
     """The issue's new-user run, on the tiny model: 4 shapes x 2 concurrencies x 2 repeats (16 cells)."""
     out = no_leftovers / "repeats"
-    base = free_port_block(4)
+    base = free_port_block(4, hi=32000)  # below the ephemeral range: the sweep holds its ports for a minute
     proc = run_cli("sweep", "--model", "tiny", "--instances", "1,2", "--parallel", "1,2", "--concurrency", "2,4",
                    "--repeats", "2", "--duration", "2", "--warmup", "0.5", "--n-predict", "32", "--prompt-tokens", "8",
                    "--ctx-per-slot", "256", "--base-port", str(base + 1), "--nginx-port", str(base), "--out", str(out),

@@ -199,9 +199,9 @@ class Sweep:
             return None
         per_cell = sum(self.cell_times) / len(self.cell_times)
         left = max(0, self._cells_total() - self.measured - self.skipped_standing)
-        per_launch = self._launch_guess()
-        # about one fleet start per two cells left (a visit measures one to a few steps)
-        eta = left * per_cell + (left / 2) * per_launch
+        # fleet starts per cell so far (a visit measures one step or a whole ramp)
+        starts_per_cell = len(self.launch_times) / len(self.cell_times)
+        eta = left * (per_cell + starts_per_cell * self._launch_guess())
         if self.budget_s is not None:
             eta = min(eta, max(0.0, self.budget_s - self.ledger.wall()))
         return eta
