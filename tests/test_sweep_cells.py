@@ -129,6 +129,13 @@ def test_a_directory_from_before_repeats_still_reports(tmp_path: Path) -> None:
     assert "<svg" in page and "1,200" in page
 
 
+def test_the_heatmap_says_when_no_request_finished_inside_the_window() -> None:
+    rows = [rep(1, 1, 4, 0, 1.2, requests_ok=0), rep(2, 1, 4, 0, 14.0)]
+    grid = best.grid_from_rows(rows)
+    assert grid.cell(1, 1).note == "unfinished" and grid.cell(2, 1).best
+    assert "unfinished" in "\n".join(sweep.heatmap(rows))
+
+
 # ------------------------------------------------------------------------------------------------ the TUI's points
 
 

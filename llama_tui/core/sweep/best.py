@@ -57,6 +57,15 @@ def why_not(p: SweepCellResult) -> str:
     return "errors" if p.errors else "invalid" if not p.valid else "slo"
 
 
+def why_not_row(row: Mapping[str, Any], slo: Mapping[str, float] | None) -> str:
+    """Why a measured row is not good; a row also knows when no request finished in its window."""
+    if row.get("errors") or row.get("valid") is not True:
+        return "errors" if row.get("errors") else "invalid"
+    if not (row.get("requests_ok") or 0) > 0 or not isinstance(row.get("output_tok_s"), (int, float)):
+        return "unfinished"  # no request finished inside the window: it is too short for this load
+    return "slo"
+
+
 # --------------------------------------------------------------------------------------------- the grid
 
 
@@ -122,7 +131,7 @@ def grid_from_rows(rows: Iterable[Mapping[str, Any]], slo: Mapping[str, float] |
             p = point(r, slo)
             points.append(p)
             if not p.good:
-                notes.setdefault(key, why_not(p))
+                notes.setdefault(key, why_not_row(r, slo))
         elif r.get("status") in SHAPE_FAILURES:
             notes.setdefault(key, SHAPE_FAILURES[r["status"]])
     return shape_grid(points, notes, shapes)

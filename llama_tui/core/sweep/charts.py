@@ -35,12 +35,12 @@ def _num(v: float) -> str:
 
 
 def _tick(v: float, ticks: Sequence[float]) -> str:
-    """A tick label with as many decimals as the step needs."""
+    """A tick label with as many decimals as the step needs; thousands as "k" on an axis that reaches 10k."""
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    if abs(v) >= 10_000 and step >= 1000:
-        return f"{v / 1000:,.0f}k" if step % 1000 == 0 else f"{v / 1000:,.1f}k"
+    unit, scale = ("k", 1000.0) if ticks and ticks[-1] >= 10_000 else ("", 1.0)
+    step /= scale
     decimals = 0 if step >= 1 else max(1, -math.floor(math.log10(step)))
-    return f"{v:,.{decimals}f}"
+    return f"{v / scale:,.{decimals}f}{unit if v else ''}"
 
 
 def nice_ticks(top: float, n: int = 5) -> list[float]:
@@ -92,7 +92,7 @@ def heatmap(grid: ShapeGrid, title: str = "best tok/s by instances x parallel") 
             fill = _blend(share)
             ink = "#ffffff" if share > 0.55 else "#1a1a1a"
             stroke = ' stroke="#e15759" stroke-width="4"' if cell.best else ' stroke="#ffffff"'
-            ci = f"{_num(cell.ci95[0])}-{_num(cell.ci95[1])}" if cell.ci95 else "single repeat"
+            ci = f"{_num(cell.ci95[0])} to {_num(cell.ci95[1])}" if cell.ci95 else "single repeat"
             body.append(
                 f'<g class="series" data-series="{_a(inst)}x{_a(p)}"><rect x="{x + 2}" y="{y + 2}" width="{cw - 4}" '
                 f'height="{ch - 4}" fill="{fill}"{stroke}><title>{_a(inst)} x {_a(p)}: {_num(cell.tok_s)} tok/s '
@@ -158,13 +158,14 @@ def lines(series: Sequence[Series], title: str = "output tok/s against concurren
             path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         for x, y, ci in pts:
-            if ci:
+            if ci:  # drawn inside the plot: a t interval over few repeats can reach below zero
+                ci = (max(0.0, ci[0]), min(y_top, ci[1]))
                 parts.append(f'<line class="ci" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(ci[0]):.1f}" '
                              f'y2="{py(ci[1]):.1f}" stroke="{color}" stroke-width="1.5"/>')
                 for b in ci:
                     parts.append(f'<line x1="{px(x) - 4:.1f}" x2="{px(x) + 4:.1f}" y1="{py(b):.1f}" y2="{py(b):.1f}" '
                                  f'stroke="{color}" stroke-width="1.5"/>')
-            ci_t = f", 95% CI {_num(ci[0])}-{_num(ci[1])}" if ci else ""
+            ci_t = f", 95% CI up to {_num(ci[1])}" if ci else ""
             parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"><title>{_a(s.name)} '
                          f'c={_num(x)}: {_num(y)} tok/s{_a(ci_t)}</title></circle>')
         ly = top + 14 + 18 * k

@@ -84,7 +84,7 @@ def _valid(r: Mapping[str, Any]) -> str:
 
 
 def ci_text(ci: Sequence[float] | None) -> str:
-    return "n/a" if not ci else f"{ci[0]:,.0f}-{ci[1]:,.0f}"
+    return "n/a" if not ci else f"{ci[0]:,.0f} to {ci[1]:,.0f}"
 
 
 def shape_text(r: Mapping[str, Any]) -> str:
