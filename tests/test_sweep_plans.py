@@ -141,6 +141,19 @@ def test_halving_stops_each_ramp_at_its_knee_and_tops_up_the_last_two() -> None:
     assert sum(len(v) for v in samples.values()) <= 0.3 * grid_cells
 
 
+def test_the_last_two_repeat_their_best_cell_on_the_start_that_ends_their_ramp() -> None:
+    """A closed loop on a flat surface: nothing above the slot count gains. The two finalists' ramps end
+    at rung 0's cell, so rung 1's start measures that cell again; no rung of top-ups is needed."""
+    axes = [[1, 2], [2, 4], [None], [None], [None]]
+    plan = HalvingPlan(axes, CANDS, [32], 2, slots=slots(axes))
+    visits, samples = drive(plan, lambda idx, c: 10.0 * (idx[0] + 1) * (idx[1] + 1) * min(1.0, c / 2 ** (idx[1] + 1)))
+    assert [v.rung for v in visits] == [0, 0, 0, 0, 1, 1]
+    first = {v.idx: v.steps[0] for v in visits[:4]}
+    for v in visits[4:]:  # one step up (no gain: the knee), then rung 0's cell again
+        assert v.steps == [2 * first[v.idx], first[v.idx]]
+    assert all(plan.repeat_of(i, *plan.top_cell(i)) == 2 for i in plan.alive)
+
+
 @pytest.mark.parametrize("surface", [real_model_like, gaps])
 @pytest.mark.parametrize("noise", [0.03, 0.06])
 def test_on_noisy_surfaces_halving_finds_the_grid_best_or_a_cell_inside_its_interval(surface, noise) -> None:
