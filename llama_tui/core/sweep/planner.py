@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from llama_tui.core import hardware
 from llama_tui.core.sweep.config import SweepConfig
@@ -106,13 +106,20 @@ def coarse_order(axes: list[list[Any]]) -> list[tuple[int, ...]]:
 CellKey = tuple[tuple[int, ...], int, int]  # (shape index, n_predict, concurrency)
 
 
+class Steps(Protocol):
+    """The concurrency steps of one n_predict on one visit: a `Ramp`, or halving's `ThenBest`."""
+
+    def next(self) -> int | None: ...
+    def record(self, tok_s: float | None, good: bool) -> None: ...
+
+
 @dataclass
 class Visit:
     """One fleet start: a shape and the concurrency steps to measure on it, per n_predict."""
 
     idx: tuple[int, ...]  # the shape's index in the axes
     rung: int  # grid: the round (repeat); adaptive: the halving rung
-    ramps: dict[int, "Ramp"]  # n_predict -> its concurrency steps
+    ramps: dict[int, Steps]  # n_predict -> its concurrency steps
     limit: int | None = None  # at most this many steps per n_predict on this visit (a brief look)
     done: dict[int, int] = field(default_factory=dict)
 
