@@ -136,14 +136,18 @@ def lines(series: Sequence[Series], title: str = "output tok/s against concurren
     """One polyline per series over the x values as evenly spaced categories (concurrency doubles)."""
     width, height = 760, 380
     xs = sorted({x for s in series for x, _, _ in s.points}) or [1.0]
-    y_top = max([1.0] + [max(y, ci[1] if ci else y) for s in series for _, y, ci in s.points]) * 1.08
-    y_top = nice_ticks(y_top)[-1]
+    # scaled to the means (an interval over two noisy repeats can dwarf them); longer bars are cut at
+    # the top, without their cap
+    means = [y for s in series for _, y, _ in s.points]
+    his = [ci[1] for s in series for _, _, ci in s.points if ci]
+    y_top = nice_ticks(max([1.0] + [min(max(his), 1.5 * max(means))] * bool(his and means) + means) * 1.08)[-1]
     m = (70, 170, 20, 50)
     body, ph, pw = _frame(width, height, m, y_top, x_label, y_label)
     left, top = m[0], m[2]
 
-    def px(x: float) -> float:
-        return left + (pw * (xs.index(x) + 0.5) / len(xs))
+    def px(x: float, k: int | None = None) -> float:  # series k sits beside the others: bars do not hide
+        dodge = 0.0 if k is None else 6 * (k - (len(series) - 1) / 2)
+        return left + (pw * (xs.index(x) + 0.5) / len(xs)) + dodge
 
     def py(y: float) -> float:
         return top + ph - ph * y / y_top
@@ -153,20 +157,24 @@ def lines(series: Sequence[Series], title: str = "output tok/s against concurren
     for k, s in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         pts = sorted(s.points)
+
+        def at(x: float, k: int = k) -> float:
+            return px(x, k)
         parts = [f'<g class="series" data-series="{_a(s.name)}">']
         if len(pts) > 1:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y, _ in pts)
+            path = " ".join(f"{at(x):.1f},{py(y):.1f}" for x, y, _ in pts)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         for x, y, ci in pts:
             if ci:  # drawn inside the plot: a t interval over few repeats can reach below zero
-                ci = (max(0.0, ci[0]), min(y_top, ci[1]))
-                parts.append(f'<line class="ci" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(ci[0]):.1f}" '
-                             f'y2="{py(ci[1]):.1f}" stroke="{color}" stroke-width="1.5"/>')
-                for b in ci:
-                    parts.append(f'<line x1="{px(x) - 4:.1f}" x2="{px(x) + 4:.1f}" y1="{py(b):.1f}" y2="{py(b):.1f}" '
-                                 f'stroke="{color}" stroke-width="1.5"/>')
+                lo, hi = max(0.0, ci[0]), min(y_top, ci[1])
+                parts.append(f'<line class="ci" x1="{at(x):.1f}" x2="{at(x):.1f}" y1="{py(lo):.1f}" '
+                             f'y2="{py(hi):.1f}" stroke="{color}" stroke-width="1.5"/>')
+                for b, inside in ((lo, lo == ci[0]), (hi, hi == ci[1])):
+                    if inside:
+                        parts.append(f'<line x1="{at(x) - 4:.1f}" x2="{at(x) + 4:.1f}" y1="{py(b):.1f}" '
+                                     f'y2="{py(b):.1f}" stroke="{color}" stroke-width="1.5"/>')
             ci_t = f", 95% CI up to {_num(ci[1])}" if ci else ""
-            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"><title>{_a(s.name)} '
+            parts.append(f'<circle cx="{at(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"><title>{_a(s.name)} '
                          f'c={_num(x)}: {_num(y)} tok/s{_a(ci_t)}</title></circle>')
         ly = top + 14 + 18 * k
         parts.append(f'<line x1="{width - m[1] + 16}" x2="{width - m[1] + 36}" y1="{ly - 4}" y2="{ly - 4}" '

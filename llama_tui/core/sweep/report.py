@@ -84,7 +84,11 @@ def _valid(r: Mapping[str, Any]) -> str:
 
 
 def ci_text(ci: Sequence[float] | None) -> str:
-    return "n/a" if not ci else f"{ci[0]:,.0f} to {ci[1]:,.0f}"
+    def whole(v: float) -> str:
+        text = f"{v:,.0f}"
+        return "0" if text == "-0" else text
+
+    return "n/a" if not ci else f"{whole(ci[0])} to {whole(ci[1])}"
 
 
 def shape_text(r: Mapping[str, Any]) -> str:
