@@ -140,7 +140,8 @@ def lines(series: Sequence[Series], title: str = "output tok/s against concurren
     # the top, without their cap
     means = [y for s in series for _, y, _ in s.points]
     his = [ci[1] for s in series for _, _, ci in s.points if ci]
-    y_top = nice_ticks(max([1.0] + [min(max(his), 1.5 * max(means))] * bool(his and means) + means) * 1.08)[-1]
+    reach = min(max(his), 1.5 * max(means)) if his and means else 0.0
+    y_top = nice_ticks(max([1.0, reach] + means) * 1.08)[-1]
     m = (70, 170, 20, 50)
     body, ph, pw = _frame(width, height, m, y_top, x_label, y_label)
     left, top = m[0], m[2]
