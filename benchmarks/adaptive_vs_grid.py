@@ -57,7 +57,7 @@ def cell_line(r: dict[str, Any] | None) -> str:
     if not r:
         return "no good cell"
     ci = r.get("output_tok_s_ci95")
-    spread = f"95% CI {ci[0]:,.1f}-{ci[1]:,.1f}" if ci else "no interval"
+    spread = f"95% CI {ci[0]:,.1f} to {ci[1]:,.1f}" if ci else "no interval"
     return (f"{r['output_tok_s']:,.1f} tok/s ({spread}, {r.get('repeats', 1)} repeats) at {r['instances']}x"
             f"{r['parallel']} t{r['threads']} c={r['concurrency']}")
 
