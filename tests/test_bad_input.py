@@ -77,6 +77,10 @@ CASES: dict[str, Case] = {
                               "--out", "{tmp}/sweep"], "--budget"),
     "sweep warmup nan": Case(["sweep", "--model", "tiny", "--instances", "1", "--parallel", "1", "--warmup", "nan",
                               "--out", "{tmp}/sweep"], "warmup"),
+    "sweep repeats zero": Case(["sweep", "--model", "tiny", "--repeats", "0", "--out", "{tmp}/sweep"], "--repeats"),
+    "sweep budget negative": Case(["sweep", "--model", "tiny", "--budget", "-2", "--out", "{tmp}/sweep"], "--budget"),
+    "sweep adaptive one shape": Case(["sweep", "--model", "tiny", "--adaptive", "--instances", "2", "--parallel", "4",
+                                      "--out", "{tmp}/sweep"], "--adaptive"),
 }
 
 

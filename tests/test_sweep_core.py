@@ -15,7 +15,7 @@ import pytest
 
 from llama_tui.core import sweep
 from llama_tui.core.errors import UserError
-from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, ShapePlanner, SweepConfig, fit, results
+from llama_tui.core.sweep import LaunchFailed, LaunchInfo, Ramp, Shape, SweepConfig, fit, results
 
 
 def perf(shape: Shape, c: int, n_predict: int) -> float:
@@ -306,28 +306,6 @@ def test_adaptive_ramp_starts_at_the_slot_count_and_looks_down_when_not_beaten()
     assert seen == [8, 4, 2]
 
 
-def test_planner_visits_centre_and_corners_first_then_climbs_to_the_best() -> None:
-    axes = [[1, 2, 3, 4, 5], [1, 2, 4, 8, 16], [None], [None], [None]]
-    peak = (3, 1)
-
-    def score(ix):
-        return 100.0 - 10 * (abs(ix[0] - peak[0]) + abs(ix[1] - peak[1]))
-
-    p = ShapePlanner(axes, adaptive=True)
-    order = []
-    while (ix := p.next()) is not None:
-        order.append(ix[:2])
-        p.record(ix, score(ix))
-    assert order[:5] == [(2, 2), (4, 4), (0, 4), (4, 0), (0, 0)]
-    assert peak in order and len(order) < 25
-    grid = ShapePlanner(axes, adaptive=False)
-    n = 0
-    while (ix := grid.next()) is not None:
-        grid.record(ix, 0.0)
-        n += 1
-    assert n == 25
-
-
 def test_adaptive_sweep_finds_the_grid_best_with_fewer_cells(model: Path, tmp_path: Path) -> None:
     kw = dict(instances=(1, 2, 3, 4), parallel=(1, 2, 4, 8), concurrency=(1, 2, 4, 8, 16, 32), threads=(1,))
     full = FakeRunner()
@@ -404,6 +382,21 @@ def test_fit_estimate_from_gguf_metadata(model: Path) -> None:
     assert fit.cache_types("--cache-type-k q8_0 -ctv q4_0") == ("q8_0", "q4_0")
     assert fit.check(a, 1, free_ram=a.ram_bytes * 2).fits
     assert not fit.check(a, 1, free_ram=a.ram_bytes).fits  # no headroom left
+
+
+def test_the_facts_agree_with_gguf_and_a_damaged_file_is_refused(model: Path, tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    from llama_tui.core import gguf_header
+
+    reader = GGUFReader(str(model))
+    facts = fit.read_model_facts(model)  # through gguf_header: the header alone (GGUFReader took minutes on Gemma)
+    assert facts.weights_bytes == sum(int(t.n_bytes) for t in reader.tensors) and facts.n_vocab == 306
+    assert facts.arch == "llama" and facts.n_layers == 2
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"PK\x03\x04 not a model")
+    with pytest.raises(gguf_header.GGUFHeaderError):
+        fit.read_model_facts(bad)
 
 
 def test_fit_checks_vram_per_gpu_when_layers_are_offloaded(model: Path) -> None:
@@ -594,27 +587,6 @@ def test_adaptive_ramp_on_a_plateau_above_the_start_does_not_look_down() -> None
         seen.append(c)
         ramp.record(tok[c], True)
     assert seen == [4, 8]
-
-
-def test_planner_refines_only_around_competitive_leaders() -> None:
-    axes = [[1, 2, 3, 4, 5], [1, 2, 4, 8, 16], [None], [None], [None]]
-
-    def score(ix):
-        return {(2, 2): 100.0, (4, 4): 80.0}.get(ix, 50.0)
-
-    def visit(share):
-        p = ShapePlanner(axes, adaptive=True, leader_share=share)
-        order = []
-        while (ix := p.next()) is not None:
-            order.append(ix[:2])
-            p.record(ix, score(ix[:2]))
-        return order
-
-    order = visit(0.9)
-    assert order[:5] == [(2, 2), (4, 4), (0, 4), (4, 0), (0, 0)]
-    # only the centre leads: its four neighbours are tried; (4, 4) at 80% of the best is not explored
-    assert sorted(order[5:]) == [(1, 2), (2, 1), (2, 3), (3, 2)]
-    assert (3, 4) in visit(0.5) and (4, 3) in visit(0.5)
 
 
 def test_config_from_settings_takes_the_preset_tables(tmp_path: Path) -> None:

@@ -290,3 +290,40 @@ def test_a_second_sweep_on_the_same_out_is_refused_and_leaves_the_first_alone(no
             first.send_signal(signal.SIGTERM)  # stops after the current step and tears its fleet down
         first.wait(timeout=120)
     assert state.read_state(out / "fleet-state") is None
+
+
+def test_repeats_on_the_real_stack_give_intervals_a_verdict_and_a_page(no_leftovers: Path) -> None:
+    """The issue's new-user run, on the tiny model: 4 shapes x 2 concurrencies x 2 repeats (16 cells)."""
+    out = no_leftovers / "repeats"
+    base = free_port_block(4)  # below the ephemeral range (conftest): the sweep holds its ports for a minute
+    proc = run_cli("sweep", "--model", "tiny", "--instances", "1,2", "--parallel", "1,2", "--concurrency", "2,4",
+                   "--repeats", "2", "--duration", "2", "--warmup", "0.5", "--n-predict", "32", "--prompt-tokens", "8",
+                   "--ctx-per-slot", "256", "--base-port", str(base + 1), "--nginx-port", str(base), "--out", str(out),
+                   timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    rows = rows_of(out)
+    assert len(rows) == 16 and {r["repeat"] for r in rows} == {0, 1}
+    # repeats are rounds over the shapes: the second repeat of any cell comes after every shape's first
+    assert max(r["started_at"] for r in rows if r["repeat"] == 0) <= min(r["started_at"] for r in rows
+                                                                       if r["repeat"] == 1)
+    second = [r for r in rows if r["repeat"] == 1]
+    assert all(r["repeats"] == 2 and len(r["output_tok_s_ci95"]) == 2 for r in second)
+    assert all(r["output_tok_s_ci95"][0] <= r["output_tok_s_mean"] <= r["output_tok_s_ci95"][1] for r in second)
+    data = orjson.loads((out / "best.json").read_bytes())
+    assert "runner_up" in data and "distinguishable" in data
+    if data["best"] is not None and data["runner_up"] is not None:
+        assert isinstance(data["distinguishable"], bool) and data["best"]["repeats"] == 2
+    meta = orjson.loads((out / "metadata.json").read_bytes())
+    t = meta["time"]
+    assert t["counts"]["fleet_starts"] == 8 and t["counts"]["cells"] == 16
+    assert t["seconds"]["window"] >= 16 * 2 * 0.9 and t["seconds"]["fleet_start"] > 0
+    assert sum(t["seconds"].values()) == pytest.approx(t["wall_s"], rel=0.01)
+
+    page = no_leftovers / "r.html"
+    report = run_cli("sweep", "report", str(out), "--html", str(page))
+    assert report.returncode == 0, report.stderr
+    assert any(w in report.stdout for w in ("distinguishable", "statistically tied", "nothing to recommend"))
+    assert "time: " in report.stdout and "fleet starts" in report.stdout
+    html = page.read_text()
+    assert html.count("<svg ") == 4 and "<script" not in html and "http" not in html
+    assert not state.owned_processes(out / "fleet-state")

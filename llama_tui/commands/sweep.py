@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctx-per-slot", dest="ctx_per_slot", metavar="C", help="context tokens per slot")
     p.add_argument("--duration", metavar="S", help="measured seconds per cell (steady-state window)")
     p.add_argument("--warmup", metavar="S", help="warm-up seconds per cell, excluded from the numbers")
-    p.add_argument("--repeats", metavar="R", help="measurements per cell")
+    p.add_argument("--repeats", metavar="R",
+                   help="measurements per cell (default 1), taken in rounds over the shapes (each on its own fleet "
+                   "start), not back to back; with 2 or more every cell gets a 95%% interval (Student t) and "
+                   "best.json says whether the best is distinguishable from the runner-up")
     p.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="where an auto ramp stops")
     p.add_argument("--slo", metavar="K=V,...", help="e.g. ttft_p95_ms=500,e2e_p95_ms=4000: best.json and the "
                    "report only consider cells within it; auto ramps stop when it breaks")
@@ -47,10 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-args", dest="extra_args", metavar="ARGS", help="extra llama-server arguments")
     p.add_argument("--out", metavar="DIR", help="output directory (default: STATE_DIR/sweeps/DATE-TIME)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the sweep in --out (default: the latest): cells that stand are not measured again")
+                   help="continue the sweep in --out (default: the latest): cells that stand are not measured again. "
+                   "A directory from an earlier llama-tui version or made with other --repeats is continued: its "
+                   "cells stand and only the missing repeats are measured; one written by a newer version is refused")
     p.add_argument("--adaptive", action="store_true",
-                   help="coarse pass then refinement around the leaders; stop each ramp at its knee")
-    p.add_argument("--budget", metavar="MINUTES", type=float, help="stop after this long with the best found so far")
+                   help="successive halving (needs two shapes or more): every shape briefly at its slot count, keep "
+                   "the best third, run their ramps to the knee, measure the best cells again until two shapes are "
+                   "left with max(2, R) repeats each; one fleet start per shape and rung")
+    p.add_argument("--budget", metavar="MINUTES", type=float,
+                   help="stop after this many minutes of sweeping with the best found so far")
     p.add_argument("--apply", action="store_true", help="afterwards, start the fleet with the best shape")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run_sweep)
@@ -59,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("dir", metavar="DIR", help="a sweep's output directory")
     r.add_argument("--json", action="store_true", help="print best, frontier and rows as JSON")
     r.add_argument("--apply", action="store_true", help="start the fleet with the best shape")
+    r.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML page (inline "
+                   "SVG charts, nothing fetched from the network)")
     r.set_defaults(func=run_report)
 
 
@@ -117,14 +127,18 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from llama_tui.core import sweep
-    from llama_tui.core.sweep import results
+    from llama_tui.core.sweep import cells, results
 
     out = Path(args.dir).expanduser()
     text = sweep.report(out)  # raises UserError for a directory without results
+    if getattr(args, "html", None):
+        page = Path(args.html).expanduser()
+        sweep.write_page(out, page)
+        info(f"wrote {page}")
     if args.json:
         loaded = results.read_rows(out / results.RESULTS)
         meta = results.read_json(out / results.METADATA) or {}
-        print_json({"out_dir": str(out), "best": results.best_row(loaded.rows, meta.get("slo")),
+        print_json({"out_dir": str(out), **cells.best_json(loaded.rows, meta.get("slo")),
                     "frontier": results.pareto_frontier(loaded.rows), "damaged": loaded.damaged,
                     "rows": loaded.rows, "metadata": meta})
     else:

@@ -246,6 +246,8 @@ class SweepCellResult(_Snapshot):
     errors: int = 0
     valid: bool = True
     good: bool = False  # the core's verdict: error-free, valid and within the SLO (core/sweep/best.py)
+    cell: str | None = None  # the same for every repeat of one cell (None: a cell of its own)
+    shape: str | None = None  # the shape's label ("2x4 t1"); None: instances x parallel
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The best shape: one rule for best.json, the report, `sweep report --apply` and the TUI.
 
-A cell is good when it is measured, error-free, valid, has completed requests and a throughput figure,
-and is within the sweep's SLO (`results.is_good` and `results.within_slo`). The best is the good cell
-with the highest output tok/s; ties go to the lower TTFT p95, then to the earlier cell (`results.rank`).
+A row is good when it is measured, error-free, valid, has completed requests and a throughput figure,
+and is within the sweep's SLO (`results.is_good` and `results.within_slo`). A cell is good when every
+one of its repeats is; the best is the good cell with the highest mean output tok/s; ties go to the
+lower TTFT p95, then to the earlier cell (cells.py, which also gives the interval and the runner-up).
 
 - `best_shape(out_dir)`: the best row of a sweep directory and the full fleet settings that start it
   (threads, batch, ubatch, context, policy, GPU options), for `sweep report --apply` and the TUI.
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import SweepCellResult
-from llama_tui.core.sweep import results
+from llama_tui.core.sweep import cells, results
 
 # Why a shape has no number: its shape-level record, or what kept its measured cells from being good.
 SHAPE_FAILURES = {results.NO_FIT: "no fit", results.OOM: "oom", results.LAUNCH_FAILED: "failed"}
@@ -33,20 +34,22 @@ Key = tuple[int, int]  # (instances, parallel)
 
 
 def point(row: Mapping[str, Any], slo: Mapping[str, float] | None = None) -> SweepCellResult:
-    """A measured row as a point for the TUI, with the rule's verdict in `good`."""
+    """A measured row as a point for the TUI, with the rule's verdict in `good` and its cell's key (the
+    repeats of a cell share it)."""
+    group = cells.cell_group(row, 0)
+    shape = f"{row['instances']}x{row['parallel']}" + (f" t{row['threads']}" if row.get("threads") else "") + "".join(
+        f" {tag}{row[k]}" for k, tag in (("batch", "b"), ("ubatch", "ub")) if row.get(k) is not None)
     return SweepCellResult(
         int(row["instances"]), int(row["parallel"]), int(row["concurrency"]), float(row.get("output_tok_s") or 0.0),
         row.get("ttft_p50_ms"), row.get("ttft_p95_ms"), int(row.get("errors") or 0), bool(row.get("valid")),
-        good=results.is_good(row) and results.within_slo(row, slo))
+        good=results.is_good(row) and results.within_slo(row, slo),
+        cell=results.stable_id({"g": list(group)}) if group[0] != "row" else None, shape=shape)
 
 
-def best_point(points: Iterable[SweepCellResult]) -> SweepCellResult | None:
-    """The best good point (the same order as `results.best_row`), or None."""
-    best: SweepCellResult | None = None
-    for p in points:
-        if p.good and (best is None or results.rank(p.tok_s, p.ttft_p95_ms) > results.rank(best.tok_s, best.ttft_p95_ms)):
-            best = p
-    return best
+def best_point(points: Sequence[SweepCellResult]) -> SweepCellResult | None:
+    """The best cell of the points (the rule of `results.best_row`) as its latest point, carrying the
+    cell's mean tok/s and TTFT p95 when it has several repeats; None when no cell is good."""
+    return cells.best_of_points(points)
 
 
 def why_not(p: SweepCellResult) -> str:
@@ -54,14 +57,24 @@ def why_not(p: SweepCellResult) -> str:
     return "errors" if p.errors else "invalid" if not p.valid else "slo"
 
 
+def why_not_row(row: Mapping[str, Any], slo: Mapping[str, float] | None) -> str:
+    """Why a measured row is not good; a row also knows when no request finished in its window."""
+    if row.get("errors") or row.get("valid") is not True:
+        return "errors" if row.get("errors") else "invalid"
+    if not (row.get("requests_ok") or 0) > 0 or not isinstance(row.get("output_tok_s"), (int, float)):
+        return "unfinished"  # no request finished inside the window: it is too short for this load
+    return "slo"
+
+
 # --------------------------------------------------------------------------------------------- the grid
 
 
 @dataclass(frozen=True)
 class HeatCell:
-    tok_s: float | None  # the best good output tok/s of the shape (over concurrency and the extra axes)
+    tok_s: float | None  # the best good cell's mean output tok/s (over concurrency and the extra axes)
     note: str | None = None  # without a number: why ("errors", "invalid", "slo", "no fit", "oom", "failed")
     best: bool = False  # the best shape of the sweep
+    ci95: tuple[float, float] | None = None  # that cell's 95% interval (None: a single repeat)
 
 
 @dataclass(frozen=True)
@@ -87,18 +100,21 @@ def shape_grid(points: Sequence[SweepCellResult], notes: Mapping[Key, str] | Non
         for p in points:
             if not p.good:
                 notes.setdefault((p.instances, p.parallel), why_not(p))
-    values: dict[Key, float] = {}
-    for p in points:
-        if p.good:
+    found = cells.from_points(points)
+    leaders: dict[Key, cells.Cell] = {}
+    for c in found:
+        if c.good and c.tok_s is not None:
+            p = c.members[0]
             key = (p.instances, p.parallel)
-            values[key] = max(values.get(key, 0.0), p.tok_s)
-    top = best_point(points)
-    best_key = (top.instances, top.parallel) if top is not None else None
-    cells = {key: HeatCell(None, note) for key, note in notes.items()}
-    cells.update({key: HeatCell(v, best=key == best_key) for key, v in values.items()})
-    keys = set(cells) | {(p.instances, p.parallel) for p in points} | set(shapes)
+            if key not in leaders or c.rank() > leaders[key].rank():
+                leaders[key] = c
+    top = cells.verdict(found).best
+    best_key = (top.members[0].instances, top.members[0].parallel) if top is not None else None
+    heat = {key: HeatCell(None, note) for key, note in notes.items()}
+    heat.update({key: HeatCell(c.tok_s, best=key == best_key, ci95=c.ci95) for key, c in leaders.items()})
+    keys = set(heat) | {(p.instances, p.parallel) for p in points} | set(shapes)
     return ShapeGrid(tuple(sorted({i for i, _ in keys})), tuple(sorted({p for _, p in keys})),
-                     MappingProxyType(cells), top.tok_s if top is not None else None)
+                     MappingProxyType(heat), top.tok_s if top is not None else None)
 
 
 def grid_from_rows(rows: Iterable[Mapping[str, Any]], slo: Mapping[str, float] | None = None) -> ShapeGrid:
@@ -115,7 +131,7 @@ def grid_from_rows(rows: Iterable[Mapping[str, Any]], slo: Mapping[str, float] |
             p = point(r, slo)
             points.append(p)
             if not p.good:
-                notes.setdefault(key, why_not(p))
+                notes.setdefault(key, why_not_row(r, slo))
         elif r.get("status") in SHAPE_FAILURES:
             notes.setdefault(key, SHAPE_FAILURES[r["status"]])
     return shape_grid(points, notes, shapes)

@@ -44,7 +44,7 @@ def spawn(config: SweepConfig) -> SweepProcess:
 def summary(res: SweepResult) -> dict[str, Any]:
     return {"out_dir": str(res.out_dir), "status": res.status, "measured": res.measured,
             "skipped_standing": res.skipped_standing, "best": res.best, "damaged": res.damaged,
-            "wall_s": round(res.wall_s, 3)}
+            "wall_s": round(res.wall_s, 3), "time": res.time}
 
 
 def sweep_job(data: Mapping[str, Any], send: Emit, stop: threading.Event) -> dict[str, Any]:

@@ -58,16 +58,31 @@ class SweepConfig:
             if vals is not None and (not vals or any(int(v) < 1 for v in vals)):
                 raise UserError(f"--{name.replace('_', '-')} needs positive integers, got {vals!r}",
                                 f"write --{name.replace('_', '-')} as e.g. 1,2,4")
-        if self.repeats < 1 or self.duration <= 0 or self.warmup < 0:
-            raise UserError("--repeats must be >= 1, --duration > 0 and --warmup >= 0", "correct those values")
+        for ok, name, value, fix in ((self.repeats >= 1, "--repeats", self.repeats, "write --repeats 1 or more"),
+                                     (self.duration > 0, "--duration", self.duration, "write a positive --duration"),
+                                     (self.warmup >= 0, "--warmup", self.warmup, "write --warmup 0 or more")):
+            if not ok:
+                raise UserError(f"bad value for {name} {value!r}: {fix.split(' ', 1)[1]}", fix)
         if self.budget_min is not None and not 0 < self.budget_min <= 7 * 24 * 60:  # (nan and inf too)
             raise UserError(f"--budget must be a positive number of minutes (a week at most), got {self.budget_min}",
                             "write --budget 10")
+        if self.adaptive and self.shape_count() < 2:
+            raise UserError("--adaptive compares shapes, and this grid has only one "
+                            f"(instances {','.join(map(str, self.instances))} x parallel "
+                            f"{','.join(map(str, self.parallel))})",
+                            "give --instances or --parallel more than one value, or drop --adaptive")
         paths.check_private_dir(self.out_dir)  # not a link, ours, writable by no one else
         from llama_tui.core.fleet import frontdoor, spec  # refused now, not at every cell's fleet
 
         spec.check_unsafe_args(spec.parse_extra_args(self.extra_args), allow=False)
         frontdoor.conf_path(self.fleet_state_dir() / "nginx")
+
+    def shape_count(self) -> int:
+        """How many shapes the grid holds (instances x parallel x threads x batch x ubatch)."""
+        n = 1
+        for vals in (self.instances, self.parallel, self.threads, self.batch, self.ubatch):
+            n *= len(vals) if vals else 1
+        return n
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,16 +1,17 @@
-"""Which shape next, and which concurrency steps of it: the grid, the adaptive order and the knee.
+"""Which shape next, and which concurrency steps of it: the grid, its rounds and the knee.
 
 - Threads: each shape gets the fleet's thread budget (physical cores // instances) unless a threads
   list is swept; the threads used are recorded in every row.
 - `concurrency="auto"` doubles concurrency until throughput gains less than 3%, or the SLO breaks.
-- Adaptive: shapes are visited coarse-first (the grid's centre and corners), then around the leaders;
-  a shape's concurrency ramp starts near its slot count and stops at the knee.
+- A `Plan` hands the orchestrator one `Visit` (one fleet start) at a time. `GridPlan`: every shape,
+  `repeats` rounds over the shapes. The adaptive plan (successive halving) is in halving.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
 from llama_tui.core import hardware
 from llama_tui.core.sweep.config import SweepConfig
@@ -102,57 +103,126 @@ def coarse_order(axes: list[list[Any]]) -> list[tuple[int, ...]]:
     return out
 
 
-def neighbours(idx: tuple[int, ...], axes: list[list[Any]]) -> list[tuple[int, ...]]:
-    out = []
-    for a in range(len(axes)):
-        for d in (1, -1):
-            j = idx[a] + d
-            if 0 <= j < len(axes[a]):
-                out.append(idx[:a] + (j,) + idx[a + 1:])
-    return out
+CellKey = tuple[tuple[int, ...], int, int]  # (shape index, n_predict, concurrency)
 
 
-class ShapePlanner:
-    """Which shape to measure next, given each measured shape's score (best good tok/s, or None).
+class Steps(Protocol):
+    """The concurrency steps of one n_predict on one visit: a `Ramp`, or halving's `ThenBest`."""
 
-    Grid mode: every shape in order. Adaptive mode: the coarse pass, then the untried neighbours of
-    the leaders (the top `leaders` shapes scoring at least `leader_share` of the best), best leader
-    first, until no leader has an untried neighbour: a climb from the best region, not a grid."""
+    def next(self) -> int | None: ...
+    def record(self, tok_s: float | None, good: bool) -> None: ...
 
-    def __init__(self, axes: list[list[Any]], adaptive: bool, leaders: int = 2, leader_share: float = 0.9) -> None:
-        self.axes = axes
-        self.adaptive = adaptive
-        self.leaders = leaders
-        self.leader_share = leader_share
-        self.scores: dict[tuple[int, ...], float | None] = {}
-        self._queue = coarse_order(axes) if adaptive else grid_indices(axes)
 
-    def record(self, idx: tuple[int, ...], score: float | None) -> None:
-        self.scores[idx] = score
+@dataclass
+class Visit:
+    """One fleet start: a shape and the concurrency steps to measure on it, per n_predict."""
 
-    def next(self) -> tuple[int, ...] | None:
-        while self._queue:
-            idx = self._queue.pop(0)
-            if idx not in self.scores:
-                return idx
-        if not self.adaptive:
+    idx: tuple[int, ...]  # the shape's index in the axes
+    rung: int  # grid: the round (repeat); adaptive: the halving rung
+    ramps: dict[int, Steps]  # n_predict -> its concurrency steps
+    limit: int | None = None  # at most this many steps per n_predict on this visit (a brief look)
+    done: dict[int, int] = field(default_factory=dict)
+
+    def next(self, n_predict: int) -> int | None:
+        if self.limit is not None and self.done.get(n_predict, 0) >= self.limit:
             return None
-        ranked = sorted((s, i) for i, s in self.scores.items() if s is not None)
-        top = ranked[-1][0] if ranked else 0.0
-        for score, leader in reversed(ranked[-self.leaders:]):
-            if score < self.leader_share * top:
-                break
-            for n in neighbours(leader, self.axes):
-                if n not in self.scores:
-                    return n
-        return None
+        return self.ramps[n_predict].next()
 
-    def planned(self) -> int:
-        """A guess at how many shapes will be measured in all (for progress and ETA)."""
-        total = len(grid_indices(self.axes))
-        if not self.adaptive:
-            return total
-        return min(total, max(len(self.scores) + len(self._queue), len(coarse_order(self.axes)) + 2 * len(self.axes)))
+
+class Plan:
+    """Which shapes to start, in which order, and what to measure on each.
+
+    The orchestrator asks `next_visit()`, then `record()`s every step of the visit (cells that already
+    stand included, so that a resumed sweep replays the same decisions) and `drop()`s a shape that
+    cannot start. Every fleet start measures all its concurrency steps (fleet starts are the expensive
+    part); repeats of a cell come from later rounds over the shapes, never back to back, so that machine
+    drift spreads over every shape. The repeat index of a step is the number of samples its cell has."""
+
+    def __init__(self, axes: list[list[Any]], candidates: Sequence[int], n_predicts: Sequence[int],
+                 repeats: int) -> None:
+        self.axes = axes
+        self.candidates = list(candidates)
+        self.n_predicts = list(n_predicts)
+        self.repeats = repeats
+        self.samples: dict[CellKey, list[tuple[float | None, bool]]] = {}
+        self.dropped: set[tuple[int, ...]] = set()
+        self.rung = 0
+
+    def next_visit(self) -> Visit | None:
+        raise NotImplementedError
+
+    def planned_cells(self) -> int:
+        """A guess at how many cells this plan measures in all (for progress and ETA)."""
+        raise NotImplementedError
+
+    def repeat_of(self, idx: tuple[int, ...], n_predict: int, concurrency: int) -> int:
+        return len(self.samples.get((idx, n_predict, concurrency), ()))
+
+    def record(self, visit: Visit, n_predict: int, concurrency: int, tok_s: float | None, good: bool) -> None:
+        """One sample of a step of `visit`; its ramp sees the cell's mean over every sample so far."""
+        key = (visit.idx, n_predict, concurrency)
+        self.samples.setdefault(key, []).append((tok_s, good))
+        visit.done[n_predict] = visit.done.get(n_predict, 0) + 1
+        visit.ramps[n_predict].record(self.cell_mean(key), self.cell_good(key))
+
+    def drop(self, idx: tuple[int, ...]) -> None:
+        """The shape cannot start (no fit, out of memory, launch failure): no more visits."""
+        self.dropped.add(idx)
+
+    def cell_good(self, key: CellKey) -> bool:
+        s = self.samples.get(key, ())
+        return bool(s) and all(good and tok is not None for tok, good in s)
+
+    def cell_mean(self, key: CellKey) -> float | None:
+        s = self.samples.get(key, ())
+        vals = [tok for tok, _ in s if tok is not None]
+        return sum(vals) / len(vals) if vals and len(vals) == len(s) else None
+
+    def top_cell(self, idx: tuple[int, ...]) -> tuple[int, int] | None:
+        """(n_predict, concurrency) of the shape's best good cell by mean (ties: the lower concurrency)."""
+        good = [(self.cell_mean(k), -k[2], k) for k in self.samples if k[0] == idx and self.cell_good(k)]
+        if not good:
+            return None
+        _, _, key = max(good)
+        return key[1], key[2]
+
+    def shape_score(self, idx: tuple[int, ...]) -> float | None:
+        top = self.top_cell(idx)
+        return None if top is None else self.cell_mean((idx, *top))
+
+
+class GridPlan(Plan):
+    """Every shape, every concurrency step: `repeats` rounds over the shapes in grid order. Round 0 runs
+    each shape's ramp (every candidate, or up to the knee with `concurrency="auto"`); later rounds measure
+    the steps round 0 measured once more."""
+
+    def __init__(self, axes: list[list[Any]], candidates: Sequence[int], n_predicts: Sequence[int], repeats: int,
+                 auto: bool) -> None:
+        super().__init__(axes, candidates, n_predicts, repeats)
+        self.auto = auto
+        self.order = grid_indices(axes)
+        self._queue = list(self.order)
+
+    def next_visit(self) -> Visit | None:
+        while True:
+            while self._queue:
+                idx = self._queue.pop(0)
+                if idx not in self.dropped:
+                    return Visit(idx, self.rung, {n: self._ramp(idx, n) for n in self.n_predicts})
+            if self.rung + 1 >= self.repeats:
+                return None
+            self.rung += 1
+            self._queue = list(self.order)
+
+    def _ramp(self, idx: tuple[int, ...], n_predict: int) -> "Ramp":
+        if self.rung == 0:
+            return Ramp(self.candidates, 0, full=not self.auto)
+        return Ramp(sorted(c for i, n, c in self.samples if i == idx and n == n_predict), 0, full=True)
+
+    def planned_cells(self) -> int:
+        per_shape = len(self.candidates) if not self.auto else max(2, int(math.log2(max(2, max(self.axes[1])))) + 2)
+        shapes = len([i for i in self.order if i not in self.dropped])
+        return shapes * per_shape * len(self.n_predicts) * self.repeats
 
 
 class Ramp:
@@ -218,3 +288,9 @@ def ramp_start(candidates: Sequence[int], slots: int) -> int:
         if c <= slots:
             start = i
     return start
+
+
+def fill_start(candidates: Sequence[int], slots: int) -> int:
+    """Index of the smallest candidate that fills every slot (at least the shape's slot count), or the
+    last: where a closed loop first keeps the whole fleet busy."""
+    return next((i for i, c in enumerate(candidates) if c >= slots), len(candidates) - 1)

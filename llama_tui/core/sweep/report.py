@@ -1,4 +1,5 @@
-"""The text report of a sweep directory: the table, the heatmap, the frontier and what to run."""
+"""The text report of a sweep directory: the cells (means and 95% intervals over their repeats), the
+heatmap, the frontier, the best against the runner-up, where the time went and what to run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from llama_tui.core.errors import UserError
-from llama_tui.core.sweep import best, results
+from llama_tui.core.sweep import best, cells, ledger, results
 
 SHADES = " .:-=+*#%@"  # ASCII, so the heatmap survives any terminal and SSH link
 
@@ -67,25 +68,77 @@ def recommended_command(top: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     return shlex.join(cmd)
 
 
-def report(out_dir: Path | str) -> str:
-    """The table, a heatmap of best tok/s by instances x parallel, the frontier, and what to run."""
+def load(out_dir: Path | str) -> tuple[results.Loaded, dict[str, Any]]:
+    """A sweep directory's rows and metadata; UserError when it holds no results."""
     out = Path(out_dir)
     if not (out / results.RESULTS).is_file():
         raise UserError(f"{out} holds no sweep results (no {results.RESULTS})",
                         "pass the --out directory of a sweep (see `llama-tui sweep --help`)")
-    loaded = results.read_rows(out / results.RESULTS)
+    return results.read_rows(out / results.RESULTS), results.read_json(out / results.METADATA) or {}
+
+
+def _valid(r: Mapping[str, Any]) -> str:
+    """"yes", "no", or "2/3" when only some repeats were valid."""
+    n, ok = r.get("repeats") or 1, r.get("valid_repeats")
+    return _fmt(r.get("valid")) if ok is None or ok in (0, n) else f"{ok}/{n}"
+
+
+def ci_text(ci: Sequence[float] | None) -> str:
+    def whole(v: float) -> str:
+        text = f"{v:,.0f}"
+        return "0" if text == "-0" else text
+
+    return "n/a" if not ci else f"{whole(ci[0])} to {whole(ci[1])}"
+
+
+def shape_text(r: Mapping[str, Any]) -> str:
+    t = r.get("threads")
+    return f"{r['instances']} instances x {r['parallel']} slots, {t} thread{'' if t == 1 else 's'}"
+
+
+def cell_text(r: Mapping[str, Any]) -> str:
+    """"1,234 tok/s (95% CI 1,200-1,260 over 3 repeats)" for a cell summary."""
+    ci = r.get("output_tok_s_ci95")
+    n = r.get("repeats") or 1
+    spread = f"95% CI {ci_text(ci)} over {n} repeats" if ci else f"{n} repeat{'' if n == 1 else 's'}, no interval"
+    return f"{_fmt(r.get('output_tok_s'))} tok/s ({spread})"
+
+
+def verdict_lines(rows: Sequence[Mapping[str, Any]], slo: Mapping[str, float] | None, mode: str,
+                  meta: Mapping[str, Any]) -> list[str]:
+    """The best cell against the runner-up, and the command that starts the best shape."""
+    v = cells.verdict(cells.from_rows(rows, slo))
+    if v.best is None:
+        return ["no error-free, valid cell" + (" within the SLO" if slo else "") + ": nothing to recommend"]
+    top = v.best.summary()
+    lines = [f"best: {shape_text(top)}, at concurrency {top['concurrency']}: {cell_text(top)} ({mode}), "
+             f"TTFT p95 {_fmt(top.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(top.get('e2e_p95_ms'), 1)} ms"]
+    if v.runner_up is not None:
+        ru = v.runner_up.summary()
+        lines.append(f"runner-up: {shape_text(ru)}, at concurrency {ru['concurrency']}: {cell_text(ru)}")
+    lines += [v.reason, "run it with:", "  " + recommended_command(top, meta)]
+    return lines
+
+
+def report(out_dir: Path | str) -> str:
+    """The cells, a heatmap of best tok/s by instances x parallel, the frontier, the best against the
+    runner-up, the time account and what to run."""
+    out = Path(out_dir)
+    loaded, meta = load(out)
     rows = loaded.rows
-    meta = results.read_json(out / results.METADATA) or {}
     slo = meta.get("slo") or {}
     fp = meta.get("fingerprint") or {}
     params = meta.get("params") or {}
     mode = "streamed" if params.get("stream", True) else "non-streamed"
     measured = [r for r in rows if results.is_measured(r)]
+    found = cells.from_rows(rows, slo)
     lines = [f"sweep {out}",
              f"model: {fp.get('path', 'n/a')} ({fp.get('arch') or 'n/a'}, fingerprint {fp.get('id', 'n/a')})",
              f"llama-server: {(meta.get('llama_server') or {}).get('version') or 'n/a'}, "
              f"build_info {(meta.get('llama_server') or {}).get('build_info') or 'n/a'}",
-             f"cells: {len(measured)} measured, {len(rows) - len(measured)} shape records; "
+             f"cells: {len(measured)} measured ({len(found)} distinct, repeats per cell: "
+             f"{', '.join(str(n) for n in sorted({c.repeats for c in found})) or 'none'}), "
+             f"{len(rows) - len(measured)} shape records; "
              f"duration {_fmt(params.get('duration'), 1)} s per cell, warm-up {_fmt(params.get('warmup'), 1)} s; "
              f"SLO: {', '.join(f'{k} <= {v:g}' for k, v in slo.items()) or 'none'}; tok/s are {mode} output tokens"]
     for note in loaded.damaged:
@@ -94,42 +147,44 @@ def report(out_dir: Path | str) -> str:
     show_ub = any(r.get("ubatch") is not None for r in rows)
     show_np = len({r.get("n_predict") for r in measured}) > 1
     header = ["status", "inst", "par", "thr"] + (["batch"] if show_b else []) + (["ubatch"] if show_ub else []) + (
-        ["n_pred"] if show_np else []) + ["conc", "tok/s", "srv tok/s", "ttft p50", "ttft p95", "ttft p99",
-                                          "itl p50", "e2e p95", "err", "ok", "valid", "rss MiB"]
+        ["n_pred"] if show_np else []) + ["conc", "rep", "tok/s", "95% CI", "srv tok/s", "ttft p50", "ttft p95",
+                                          "ttft p99", "itl p50", "e2e p95", "err", "ok", "valid", "rss MiB"]
     table = []
-    for r in sorted(rows, key=lambda r: tuple((v is None, v) for v in (
+    shape_records = [r for r in rows if not results.is_measured(r)]
+    for r in sorted([c.summary() for c in found] + shape_records, key=lambda r: tuple((v is None, v) for v in (
             r.get("instances"), r.get("parallel"), r.get("threads"), r.get("batch"), r.get("ubatch"),
-            r.get("n_predict"), r.get("concurrency"), r.get("repeat")))):
-        line = [str(r.get("status", "ok")), _fmt(r.get("instances")), _fmt(r.get("parallel")), _fmt(r.get("threads"))]
+            r.get("n_predict"), r.get("concurrency")))):
+        measured_cell = results.is_measured(r)
+        status = str(r.get("status", "ok"))
+        if measured_cell:
+            status = "error" if r.get("errors") else "ok"
+        line = [status, _fmt(r.get("instances")), _fmt(r.get("parallel")), _fmt(r.get("threads"))]
         line += [_fmt(r.get("batch"))] if show_b else []
         line += [_fmt(r.get("ubatch"))] if show_ub else []
         line += [_fmt(r.get("n_predict"))] if show_np else []
-        if results.is_measured(r):
-            line += [_fmt(r.get("concurrency")), _fmt(r.get("output_tok_s")), _fmt(r.get("server_output_tok_s")),
+        if measured_cell:
+            line += [_fmt(r.get("concurrency")), _fmt(r.get("repeats") or 1), _fmt(r.get("output_tok_s")),
+                     ci_text(r.get("output_tok_s_ci95")), _fmt(r.get("server_output_tok_s")),
                      _fmt(r.get("ttft_p50_ms"), 1), _fmt(r.get("ttft_p95_ms"), 1), _fmt(r.get("ttft_p99_ms"), 1),
                      _fmt(r.get("itl_p50_ms"), 2), _fmt(r.get("e2e_p95_ms"), 1), _fmt(r.get("errors")),
-                     _fmt(r.get("requests_ok")), _fmt(r.get("valid")), _mib(r.get("rss_peak_total_bytes"))]
+                     _fmt(r.get("requests_ok")), _valid(r), _mib(r.get("rss_peak_total_bytes"))]
         else:
-            line += ["-"] * 11 + [""]
+            line += ["-"] * 13 + [""]
             line[-1] = str(r.get("message") or "")[:60]
         table.append(line)
     lines += ["", *render_table(header, table, left=1)]
     lines += ["", f"best output tok/s by instances x parallel ({mode}; '<' marks the best; shade ' ' low .. '@' high):",
               *heatmap(rows, slo)]
     front = results.pareto_frontier(rows)
-    lines += ["", "frontier (output tok/s against TTFT p95; nothing else is both faster and quicker to first token):"]
+    lines += ["", "frontier (mean output tok/s against mean TTFT p95 of each cell; nothing else is both faster and "
+                  "quicker to first token):"]
     lines += render_table(["ttft p95 ms", "tok/s", "shape", "conc"],
                           [[_fmt(r.get("ttft_p95_ms"), 1), _fmt(r.get("output_tok_s")),
                             f"{r.get('instances')}x{r.get('parallel')} t{r.get('threads')}", _fmt(r.get("concurrency"))]
                            for r in front]) if front else ["  (no error-free cells)"]
-    top = results.best_row(rows, slo)
-    lines.append("")
-    if top is None:
-        lines.append("no error-free, valid cell" + (" within the SLO" if slo else "") + ": nothing to recommend")
-    else:
-        t = top.get("threads")
-        lines += [f"best: {top['instances']} instances x {top['parallel']} slots, {t} thread{'' if t == 1 else 's'}, "
-                  f"at concurrency {top['concurrency']}: {_fmt(top.get('output_tok_s'))} tok/s ({mode}), "
-                  f"TTFT p95 {_fmt(top.get('ttft_p95_ms'), 1)} ms, E2E p95 {_fmt(top.get('e2e_p95_ms'), 1)} ms",
-                  "run it with:", "  " + recommended_command(top, meta)]
+    lines += ["", *verdict_lines(rows, slo, mode, meta)]
+    spent = meta.get("time") or ledger.total([r.get("time") for r in meta.get("runs") or []])
+    lines += ["", "time: " + (ledger.summary_line(spent) if spent else
+                              "not recorded (a sweep from before the time account)")]
+    lines.append(f"intervals: {cells.CI_METHOD}")
     return "\n".join(lines) + "\n"

@@ -2,8 +2,9 @@
 
     DIR/results.jsonl   one JSON object per measured cell; each row is written, flushed and fsynced
     DIR/results.csv     the same rows as CSV (rewritten atomically after every row)
-    DIR/best.json       the best error-free, valid cell (within the SLO when one is given)
-    DIR/frontier.json   the Pareto frontier of output tok/s against TTFT p95
+    DIR/best.json       the best cell over its repeats (error-free, valid, within the SLO when one is given),
+                        the runner-up and whether the two are distinguishable (cells.py)
+    DIR/frontier.json   the Pareto frontier of output tok/s against TTFT p95 (cells, over their repeats)
     DIR/metadata.json   model fingerprint, llama-server build, hardware, exact commands
 
 A crash can leave a half-written last line in results.jsonl. Reading ignores it and says so; the
@@ -46,7 +47,8 @@ CELL_COORDS = ("instances", "parallel", "threads", "batch", "ubatch", "n_predict
 # results.csv columns, in this order; anything else a row carries follows, sorted.
 CSV_COLUMNS = (
     "status", "instances", "parallel", "concurrency", "ctx_per_slot", "threads", "batch", "ubatch", "n_predict",
-    "repeat", "output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
+    "repeat", "output_tok_s", "output_tok_s_mean", "output_tok_s_ci95", "repeats", "rung", "server_output_tok_s",
+    "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
     "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
     "rss_peak_bytes", "rss_peak_total_bytes", "gpu_mem_peak_bytes", "gpu_mem_peak_total_bytes",
     "client_cpu_percent", "duration_s", "started_at", "api", "stream", "message", "cell_id", "params_id", "fingerprint",
@@ -118,17 +120,14 @@ def stable_id(data: Mapping[str, Any]) -> str:
 
 
 def best_row(rows: Iterable[Mapping[str, Any]], slo: Mapping[str, float] | None = None) -> dict[str, Any] | None:
-    """The error-free, valid row with the highest output tok/s (within the SLO when one is given).
+    """The best cell (cells.py: error-free and valid in every repeat, within the SLO when one is given,
+    the highest mean output tok/s) as one row: its means, its 95% interval and its repeats.
 
-    Ties go to the lower TTFT p95, then to the earlier row."""
-    best: Mapping[str, Any] | None = None
-    for row in rows:
-        if not is_good(row) or not within_slo(row, slo):
-            continue
-        if best is None or rank(row["output_tok_s"], row.get("ttft_p95_ms")) > rank(
-                best["output_tok_s"], best.get("ttft_p95_ms")):
-            best = row
-    return dict(best) if best is not None else None
+    Ties go to the lower TTFT p95, then to the earlier cell."""
+    from llama_tui.core.sweep import cells
+
+    top = cells.verdict(cells.from_rows(list(rows), slo)).best
+    return top.summary() if top is not None else None
 
 
 def rank(output_tok_s: float, ttft_p95_ms: Any) -> tuple[float, float]:
@@ -138,8 +137,12 @@ def rank(output_tok_s: float, ttft_p95_ms: Any) -> tuple[float, float]:
 
 
 def pareto_frontier(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Good rows not beaten on both axes (higher tok/s and lower TTFT p95), by ascending TTFT p95."""
-    pts = [r for r in rows if is_good(r) and isinstance(r.get("ttft_p95_ms"), (int, float))]
+    """Good cells (over their repeats) not beaten on both axes (higher mean tok/s and lower mean TTFT
+    p95), by ascending TTFT p95."""
+    from llama_tui.core.sweep import cells
+
+    pts = [c.summary() for c in cells.from_rows(list(rows)) if c.good]
+    pts = [r for r in pts if isinstance(r.get("ttft_p95_ms"), (int, float))]
     pts.sort(key=lambda r: (float(r["ttft_p95_ms"]), -float(r["output_tok_s"])))
     out: list[dict[str, Any]] = []
     top = -math.inf
@@ -241,8 +244,9 @@ class ResultStore:
     def refresh(self) -> None:
         """Rewrite results.csv, best.json and frontier.json from the rows (each atomically)."""
         paths.write_private(self.dir / CSV_NAME, to_csv(self.rows))
-        best = best_row(self.rows, self.slo)
-        paths.write_private(self.dir / BEST, _dumps({"slo": self.slo or None, "best": best}))
+        from llama_tui.core.sweep import cells
+
+        paths.write_private(self.dir / BEST, _dumps(cells.best_json(self.rows, self.slo)))
         paths.write_private(self.dir / FRONTIER, _dumps({"x": "ttft_p95_ms", "y": "output_tok_s",
                                                           "frontier": pareto_frontier(self.rows)}))
 

@@ -93,7 +93,7 @@ class PeakSampler:
 # Bench step fields -> row fields (the row keeps the names).
 _STEP_FIELDS = ("output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
                 "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
-                "latency_valid", "latency_note", "client_cpu_percent", "duration_s", "api", "stream", "errors_by_class", "reconnects",
+                "latency_valid", "latency_note", "client_cpu_percent", "duration_s", "warmup_s", "api", "stream", "errors_by_class", "reconnects",
                 "token_agreement_pct", "workers")
 
 

@@ -1,4 +1,5 @@
-"""The sweep screen: progress (cell i/N, ETA), the live heatmap, sortable results, "apply best"."""
+"""The sweep screen: progress (cell i/N, ETA), the live heatmap, sortable results with each cell's 95%
+interval over its repeats, "apply best"."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from llama_tui.core.snapshots import SweepCellResult, SweepProgress
-from llama_tui.core.sweep import best_point
+from llama_tui.core.sweep import cells
 from llama_tui.ui import units
 from llama_tui.ui.widgets.redraw import show_text
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap
@@ -19,7 +20,7 @@ from llama_tui.ui.widgets.throughput_chart import bar
 
 RESULT_COLUMNS = (("n", "#", 3), ("instances", "inst", 4), ("parallel", "par", 4), ("concurrency", "conc", 5),
                   ("tok_s", "tok/s", 7), ("ttft_p50", "TTFT p50", 8), ("ttft_p95", "p95", 7),
-                  ("errors", "err", 4), ("valid", "valid", 5))
+                  ("errors", "err", 4), ("valid", "valid", 5), ("ci95", "±95%", 5))
 SORT_KEYS = {
     "n": lambda r: 0,  # replaced by the finishing order itself (see ResultsTable.resort)
     "instances": lambda r: (r.instances, r.parallel, r.concurrency),
@@ -30,6 +31,7 @@ SORT_KEYS = {
     "ttft_p95": lambda r: r.ttft_p95_ms if r.ttft_p95_ms is not None else float("inf"),
     "errors": lambda r: r.errors,
     "valid": lambda r: r.valid,
+    "ci95": lambda r: r.tok_s,  # rows of one cell share its interval: by tok/s
 }
 DESCENDING = {"tok_s", "valid"}
 
@@ -49,6 +51,15 @@ def progress_line(p: SweepProgress | None, running: bool) -> str:
             f"elapsed {units.duration(p.t)}  ETA {eta}")
 
 
+def interval_text(ci: tuple[float, float] | None) -> str:
+    """A cell's 95% interval as its half-width around the mean ("±57", "±1.2k"; Student-t intervals are
+    symmetric); empty for a single repeat."""
+    if ci is None:
+        return ""
+    half = (ci[1] - ci[0]) / 2
+    return "±" + (f"{half / 1000:.1f}k" if half >= 1000 else f"{half:,.0f}")
+
+
 class ResultsTable(DataTable):
     COMPONENT_CLASSES = {"results-table--best", "results-table--invalid"}
 
@@ -57,12 +68,13 @@ class ResultsTable(DataTable):
         self.sort_column = "tok_s"
         self._shown: list[SweepCellResult] = []  # in the order the sweep finished them; row key = position
         self._best: int | None = None
+        self._ci: dict[int, str] = {}  # row -> the interval shown (a cell's changes as its repeats arrive)
 
     def on_mount(self) -> None:
         for key, label, width in RESULT_COLUMNS:
             self.add_column(label, key=key, width=width)
 
-    def _cells(self, n: int, r: SweepCellResult, best: bool) -> list[Text | str]:
+    def _cells(self, n: int, r: SweepCellResult, best: bool, ci: str = "") -> list[Text | str]:
         style = None
         if best:
             style = self.get_component_rich_style("results-table--best", partial=True)
@@ -70,24 +82,30 @@ class ResultsTable(DataTable):
             style = self.get_component_rich_style("results-table--invalid", partial=True)
         values = [("★" if best else " ") + str(n + 1), str(r.instances), str(r.parallel), str(r.concurrency),
                   units.num(r.tok_s), units.ms(r.ttft_p50_ms), units.ms(r.ttft_p95_ms), str(r.errors),
-                  "yes" if r.valid else "NO"]
+                  "yes" if r.valid else "NO", ci]
         return [Text(v, style=style or "") for v in values]  # Text: no markup parsing per redraw
 
     def show(self, results: tuple[SweepCellResult, ...]) -> None:
         if len(results) < len(self._shown):  # a new sweep: start over
             self.clear()
-            self._shown, self._best = [], None
-        best = best_point(results)  # the core's rule: the star is the shape that apply-best starts
-        best_n = next((n for n, r in enumerate(results) if r is best), None)
+            self._shown, self._best, self._ci = [], None, {}
+        found = cells.from_points(results)
+        top = cells.verdict(found).best  # the core's rule: the star is the shape that apply-best starts
+        best_n = next((n for n, r in enumerate(results) if top is not None and r is top.members[-1]), None)
+        position = {id(r): n for n, r in enumerate(results)}
+        ci = {position[id(m)]: interval_text(c.ci95) for c in found for m in c.members}
         for n in range(len(self._shown), len(results)):
-            self.add_row(*self._cells(n, results[n], n == best_n), key=str(n))
+            self._ci[n] = ci.get(n, "")
+            self.add_row(*self._cells(n, results[n], n == best_n, self._ci[n]), key=str(n))
             self._shown.append(results[n])
+        changed = {n for n in range(len(self._shown)) if ci.get(n, "") != self._ci[n]}
         if best_n != self._best:
-            for n in (self._best, best_n):
-                if n is not None and n < len(self._shown):
-                    for (col, _, _), cell in zip(RESULT_COLUMNS, self._cells(n, self._shown[n], n == best_n)):
-                        self.update_cell(str(n), col, cell)
+            changed |= {n for n in (self._best, best_n) if n is not None and n < len(self._shown)}
             self._best = best_n
+        for n in sorted(changed):
+            self._ci[n] = ci.get(n, "")
+            for (col, _, _), cell in zip(RESULT_COLUMNS, self._cells(n, self._shown[n], n == best_n, self._ci[n])):
+                self.update_cell(str(n), col, cell)
         self.resort()
 
     def resort(self) -> None:

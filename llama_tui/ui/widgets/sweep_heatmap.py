@@ -1,4 +1,5 @@
-"""The sweep's live heatmap: best tok/s by instances (rows) x parallel (columns), best cell starred.
+"""The sweep's live heatmap: best tok/s by instances (rows) x parallel (columns), best cell starred, and
+whether the best stands apart from the runner-up (their 95% intervals).
 
 It renders the core's grid (`sweep.shape_grid`: the rule the report's heatmap and apply-best use)."""
 
@@ -11,7 +12,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from llama_tui.core.snapshots import SweepProgress
-from llama_tui.core.sweep import shape_grid
+from llama_tui.core.sweep import cells, shape_grid
 
 CELL_W = 8
 LABEL_W = 6
@@ -19,6 +20,19 @@ LABEL_W = 6
 
 def cell_text(v: float) -> str:
     return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:,.0f}"
+
+
+def runner_up_line(p: SweepProgress) -> str:
+    """The best against the runner-up (another shape), as the core judges it: "" without a runner-up or
+    without intervals to compare."""
+    v = cells.verdict(cells.from_points(p.results))
+    if v.best is None or v.runner_up is None:
+        return ""
+    other = v.runner_up.members[-1]
+    name = other.shape or f"{other.instances}x{other.parallel}"
+    if v.best.ci95 is None or v.runner_up.ci95 is None:
+        return ""  # single repeats: no intervals to compare
+    return f"apart from {name} (95% CI)" if v.distinguishable else f"statistically tied with {name}"
 
 
 class SweepHeatmap(Widget):
@@ -58,4 +72,7 @@ class SweepHeatmap(Widget):
                 out.append(f"{'★' if cell.best else ' '}{cell_text(cell.tok_s):>{CELL_W - 2}} ", style)
             out.append("\n")
         out.append(f"{'':>{LABEL_W}}★ best · … measuring now", axis)
+        versus = runner_up_line(p)
+        if versus:
+            out.append(f"\n{'':>{LABEL_W}}{versus}", axis)
         return out
