@@ -49,8 +49,9 @@ if [ -n "$want_carry" ] && [ ! -f "$CARRY/SHA256SUMS" ]; then
   exit 2
 fi
 
-# The interpreter: the GPU image's python3 there; in a dry run the GPU-like 3.12 that --prepare made
-# (numpy only, everything else from the carried wheels), else the project's own.
+# The interpreter: the GPU image's python3 there; in a dry run that unpacks the carry, the GPU-like 3.12
+# that --prepare made (numpy only, everything else from the carried wheels), else the project's own
+# (without the carry the 3.12 has nothing but numpy).
 SIM_PY=${GPU_CHECK_SIM:-$HOME/.cache/llama-tui/gpu-check/py312}/bin/python
 if [ "$MODE" = gpu ]; then
   PY=${PYTHON:-python3}
@@ -58,7 +59,7 @@ if [ "$MODE" = gpu ]; then
   [ -n "${OUT:-}" ] || { echo "error: OUT is not set (fix: OUT=/some/dir bash benchmarks/gpu_check.sh)" >&2; exit 2; }
   MADE_WORK=
 else
-  if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$SIM_PY" ]; then PY=$SIM_PY; else PY=$DEV_PY; fi
+  if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -n "$want_carry" ] && [ -x "$SIM_PY" ]; then PY=$SIM_PY; else PY=$DEV_PY; fi
   if [ -n "${GPU_CHECK_WORK:-}" ]; then WORK=$GPU_CHECK_WORK; MADE_WORK=; else WORK=$(mktemp -d /tmp/gpu-check.XXXXXX); MADE_WORK=1; fi
   OUT=${OUT:-$WORK/out}
 fi

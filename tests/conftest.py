@@ -26,6 +26,12 @@ from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
 from llama_tui.core.probe import base_url
 
 LOOPBACK = "127.0.0.1"
+
+# A shell without job control starts background commands (`make test &`, `pytest ... &`) with SIGINT
+# ignored, and children inherit that: the tests that stop a foreground fleet or `logs -f` with Ctrl-C
+# (SIGINT) would then wait in vain. Give the test process (and so its children) the default handling.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 REPO = Path(__file__).resolve().parent.parent
 
 
