@@ -32,6 +32,15 @@ class SystemSample:
 
 
 @dataclass(frozen=True)
+class NodeSample:
+    """One node of a fleet spread over machines (a Ray node): its id, its IP and its own numbers."""
+
+    node: str
+    host: str
+    system: SystemSample | None = None
+
+
+@dataclass(frozen=True)
 class InstanceSnapshot:
     index: int
     port: int
@@ -97,6 +106,7 @@ class FleetSnapshot:
     nginx: UpstreamSnapshot | None = None
     system: SystemSample | None = None
     warnings: tuple[str, ...] = ()
+    nodes: tuple[NodeSample, ...] = ()  # a multi-host fleet's nodes, each with its own numbers
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,7 +72,8 @@ def _wait_registered(sd: Path, proc: subprocess.Popen, timeout: float = 30.0) ->
 
 
 def _describe(inst: st_mod.InstanceState) -> str:
-    return f"instance {inst.index} (port {inst.port}, {inst.threads} threads)"
+    where = f"port {inst.port}" if inst.port else "port not known yet"
+    return f"instance {inst.index} ({where}, {inst.threads} threads)"
 
 
 def _wait_running(sd: Path, proc: subprocess.Popen, timeout: float, on_progress: Progress | None) -> FleetState:
@@ -142,10 +143,16 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
                 validate_extra_args(spec.extra_args, llama_server)
+            where = f"on ports {spec.base_port}-{spec.port_of(spec.instances - 1)}"
+            if spec.engine == "ray":  # the cluster can host it, every node has the model: else nothing is placed
+                from llama_tui.core.fleet import ray_cluster
+
+                spec = ray_cluster.prepare(spec, str(llama_server))
+                where = f"on the Ray cluster at {spec.ray_address} ({spec.placement}, namespace {spec.ray_namespace})"
             if on_progress:
                 on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
-                            f"{spec.threads_for(spec.instances)} threads each) on ports {spec.base_port}-"
-                            f"{spec.port_of(spec.instances - 1)}, nginx on {spec.listen}:{spec.nginx_port}")
+                            f"{spec.threads_for(spec.instances)} threads each) {where}, "
+                            f"nginx on {spec.listen}:{spec.nginx_port}")
             payload = {"spec": spec.to_dict(), "llama_server": str(llama_server), "nginx_bin": str(nginx_bin)}
             paths.write_private(sd / st_mod.SPEC_FILE, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
             proc = _spawn_supervisor(sd, adopt=False)
@@ -301,5 +308,22 @@ def down(state_dir: Path | None = None, timeout: float = 10.0) -> bool:
         for p in leftovers:
             st_mod.ProcRef(p.pid, None, False).signal(signal.SIGKILL)
             st_mod.kill_group_remnants(p.pid, ("nginx", "llama-server"))
+        if s is not None and s.spec.get("engine") == "ray":
+            _clear_ray(s)  # what is left on the cluster (the supervisor stopped what it knew of)
         st_mod.remove_runtime_files(sd, s.control if s else None)
         return anything or bool(leftovers)
+
+
+def _clear_ray(s: FleetState) -> None:
+    """Kill every actor left in a Ray fleet's namespace and remove its placement groups. The state stays
+    when the cluster cannot be reached, so that a later `fleet down` can finish the job."""
+    from llama_tui.core.fleet import ray_cluster
+
+    address, namespace = s.spec.get("ray_address"), s.spec.get("ray_namespace")
+    if not address or not namespace:
+        return
+    try:
+        ray_cluster.clear(address, namespace)
+    except UserError as exc:
+        raise UserError(f"{exc.cause}: the fleet's actors (namespace {namespace}) may still run there",
+                        "run `llama-tui fleet down` again once the cluster answers") from None

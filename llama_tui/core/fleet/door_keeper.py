@@ -7,6 +7,7 @@ are ready, reloaded when membership or policy changes, started again with the la
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -53,8 +54,11 @@ class DoorKeeper:
     def spec(self) -> FrontDoorSpec:
         """NGINX in front of the instances that are in the upstream, with the current policy (the same
         builder `llama-tui nginx render` uses, so it prints exactly the live config)."""
-        members = [self.sup.instances.endpoint(i) for i in self.sup.instances.sorted() if i.rec.in_upstream]
-        return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
+        insts = self.sup.instances
+        remote = insts.placement.starts_in_background  # a restarted remote instance comes back elsewhere
+        members = [insts.endpoint(i) for i in insts.sorted() if i.rec.in_upstream and (i.handle or not remote)]
+        spec = FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
+        return dataclasses.replace(spec, internal_key=self.sup.internal_key)
 
     def adopt(self, pid: int) -> None:
         """Take over the NGINX an earlier supervisor started."""
@@ -130,6 +134,15 @@ class DoorKeeper:
             log(f"nginx reload failed, previous config kept: {check.error}")
         self.record()
         return check.ok
+
+    def follow(self) -> None:
+        """Reload when the members' endpoints changed: a remote (Ray) instance that crashed or lost its
+        node leaves the upstream, and comes back at the endpoint of its new placement. Under the lock."""
+        if self.door.pid is None or self.door.spec is None:
+            return
+        if self.spec().backends != self.door.spec.backends:
+            log("nginx follows the instances' endpoints")
+            self.reload()
 
     def tick(self, now: float) -> bool:
         """Start NGINX again when it died (after its backoff). Under the lock; returns whether anything changed."""

@@ -78,6 +78,7 @@ class FrontDoorSpec:
     fail_timeout: str = "2s"
     worker_processes: int | None = None
     api_key_file: str | None = None
+    internal_key: str | None = None  # the instances require it: NGINX sends it in place of the client's
 
     @classmethod
     def for_fleet(cls, fleet: Any, endpoints: Sequence[Endpoint], policy: str | None = None) -> "FrontDoorSpec":
@@ -202,6 +203,9 @@ def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_r
             raise UserError(f"bad backend {b.host!r}:{b.port} with {b.slots} slots",
                             "instances need a host name or IP, a port 1-65535 and at least one slot")
     api_key = read_api_key(spec)
+    if spec.internal_key is not None and not _SAFE_KEY.match(spec.internal_key):
+        raise UserError("the fleet's internal key has characters NGINX cannot carry", "run `llama-tui fleet down`, "
+                        "remove internal.key from the state dir, and start the fleet again")
     if not _SAFE_HEADER.match(spec.hash_header):
         raise UserError(f"bad hash header name {spec.hash_header!r}", "use letters, digits and dashes, e.g. X-Session-Id")
     try:
@@ -225,6 +229,7 @@ def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_r
         max_concurrency=spec.max_concurrency,
         expose_admin=spec.expose_admin,
         api_key=api_key,
+        internal_key=spec.internal_key,
         hash_header=spec.hash_header,
         max_fails=spec.max_fails,
         fail_timeout=spec.fail_timeout,

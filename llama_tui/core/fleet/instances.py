@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,6 +106,7 @@ class Instance:
         self.start_failures = 0
         self.next_start: float | None = None  # waiting out a backoff
         self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
+        self.pending: Future[InstanceHandle] | None = None  # a start in a worker thread (a remote placement)
         self.liveness = Liveness()
         self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
 
@@ -121,12 +123,15 @@ class Instances:
         self.items: list[Instance] = []
         self.placement: Placement
         self._mon: Monitor | None = None
+        self._starter: ThreadPoolExecutor | None = None  # starts of a placement that starts in the background
 
-    def use(self, placement: Placement) -> None:
+    def use(self, placement: Placement, api_key: str | None = None) -> None:
         self.placement = placement
-        self._mon = Monitor(http_timeout=1.0, placement=placement)
+        self._mon = Monitor(http_timeout=1.0, placement=placement, api_key=api_key)
 
     def close(self) -> None:
+        if self._starter is not None:
+            self._starter.shutdown(wait=False, cancel_futures=True)
         if self._mon is not None:  # (set with the placement)
             self._mon.close()
             self.placement.close()
@@ -153,7 +158,8 @@ class Instances:
                                     f"{free} of {len(hardware.core_groups())} are free",
                                     "scale to fewer instances, or restart the fleet without --pin-cpus")
                 taken.update(cpus)
-            rec = InstanceState(index=index, port=spec.port_of(index), threads=threads,
+            port = 0 if self.placement.starts_in_background else spec.port_of(index)  # 0: its node picks one
+            rec = InstanceState(index=index, port=port, threads=threads,
                                 log_path=str(st_mod.instance_log_path(self.sup.dir, index)), gpu=spec.gpu_of(index),
                                 cpus=list(cpus) if cpus else None,
                                 cmd=spec.command(self.sup.state.llama_server or "llama-server", index, threads))
@@ -165,22 +171,7 @@ class Instances:
     def spawn(self, inst: Instance, restart: bool = False) -> None:
         rec = inst.rec
         rec.cmd = self.sup.spec.command(self.sup.state.llama_server or "llama-server", rec.index, rec.threads)
-        try:
-            handle = self.placement.start(rec, restart=restart)
-        except PlacementError as exc:
-            rec.state = "failed"
-            rec.last_error = str(exc)
-            rec.pid = None
-            log(f"instance {rec.index}: {rec.last_error}")
-            return
-        inst.handle = handle
-        inst.spawned = time.monotonic()
         inst.next_start = None
-        rec.pid = handle.pid
-        rec.pid_started = handle.started
-        rec.host = handle.endpoint.host
-        rec.node = handle.endpoint.node
-        rec.started_at = time.time()
         rec.ready_at = None
         rec.exit_code = None
         if restart:
@@ -188,6 +179,72 @@ class Instances:
             rec.state = "restarting"
         else:
             rec.state = "starting"
+        if self.placement.starts_in_background:  # `tick` collects the handle (or the error) when it comes
+            if self._starter is None:
+                self._starter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llama-tui-start")
+            inst.spawned = time.monotonic()
+            inst.pending = self._starter.submit(self.placement.start, rec, restart)
+            return
+        try:
+            handle = self.placement.start(rec, restart=restart)
+        except PlacementError as exc:
+            self._start_failed(inst, exc)
+            return
+        self._started(inst, handle)
+
+    def _started(self, inst: Instance, handle: InstanceHandle) -> None:
+        rec = inst.rec
+        inst.handle = handle
+        inst.spawned = time.monotonic()
+        rec.pid = handle.pid
+        rec.pid_started = handle.started
+        rec.host = handle.endpoint.host
+        rec.port = handle.endpoint.port  # a remote placement picks the port on its node
+        rec.node = handle.endpoint.node
+        rec.started_at = time.time()
+
+    def _start_failed(self, inst: Instance, exc: PlacementError) -> None:
+        rec = inst.rec
+        rec.state = "failed"
+        rec.last_error = str(exc)
+        rec.pid = None
+        log(f"instance {rec.index}: {rec.last_error}")
+        self._leave_upstream(rec)
+
+    def _collect(self, inst: Instance) -> bool:
+        """Take the result of a start that ran in the background, once it is there."""
+        pending = inst.pending
+        if pending is None or not pending.done():
+            return False
+        inst.pending = None
+        try:
+            handle = pending.result()
+        except PlacementError as exc:
+            self._start_failed(inst, exc)
+            return True
+        except Exception as exc:  # a bug or a lost cluster: the instance cannot start
+            self._start_failed(inst, PlacementError(f"{type(exc).__name__}: {exc}"))
+            return True
+        self._started(inst, handle)
+        log(f"instance {inst.rec.index} placed at {handle.endpoint.host}:{handle.endpoint.port} "
+            f"(node {handle.endpoint.node}, pid {handle.pid})")
+        return True
+
+    def _abandon(self, insts: list[Instance], timeout: float) -> list[InstanceHandle]:
+        """Cancel the starts still in progress; the handles of those that finished anyway (to stop)."""
+        pending = [i for i in insts if i.pending is not None]
+        for i in pending:
+            cancel = getattr(self.placement, "cancel", None)
+            if cancel is not None:
+                cancel(i.rec.index)
+        out = []
+        for i in pending:
+            fut, i.pending = i.pending, None
+            try:
+                out.append(fut.result(timeout=timeout))  # type: ignore[union-attr]
+            except Exception:
+                pass  # it did not start: nothing to stop
+        return out
 
     def _release(self, inst: Instance, timeout: float) -> None:
         """Stop what is left of `inst` (nothing, after a crash) and forget its handle."""
@@ -220,6 +277,8 @@ class Instances:
             log(f"instance {rec.index} failed: {rec.last_error}")
             self._leave_upstream(rec)
             return
+        if self.placement.starts_in_background:
+            self.sup.door.follow()  # its endpoint is gone (it may come back elsewhere): NGINX stops trying it
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
         rec.state = "restarting"
         rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
@@ -227,7 +286,8 @@ class Instances:
         log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
 
     def stop(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
-        self.placement.stop([i.handle for i in insts if i.handle is not None], timeout=timeout)
+        started_anyway = self._abandon(insts, timeout)
+        self.placement.stop([i.handle for i in insts if i.handle is not None] + started_anyway, timeout=timeout)
         with self.sup.lock:
             for i in insts:
                 i.handle = None
@@ -246,6 +306,9 @@ class Instances:
         for inst in list(self.items):
             rec = inst.rec
             if inst.held or rec.state in ("failed", "stopped"):
+                continue
+            if inst.pending is not None:
+                changed |= self._collect(inst)
                 continue
             if inst.next_start is not None:
                 if now >= inst.next_start:
@@ -271,6 +334,7 @@ class Instances:
             inst.ever_ready = True
             inst.start_failures = 0
             log(f"instance {rec.index} ready on port {rec.port} after {now - inst.spawned:.2f}s (pid {rec.pid})")
+            self.sup.door.follow()  # a re-placed remote instance serves elsewhere now
             return True
         ready_timeout = self.sup.spec.ready_timeout
         if now - inst.spawned <= ready_timeout:

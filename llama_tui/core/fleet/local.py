@@ -50,6 +50,14 @@ class LocalPlacement:
     """Instances as local processes. `state_dir` (where they run, whose owner marker they carry) is
     needed to start them; `host` is the loopback address they bind (the fleet's --host)."""
 
+    starts_in_background = False  # a Popen is quick
+
+    def reserve(self, indices: Sequence[int]) -> None:
+        pass  # the machine is there already
+
+    def release(self, indices: Sequence[int]) -> None:
+        pass
+
     def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1",
                  sampler: ProcessSampler | None = None) -> None:
         self.state_dir = state_dir

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import orjson
 import psutil
@@ -28,7 +29,10 @@ from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, 
 from llama_tui.core.fleet.process_stats import ProcessSampler
 from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL, Probe,
                                   parse_prometheus, summarize_slots)
-from llama_tui.core.snapshots import GpuSample, SystemSample
+from llama_tui.core.snapshots import GpuSample, NodeSample, SystemSample
+
+if TYPE_CHECKING:
+    from llama_tui.core.fleet.spec import FleetSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class MonitorSample:
     processes: tuple[tuple[InstanceHandle, ProcessStats], ...]
     servers: tuple[tuple[Endpoint, ServerSample], ...]
     system: SystemSample
+    nodes: tuple[NodeSample, ...] = ()  # the nodes of a multi-host placement, with their own numbers
 
     def process(self, handle: InstanceHandle | None) -> ProcessStats | None:
         return dict(self.processes).get(handle) if handle is not None else None
@@ -74,6 +79,23 @@ class Monitor:
         self._pool: ThreadPoolExecutor | None = None
         # keep-alive, one connection per server; `api_key` for instances that require one
         self._probe = Probe(timeout=http_timeout, connect_timeout=None, api_key=api_key)
+        self._fleet: tuple[str, str | None, str | None] | None = None  # (engine, namespace, key) followed
+
+    def use_fleet(self, spec: "FleetSpec", state_dir: Path) -> None:
+        """Sample the fleet `spec` describes: through its engine's placement, with its internal key."""
+        from llama_tui.core.fleet import keys, placement
+
+        key = keys.read_internal_key(state_dir)
+        fleet = (spec.engine, spec.ray_namespace, key)
+        if fleet == self._fleet:
+            return
+        if spec.engine == "ray":
+            self.placement = placement.for_fleet(spec, state_dir)
+        elif self._fleet is not None and self._fleet[0] != "local":
+            self.placement = LocalPlacement(sampler=self._local)
+        self._fleet = fleet
+        self._probe.close()
+        self._probe = Probe(timeout=self.http_timeout, connect_timeout=None, api_key=key)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -155,4 +177,6 @@ class Monitor:
                http: bool = True) -> MonitorSample:
         procs = self.instances(handles)
         servers = self.servers(endpoints) if http else {}
-        return MonitorSample(time.time(), tuple(procs.items()), tuple(servers.items()), self.system())
+        node_systems = getattr(self.placement, "node_systems", None)
+        nodes = node_systems() if node_systems is not None else ()
+        return MonitorSample(time.time(), tuple(procs.items()), tuple(servers.items()), self.system(), nodes)

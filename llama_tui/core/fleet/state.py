@@ -232,11 +232,15 @@ class InstanceState:
     host: str | None = None  # its endpoint (placement.Endpoint) once started; None: the fleet's host
     node: str | None = None  # the node it runs on ("local": this machine)
 
+    def local(self) -> bool:
+        """Its pid names a process on this machine (not one on another node of a Ray fleet)."""
+        return self.node in (None, "local")
+
     def ref(self) -> ProcRef | None:
-        return ProcRef(self.pid, self.pid_started, True, "llama-server") if self.pid else None
+        return ProcRef(self.pid, self.pid_started, True, "llama-server") if self.pid and self.local() else None
 
     def alive(self) -> bool:
-        return alive(self.pid, self.pid_started)
+        return self.local() and alive(self.pid, self.pid_started)
 
 
 @dataclass
@@ -312,6 +316,8 @@ class FleetState:
         return ProcRef(self.supervisor_pid, self.supervisor_started, False, "supervisor")
 
     def anything_alive(self) -> bool:
+        if self.spec.get("engine") == "ray" and any(i.state in MEMBER_STATES for i in self.instances):
+            return True  # its instances run on Ray nodes, out of sight: only `fleet down` ends such a fleet
         return self.supervisor_alive or any(r.alive() for r in self.refs())
 
     # ---- (de)serialisation

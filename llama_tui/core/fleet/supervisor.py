@@ -40,7 +40,7 @@ from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
 from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
-from llama_tui.core.fleet.local import LocalPlacement
+from llama_tui.core.fleet import keys, placement
 from llama_tui.core.fleet.operations import Operations
 from llama_tui.core.fleet.spec import FleetSpec
 from llama_tui.core.fleet.state import FleetState, log
@@ -65,6 +65,7 @@ class Supervisor:
         self._last_housekeeping = 0.0
         self._lock_fd: int | None = None
         self._control: ControlServer | None = None
+        self.internal_key: str | None = None  # instances require it (see _use_placement)
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -94,13 +95,14 @@ class Supervisor:
             nginx_bin=payload["nginx_bin"], nginx=DoorKeeper.nginx_state(self.spec, self.dir),
         )
         self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / st_mod.NGINX_DIR)
-        self.instances.use(LocalPlacement(self.dir, self.spec.host))
+        self._use_placement()
         access_log = self.door.door.access_log
         if access_log.exists():  # an earlier fleet's requests do not count for this one
             os.replace(access_log, access_log.with_name("access.log.1"))
         threads = self.spec.threads_for(self.spec.instances)
         with self.lock:
             self.instances.items = self.instances.new(range(self.spec.instances), threads)
+            self.instances.placement.reserve(range(self.spec.instances))
             self.save()
             for inst in self.instances.items:  # all at once: they load in parallel
                 self.instances.spawn(inst)
@@ -121,7 +123,7 @@ class Supervisor:
             old.nginx = DoorKeeper.nginx_state(self.spec, self.dir)
         self.state = old
         self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(old.nginx.prefix))
-        self.instances.use(LocalPlacement(self.dir, self.spec.host))
+        self._use_placement()
         now = time.monotonic()
         leftover: list[Instance] = []
         with self.lock:
@@ -146,6 +148,12 @@ class Supervisor:
                 self.door.adopt(old.nginx.pid)  # type: ignore[arg-type]
             self.save()
         self.instances.stop(leftover)
+
+    def _use_placement(self) -> None:
+        """Instances through the placement of the fleet's engine. A Ray fleet's instances serve on
+        other machines: they require the fleet's internal key, which NGINX and the probes send."""
+        self.internal_key = keys.ensure_internal_key(self.dir) if self.spec.engine == "ray" else None
+        self.instances.use(placement.for_fleet(self.spec, self.dir, self.internal_key), api_key=self.internal_key)
 
     # ------------------------------------------------------------------------------------ state file
 
@@ -223,6 +231,10 @@ class Supervisor:
         with self.lock:
             self.door.stop(timeout)
         self.instances.stop(list(self.instances.items), timeout=timeout)
+        try:  # what the instances held (Ray placement groups) goes with them
+            self.instances.placement.release([i.rec.index for i in self.instances.items])
+        except Exception as exc:  # the cluster is gone: `fleet down` clears what it can reach
+            log(f"could not release the fleet's placement: {type(exc).__name__}: {exc}")
         with self.lock:
             if keep_state:
                 self.save()
