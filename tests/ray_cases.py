@@ -9,6 +9,7 @@ load, scaled, restarted, then brought down.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import shutil
@@ -131,8 +132,6 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_placed(cluster: LocalRayClu
     line = one_error_line(cli(*up_args(cluster.address, "--model", "tiny"), state_dir=sd, code=no_ray))
     assert "needs Ray, which is not installed" in line and "llama-tui[ray]" in line
 
-    line = one_error_line(cli(*up_args(cluster.address, "--model", "tiny", "--instances", "7"), state_dir=sd))
-    assert "has room for 6 instance(s)" in line
 
     actors, groups = cluster_objects(cluster.address)
     assert actors == [] and groups == []
@@ -195,6 +194,33 @@ def test_spread_puts_one_instance_on_each_node(fleet: Path, cluster: LocalRayClu
     assert {n["host"] for n in data["nodes"]} == set(cluster.ips)  # each node's own numbers
     text = cli("fleet", "status", state_dir=fleet).stdout
     assert all(f"node {ip}" in text for ip in cluster.ips) and " host " in text.splitlines()[3]
+
+
+def test_the_tui_shows_the_three_hosts_and_a_line_per_node(fleet: Path, cluster: LocalRayCluster,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from llama_tui import cli as cli_mod
+    from llama_tui.ui.app import make_app
+    from llama_tui.ui.controller import CoreController
+    from llama_tui.ui.scripted import wait_for as ui_wait_for
+    from llama_tui.ui.widgets.fleet_table import FleetTable
+
+    monkeypatch.setenv("LLAMA_TUI_STATE_DIR", str(fleet))
+    app = make_app(CoreController.from_args(cli_mod.build_parser().parse_args([])))
+
+    async def scenario() -> None:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await ui_wait_for(pilot, lambda: bool(app.fleet and len(app.fleet.instances) == 3 and len(app.fleet.nodes) == 3
+                                                  and all(i.state == "ready" for i in app.fleet.instances)),
+                              timeout=60, what="the Ray fleet and its nodes in the TUI")
+            await pilot.pause(0.5)
+            table = app.screen.query_one(FleetTable)
+            keys = [c.key for c in table.columns]
+            hosts = {table.get_row_at(r)[keys.index("host")].strip() for r in range(table.row_count - 1)}
+            assert hosts == set(cluster.ips)
+            lines = str(getattr(app.screen.query_one("#system-line"), "_shown_key", "")).splitlines()
+            assert [ln.split()[0] for ln in lines[1:]] == cluster.ips
+
+    asyncio.run(scenario())
 
 
 def test_a_streamed_bench_through_nginx_has_no_errors(fleet: Path, tmp_path: Path) -> None:
@@ -291,6 +317,21 @@ def test_scale_and_restart_work_as_locally(fleet: Path, cluster: LocalRayCluster
     new = next(i for i in status(fleet)["instances"] if i["index"] == 1)
     assert new["state"] == "ready" and new["restarts"] == old["restarts"] + 1 and new["pid"] != old["pid"]
     assert upstreams(fleet) == sorted(f"{i['host']}:{i['port']}" for i in status(fleet)["instances"])
+
+
+def test_a_new_supervisor_finds_the_fleet_again_from_another_shell(fleet: Path) -> None:
+    before = status(fleet)
+    os.kill(before["supervisor"]["pid"], 9)
+    wait_for(lambda: not status(fleet)["supervisor"]["alive"], 20, "the supervisor to be gone")
+    orphan = status(fleet)
+    assert [i["pid"] for i in orphan["instances"]] == [i["pid"] for i in before["instances"]]  # still serving
+    assert httpx.post(f"{orphan['nginx_url']}/completion", json={"prompt": "hi", "n_predict": 4}, timeout=30).status_code == 200
+    proc = cli("fleet", "up", "--detach", state_dir=fleet)  # adopts it: the state names the cluster and the namespace
+    assert proc.returncode == 0 and "adopting" in proc.stderr, proc.stderr
+    after = status(fleet)
+    assert after["supervisor"]["alive"] and after["supervisor"]["pid"] != before["supervisor"]["pid"]
+    assert [(i["pid"], i["host"], i["port"], i["state"]) for i in after["instances"]] == [
+        (i["pid"], i["host"], i["port"], "ready") for i in before["instances"]]
 
 
 def test_down_leaves_no_llama_server_no_actor_and_no_nginx(fleet: Path, cluster: LocalRayCluster) -> None:

@@ -326,4 +326,5 @@ def _clear_ray(s: FleetState) -> None:
         ray_cluster.clear(address, namespace)
     except UserError as exc:
         raise UserError(f"{exc.cause}: the fleet's actors (namespace {namespace}) may still run there",
-                        "run `llama-tui fleet down` again once the cluster answers") from None
+                        f"run `llama-tui fleet down` again once the cluster answers (if it is gone for good, "
+                        f"remove {Path(s.state_dir) / st_mod.STATE_FILE})") from None

@@ -82,14 +82,21 @@ class Monitor:
         self._fleet: tuple[str, str | None, str | None] | None = None  # (engine, namespace, key) followed
 
     def use_fleet(self, spec: "FleetSpec", state_dir: Path) -> None:
-        """Sample the fleet `spec` describes: through its engine's placement, with its internal key."""
-        from llama_tui.core.fleet import keys, placement
+        """Sample the fleet `spec` describes: through its engine's placement, with its internal key. A
+        Ray fleet's process numbers come from what its supervisor publishes while that is fresh, else
+        from the cluster itself (this process then joins it as a driver)."""
+        from llama_tui.core.fleet import keys, placement, published
 
         key = keys.read_internal_key(state_dir)
-        fleet = (spec.engine, spec.ray_namespace, key)
+        source = spec.engine
+        if spec.engine == "ray":
+            source = "published" if published.fresh(state_dir) else "ray"
+        fleet = (source, spec.ray_namespace, key)
         if fleet == self._fleet:
             return
-        if spec.engine == "ray":
+        if source == "published":
+            self.placement = published.PublishedPlacement(state_dir)  # type: ignore[assignment]
+        elif source == "ray":
             self.placement = placement.for_fleet(spec, state_dir)
         elif self._fleet is not None and self._fleet[0] != "local":
             self.placement = LocalPlacement(sampler=self._local)

@@ -31,11 +31,14 @@ from typing import Any
 
 # Runs before llama-server in the same process (exec keeps the pid). argv: parent pid, program, args.
 _TRAMPOLINE = ("import ctypes,os,signal,sys\n"
-               "ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
+               "if sys.platform.startswith('linux'):ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGKILL)\n"
                "if os.getppid()!=int(sys.argv[1]):sys.exit(70)\n"  # the parent died before the prctl
+               "try:os.setpriority(os.PRIO_PROCESS,0,0)\n"  # Ray starts its workers at nice 15
+               "except OSError:pass\n"  # (not allowed for this user: `nice` in start's answer says so)
                "try:\n os.execv(sys.argv[2],sys.argv[2:])\n"
                "except OSError as e:\n print('llama-tui: cannot start',sys.argv[2],'(',e,')',file=sys.stderr);sys.exit(127)\n")
-# Without PR_SET_PDEATHSIG: watches its parent (the actor) and the instance, kills the instance when the actor is gone.
+# Without PR_SET_PDEATHSIG (the prctl is 1, PR_SET_PDEATHSIG, on Linux only): watches its parent (the
+# actor) and the instance, and kills the instance when the actor is gone.
 _WATCHDOG = ("import os,signal,sys,time\n"
              "a,c=int(sys.argv[1]),int(sys.argv[2])\n"
              "while os.getppid()==a:\n"
@@ -136,8 +139,8 @@ class InstanceActor:
         child_env = {**os.environ, **env}
 
         def keeper() -> None:
-            # Spawned from this thread: on Linux the kernel's parent-death signal follows the thread, and this
-            # one lives exactly as long as llama-server.
+            # Spawned from this thread: the kernel's parent-death signal follows the thread that forked, and
+            # this one lives exactly as long as llama-server.
             try:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _TRAMPOLINE, str(os.getpid()), *argv], stdin=subprocess.DEVNULL,
@@ -161,8 +164,12 @@ class InstanceActor:
             created = psutil.Process(self.proc.pid).create_time()
         except psutil.Error:
             created = None
+        try:
+            nice = psutil.Process(self.proc.pid).nice()
+        except psutil.Error:
+            nice = None
         self.info = {"host": ip, "port": port, "node_id": node_id(), "pid": self.proc.pid, "started": created,
-                     "log": str(self.log_path), "cmd": argv}
+                     "log": str(self.log_path), "cmd": argv, "nice": nice}
         return dict(self.info)
 
     # ------------------------------------------------------------------------------------ watching

@@ -213,6 +213,10 @@ class RayPlacement:
                 self._kill_actor(actor)
                 raise PlacementError(info["error"] + (f" (fix: {info['fix']})" if info.get("fix") else ""))
             rec.cmd = list(info["cmd"])  # what runs there: the node's binary, bound to the node's address
+            if info.get("nice"):
+                log(f"ray: instance {rec.index} runs at nice {info['nice']} on {info['host']}: Ray starts its workers "
+                    "at nice 15 and llama-server may not undo it there; start the node's Ray with "
+                    "RAY_worker_niceness=0 in its environment (or as root)")
             return self._track(rec, actor, name, info, offset=0)
 
     def _track(self, rec: InstanceState, actor: Any, name: str, info: dict[str, Any], offset: int) -> InstanceHandle:

@@ -40,6 +40,7 @@ from llama_tui.core.errors import UserError
 STATE_FILE = "fleet.json"
 SPEC_FILE = "spec.json"
 UPSTREAM_FILE = "upstream.json"
+REMOTE_FILES = ("placement.json", "ray.json")  # a remote fleet's published stats, its Ray placement groups
 SUPERVISOR_LOCK = "supervisor.lock"
 CLIENT_LOCK = "fleet.lock"
 LOG_DIR = "logs"
@@ -361,7 +362,7 @@ def write_state(state_dir: Path, st: FleetState) -> None:
 def remove_runtime_files(state_dir: Path, control: str | None = None) -> None:
     """Remove what describes a running fleet (the logs stay)."""
     d = resolve_dir(state_dir)
-    for name in (STATE_FILE, SPEC_FILE, UPSTREAM_FILE):
+    for name in (STATE_FILE, SPEC_FILE, UPSTREAM_FILE, *REMOTE_FILES):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
     for sock in {control_path(d), Path(control) if control else None}:

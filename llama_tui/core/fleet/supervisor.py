@@ -42,6 +42,7 @@ from llama_tui.core.fleet.door_keeper import DoorKeeper
 from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
 from llama_tui.core.fleet import keys, placement
 from llama_tui.core.fleet.operations import Operations
+from llama_tui.core.fleet.published import Publisher
 from llama_tui.core.fleet.spec import FleetSpec
 from llama_tui.core.fleet.state import FleetState, log
 
@@ -255,6 +256,9 @@ class Supervisor:
         self._control.open()
         threading.Thread(target=self.instances.liveness_loop, args=(self.exit_event,), name="liveness",
                          daemon=True).start()
+        if self.instances.placement.starts_in_background:  # remote instances: clients read what we see
+            threading.Thread(target=Publisher(self.instances, self.dir).run, args=(self.exit_event,),
+                             name="publisher", daemon=True).start()
 
     def run(self) -> int:
         paths.ensure_private_dir(self.dir)
