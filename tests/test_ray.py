@@ -172,6 +172,8 @@ def test_the_fleet_pane_gains_a_host_column_and_node_lines_for_a_multi_host_flee
     assert "host" not in [c.key for c in table.columns_shown()]
     table.multi_host = multi_host(snap)
     assert [c.key for c in table.columns_shown()][:3] == ["index", "port", "host"]
+    assert [table.row_key(i) for i in snap.instances] == ["10.0.0.1:40000", "10.0.0.2:40001", "10.0.0.3:40002"]
+    assert table.row_key(dataclasses.replace(snap.instances[0], port=0)) == "#0"  # not placed yet
     lines = system_lines(snap).splitlines()
     assert lines[0].startswith("here ") and [ln.split()[0] for ln in lines[1:]] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     assert system_lines(dataclasses.replace(snap, nodes=())).count("\n") == 0

@@ -250,7 +250,7 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
     for i in snap.instances:
         slots = f"{_fmt(i.slots_busy)}/{_fmt(i.slots_total)}"
         procdef = f"{_fmt(i.requests_processing)}/{_fmt(i.requests_deferred)}"
-        rows.append((f"  {i.index}", str(i.port), _fmt(i.pid), i.state, str(i.restarts), _fmt_uptime(i.uptime_s),
+        rows.append((f"  {i.index}", str(i.port or "n/a"), _fmt(i.pid), i.state, str(i.restarts), _fmt_uptime(i.uptime_s),
                      _fmt(i.threads), slots, procdef, _fmt(i.server_tok_s), _fmt(i.cpu_percent, digits=1),
                      _fmt_bytes(i.rss_bytes), _fmt_bytes(i.gpu_memory_bytes), _fmt(i.gpu_util_percent)))
     if any(i.node not in (None, "local") for i in snap.instances):  # on other machines: where each one serves

@@ -164,13 +164,25 @@ class InstanceActor:
             created = psutil.Process(self.proc.pid).create_time()
         except psutil.Error:
             created = None
-        try:
-            nice = psutil.Process(self.proc.pid).nice()
-        except psutil.Error:
-            nice = None
+        nice = self._niceness(Path(binary).name)
         self.info = {"host": ip, "port": port, "node_id": node_id(), "pid": self.proc.pid, "started": created,
                      "log": str(self.log_path), "cmd": argv, "nice": nice}
         return dict(self.info)
+
+    def _niceness(self, name: str, timeout: float = 2.0) -> int | None:
+        """llama-server's niceness once the trampoline has exec'd it (None when it is gone or slow)."""
+        import psutil
+
+        deadline = time.monotonic() + timeout
+        while self.proc is not None and time.monotonic() < deadline:
+            try:
+                p = psutil.Process(self.proc.pid)
+                if p.name() == name[:15]:  # (the kernel keeps 15 characters)
+                    return p.nice()
+            except psutil.Error:
+                return None
+            time.sleep(0.01)
+        return None
 
     # ------------------------------------------------------------------------------------ watching
 

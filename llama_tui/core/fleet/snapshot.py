@@ -179,7 +179,7 @@ def doctor_check(data: dict[str, Any]) -> None:
     cores = hardware.physical_cores()
     data["fleet"] = {"running": True, "instances": len(members), "threads": threads, "physical_cores": cores,
                      "supervisor_alive": s.supervisor_alive, "state_dir": s.state_dir}
-    if threads > cores:
+    if threads > cores and s.spec.get("engine", "local") == "local":  # (a Ray fleet's threads are on its nodes)
         data["warnings"].append(
             f"the running fleet uses {len(members)} instances x their threads = {threads} threads on {cores} "
             "physical cores: throughput collapses when oversubscribed (fix: `llama-tui fleet down`, then "

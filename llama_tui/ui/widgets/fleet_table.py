@@ -37,7 +37,7 @@ def _gpu_mem(i: InstanceSnapshot) -> str:
 
 COLUMNS: tuple[Column, ...] = (
     Column("index", "#", 2, True, lambda i: str(i.index)),
-    Column("port", "port", 5, True, lambda i: str(i.port)),
+    Column("port", "port", 5, True, lambda i: str(i.port) if i.port else "n/a"),  # 0: its node picks it
     Column("host", "host", 15, True, lambda i: i.host or "n/a", 11),  # only when instances run on other machines
     Column("pid", "pid", 7, False, lambda i: units.num(i.pid).replace(",", "")),
     Column("state", "state", 10, True, lambda i: i.state, 8),
@@ -107,7 +107,8 @@ def system_lines(snap: FleetSnapshot) -> str:
 
 
 class FleetTable(KeyedTable):
-    """Instances keyed by port, then the totals row. Rows change in place; the cursor stays on its row."""
+    """Instances keyed by port (see `row_key`), then the totals row. Rows change in place; the cursor stays on
+    its row."""
 
     COMPONENT_CLASSES = {f"fleet-table--{s}" for s in STATES} | {"fleet-table--total"}
 
@@ -143,7 +144,14 @@ class FleetTable(KeyedTable):
 
     def selected_port(self) -> int | None:
         key = self.cursor_key()
-        return None if key in (None, TOTAL_KEY) else int(key)
+        port = key.rsplit(":", 1)[-1] if key not in (None, TOTAL_KEY) else ""
+        return int(port) if port.isdigit() else None
+
+    def row_key(self, i: InstanceSnapshot) -> str:
+        """The port; on several machines HOST:PORT (ports repeat across nodes), or #INDEX before it has one."""
+        if not self.multi_host:
+            return str(i.port)
+        return f"{i.host}:{i.port}" if i.port else f"#{i.index}"
 
     def _cell(self, key: str, value: str, state: str | None) -> Cell:
         if key == "state" and state:
@@ -157,7 +165,7 @@ class FleetTable(KeyedTable):
             self.set_columns(self._cols())
         cols = self.columns_shown()
         rows: list[tuple[str, list[Cell]]] = [
-            (str(i.port), [self._cell(c.key, c.cell(i), i.state) for c in cols]) for i in snap.instances]
+            (self.row_key(i), [self._cell(c.key, c.cell(i), i.state) for c in cols]) for i in snap.instances]
         if snap.instances:
             tot = totals(snap)
             rows.append((TOTAL_KEY, [(tot[c.key], "fleet-table--total") for c in cols]))
