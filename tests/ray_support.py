@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -90,11 +89,10 @@ class LocalRayCluster:
         self.leaders[ip] = proc.pid  # its daemons keep the session (and process group) id
 
     def start(self) -> "LocalRayCluster":
-        """The head, then the other nodes together."""
+        """The head, then the other nodes one after another (joining together timed out on a busy machine)."""
         t0 = time.monotonic()
-        self._start_node(0)
-        with ThreadPoolExecutor(max_workers=max(1, self.nodes - 1)) as pool:
-            list(pool.map(self._start_node, range(1, self.nodes)))
+        for n in range(self.nodes):
+            self._start_node(n)
         self.started_in = time.monotonic() - t0
         return self
 

@@ -114,6 +114,55 @@ class Instance:
         return self.handle is not None and self.placement.poll(self.handle) is None
 
 
+class BackgroundStarts:
+    """The starts of a placement that starts in the background (a remote one): each in a worker thread,
+    off the supervisor's lock; `Instances.tick` collects them."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, placement: Placement, inst: Instance, restart: bool) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llama-tui-start")
+        inst.spawned = time.monotonic()
+        inst.pending = self._pool.submit(placement.start, inst.rec, restart)
+
+    @staticmethod
+    def result(inst: Instance) -> InstanceHandle | PlacementError | None:
+        """The started instance's handle, or why it did not start; None while it is starting."""
+        pending = inst.pending
+        if pending is None or not pending.done():
+            return None
+        inst.pending = None
+        try:
+            return pending.result()
+        except PlacementError as exc:
+            return exc
+        except Exception as exc:  # a bug or a lost cluster: the instance cannot start
+            return PlacementError(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def abandon(placement: Placement, insts: list[Instance], timeout: float) -> list[InstanceHandle]:
+        """Cancel the starts still in progress; the handles of those that finished anyway (to stop)."""
+        pending = [i for i in insts if i.pending is not None]
+        cancel = getattr(placement, "cancel", None)
+        for i in pending:
+            if cancel is not None:
+                cancel(i.rec.index)
+        out = []
+        for i in pending:
+            fut, i.pending = i.pending, None
+            try:
+                out.append(fut.result(timeout=timeout))  # type: ignore[union-attr]
+            except Exception:
+                pass  # it did not start: nothing to stop
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Instances:
     """Every instance of the fleet (`items`), as the supervisor's watch loop and operations see them.
     `placement` starts, watches and stops them (set once the supervisor knows its spec)."""
@@ -123,15 +172,14 @@ class Instances:
         self.items: list[Instance] = []
         self.placement: Placement
         self._mon: Monitor | None = None
-        self._starter: ThreadPoolExecutor | None = None  # starts of a placement that starts in the background
+        self._starts = BackgroundStarts()
 
     def use(self, placement: Placement, api_key: str | None = None) -> None:
         self.placement = placement
         self._mon = Monitor(http_timeout=1.0, placement=placement, api_key=api_key)
 
     def close(self) -> None:
-        if self._starter is not None:
-            self._starter.shutdown(wait=False, cancel_futures=True)
+        self._starts.close()
         if self._mon is not None:  # (set with the placement)
             self._mon.close()
             self.placement.close()
@@ -180,10 +228,7 @@ class Instances:
         else:
             rec.state = "starting"
         if self.placement.starts_in_background:  # `tick` collects the handle (or the error) when it comes
-            if self._starter is None:
-                self._starter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llama-tui-start")
-            inst.spawned = time.monotonic()
-            inst.pending = self._starter.submit(self.placement.start, rec, restart)
+            self._starts.submit(self.placement, inst, restart)
             return
         try:
             handle = self.placement.start(rec, restart=restart)
@@ -213,38 +258,16 @@ class Instances:
 
     def _collect(self, inst: Instance) -> bool:
         """Take the result of a start that ran in the background, once it is there."""
-        pending = inst.pending
-        if pending is None or not pending.done():
+        got = self._starts.result(inst)
+        if got is None:
             return False
-        inst.pending = None
-        try:
-            handle = pending.result()
-        except PlacementError as exc:
-            self._start_failed(inst, exc)
+        if isinstance(got, PlacementError):
+            self._start_failed(inst, got)
             return True
-        except Exception as exc:  # a bug or a lost cluster: the instance cannot start
-            self._start_failed(inst, PlacementError(f"{type(exc).__name__}: {exc}"))
-            return True
-        self._started(inst, handle)
-        log(f"instance {inst.rec.index} placed at {handle.endpoint.host}:{handle.endpoint.port} "
-            f"(node {handle.endpoint.node}, pid {handle.pid})")
+        self._started(inst, got)
+        log(f"instance {inst.rec.index} placed at {got.endpoint.host}:{got.endpoint.port} "
+            f"(node {got.endpoint.node}, pid {got.pid})")
         return True
-
-    def _abandon(self, insts: list[Instance], timeout: float) -> list[InstanceHandle]:
-        """Cancel the starts still in progress; the handles of those that finished anyway (to stop)."""
-        pending = [i for i in insts if i.pending is not None]
-        for i in pending:
-            cancel = getattr(self.placement, "cancel", None)
-            if cancel is not None:
-                cancel(i.rec.index)
-        out = []
-        for i in pending:
-            fut, i.pending = i.pending, None
-            try:
-                out.append(fut.result(timeout=timeout))  # type: ignore[union-attr]
-            except Exception:
-                pass  # it did not start: nothing to stop
-        return out
 
     def _release(self, inst: Instance, timeout: float) -> None:
         """Stop what is left of `inst` (nothing, after a crash) and forget its handle."""
@@ -286,7 +309,7 @@ class Instances:
         log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
 
     def stop(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
-        started_anyway = self._abandon(insts, timeout)
+        started_anyway = self._starts.abandon(self.placement, insts, timeout)
         self.placement.stop([i.handle for i in insts if i.handle is not None] + started_anyway, timeout=timeout)
         with self.sup.lock:
             for i in insts:
