@@ -70,6 +70,8 @@ def one_round(engine: str, args: argparse.Namespace, address: str) -> tuple[floa
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=4, help="rounds (even: each engine goes first as often)")
+    p.add_argument("--warmup-rounds", dest="warmup_rounds", type=int, default=1,
+                   help="rounds run first and not counted (a new cluster's own processes are busy starting)")
     p.add_argument("--model", default="tiny")
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--parallel", type=int, default=2)
@@ -93,12 +95,13 @@ def main() -> int:
     try:
         cluster.start()
         print(f"one-node Ray cluster up in {cluster.started_in:.1f}s", flush=True)
-        for r in range(args.rounds):
+        for r in range(-args.warmup_rounds, args.rounds):
             for engine in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
                 ready, tok_s, errors = one_round(engine, args, cluster.address)
-                results[engine].append((ready, tok_s, errors))
-                print(f"round {r + 1} {engine:>5}: ready in {ready:5.1f}s, {tok_s:8,.0f} tok/s, {errors} errors",
-                      flush=True)
+                if r >= 0:
+                    results[engine].append((ready, tok_s, errors))
+                print(f"{'round ' + str(r + 1) if r >= 0 else 'warm-up'} {engine:>5}: ready in {ready:5.1f}s, "
+                      f"{tok_s:8,.0f} tok/s, {errors} errors", flush=True)
     finally:
         cluster.stop()
     med = {e: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for e, v in results.items()}
