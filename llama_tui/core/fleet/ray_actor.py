@@ -228,8 +228,20 @@ class InstanceActor:
 
     # ------------------------------------------------------------------------------------ stopping
 
-    def stop(self, timeout: float) -> int | None:
-        """SIGTERM llama-server, SIGKILL after `timeout`; its exit code."""
+    def stop(self, timeout: float, offset: int = 0) -> tuple[int | None, bytes]:
+        """SIGTERM llama-server, SIGKILL after `timeout`. Its exit code and the rest of its log from
+        `offset` (the log then goes: it has come home)."""
+        code = self._stop(timeout)
+        _, tail, _ = self.poll(offset)
+        if self.log_path is not None:
+            try:
+                self.log_path.unlink()
+                self.log_path.parent.rmdir()  # the namespace's directory, once its last log went
+            except OSError:
+                pass
+        return code, tail
+
+    def _stop(self, timeout: float) -> int | None:
         proc = self.proc
         if proc is None:
             return None

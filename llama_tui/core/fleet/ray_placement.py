@@ -324,19 +324,16 @@ class RayPlacement:
     def stop(self, handles: Sequence[InstanceHandle], timeout: float) -> None:
         """llama-server gets SIGTERM (SIGKILL after `timeout`), the rest of its log comes home, the actor goes."""
         with self._lock:
-            tracked = [(h, self._tracked.pop(h)) for h in handles if h in self._tracked]
-        calls = [t.actor.stop.remote(timeout) for _, t in tracked if not t.gone]
+            tracked = [self._tracked.pop(h) for h in handles if h in self._tracked]
+        calls = [(t, t.actor.stop.remote(timeout, t.offset)) for t in tracked]  # (a dead actor answers at once)
         if calls:
-            self.ray.wait(calls, num_returns=len(calls), timeout=timeout + CALL_TIMEOUT_S)
-        tails = [(t, t.actor.poll.remote(t.offset)) for _, t in tracked if not t.gone]
-        if tails:
-            self.ray.wait([r for _, r in tails], num_returns=len(tails), timeout=CALL_TIMEOUT_S)
-        for t, ref in tails:
+            self.ray.wait([r for _, r in calls], num_returns=len(calls), timeout=timeout + CALL_TIMEOUT_S)
+        for t, ref in calls:
             try:
                 self._copy_log(t, self.ray.get(ref, timeout=0)[1])
             except Exception:
-                pass
-        for _, t in tracked:
+                pass  # its actor or node is gone, and its llama-server with it
+        for t in tracked:
             self._kill_actor(t.actor)
 
     def kill(self, handle: InstanceHandle) -> None:
