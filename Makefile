@@ -28,7 +28,7 @@ test: setup
 
 # The README's screenshot: the TUI on a real demo fleet with a benchmark ramp running.
 screenshot: setup
-	$(BIN)/python -m llama_tui.ui.screenshot docs/screenshot.svg
+	$(BIN)/python -m tests.support.screenshot docs/screenshot.svg
 
 clean-venv:
 	rm -rf $(VENV)

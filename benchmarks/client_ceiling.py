@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from llama_tui.core import loadgen  # noqa: E402
+from llama_tui.core import bench  # noqa: E402
 
 
 async def _aiohttp_run(aiohttp, url: str, concurrency: int, n_predict: int, warmup: float, duration: float) -> dict:
@@ -78,8 +78,8 @@ async def _aiohttp_run(aiohttp, url: str, concurrency: int, n_predict: int, warm
 
 
 def ours(url: str, args: argparse.Namespace, n_predict: int | None = None, concurrency: int | None = None) -> dict:
-    return loadgen.measure_ceiling(url, duration=args.duration, concurrency=concurrency or args.concurrency,
-                                   n_predict=n_predict or args.n_predict, warmup=args.warmup)
+    return bench.measure_ceiling(url, duration=args.duration, concurrency=concurrency or args.concurrency,
+                                 n_predict=n_predict or args.n_predict, warmup=args.warmup)
 
 
 def main() -> int:
@@ -99,7 +99,7 @@ def main() -> int:
               "script with `.venv/bin/pip install aiohttp`; measuring our client only", file=sys.stderr)
 
     ours_runs, aio_runs = [], []
-    with loadgen.Source(args.interval) as src:
+    with bench.Source(args.interval) as src:
         print(f"source: {src.url}, one event per stream every {args.interval * 1000:g} ms, "
               f"{args.concurrency} streams x {args.n_predict} tokens, {args.duration:g} s per run")
         for r in range(args.rounds):

@@ -461,11 +461,15 @@ def model_meta(status: dict[str, Any]) -> dict[str, Any] | None:
     """What llama-server says of the model it loaded (GET /v1/models on the first instance)."""
     import httpx
 
+    from llama_tui.core.fleet import keys
+
     insts = status.get("instances") or []
     if not insts or not insts[0].get("url"):
         return None
+    key = keys.read_internal_key(status["state_dir"]) if status.get("state_dir") else None  # instances require it
     try:
-        data = httpx.get(f"{insts[0]['url']}/v1/models", timeout=10).json()
+        data = httpx.get(f"{insts[0]['url']}/v1/models", timeout=10,
+                         headers={"Authorization": f"Bearer {key}"} if key else None).json()
         return data["data"][0].get("meta")
     except (httpx.HTTPError, ValueError, KeyError, IndexError):
         return None

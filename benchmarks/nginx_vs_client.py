@@ -52,8 +52,12 @@ def measure_helper(target: str | list[str], args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     from frontdoor_load import load
 
-    load(target, args.concurrency, duration=args.warmup, n_predict=args.n_predict)  # warm-up, not counted
-    res = load(target, args.concurrency, duration=args.duration, n_predict=args.n_predict)
+    from llama_tui.core.fleet import keys
+
+    key = keys.read_internal_key(args.state_dir) if isinstance(target, list) else None  # straight at the instances
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    load(target, args.concurrency, duration=args.warmup, n_predict=args.n_predict, headers=headers)  # warm-up
+    res = load(target, args.concurrency, duration=args.duration, n_predict=args.n_predict, headers=headers)
     return {"tok_s": res.tok_s, "ok": res.ok, "errors": res.failed, "reconnects": 0,
             "cpu": 100 * res.cpu_s / res.duration_s, "server_tok_s": None, "valid": None, "why": None}
 

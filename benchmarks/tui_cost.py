@@ -6,7 +6,7 @@ The TUI runs as a user runs it: its own process, drawing into a 120x40 pseudo-te
 drains. After a warm-up, the figure is the process's CPU time (user + system, all its threads) divided by
 the wall time, in percent of one core. Target (issue 7): at most 3% of one core.
 
-- scripted (always): a 16-instance fleet whose numbers change every poll (ui/scripted.ChangingFleet),
+- scripted (always): a 16-instance fleet whose numbers change every poll (tests/support/scripted.ChangingFleet),
   so every cell is redrawn each second: the cost of rendering alone. Then the same while a benchmark
   streams two samples a second into the throughput chart (for information; the target is about the
   fleet view).
@@ -31,9 +31,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_tui.ui.terminal_harness import Terminal  # noqa: E402
+from tests.support.terminal_harness import Terminal  # noqa: E402
 
-SCRIPTED = ("from llama_tui.ui import scripted; from llama_tui.ui.app import make_app; "
+SCRIPTED = ("from tests.support import scripted; from llama_tui.ui.app import make_app; "
             "bench = scripted.bench_events(scripted.bench_ramp((1, 2, 4, 8, 16, 32), step_s=60.0)); "
             "make_app(scripted.ScriptedController(scripted.ChangingFleet({n}, 4, 2), bench=bench, run_interval=0.5), "
             "refresh_s={r}).run()")

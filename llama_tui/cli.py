@@ -13,7 +13,7 @@ from typing import Sequence
 from llama_tui import __version__
 from llama_tui.core.errors import UserError
 
-COMMAND_MODULES = ("fleet", "nginx", "bench", "sweep", "model", "presets", "doctor", "setup")
+COMMAND_MODULES = ("fleet", "nginx", "bench", "sweep", "model", "presets", "doctor", "setup", "export")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_tui(args: argparse.Namespace) -> int:
+    from llama_tui.commands.fleet import warn_api_key_argv
     from llama_tui.ui.app import run as run_app  # the only place the CLI reaches textual
+
+    warn_api_key_argv(args)
 
     return run_app(args)
 

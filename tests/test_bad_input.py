@@ -63,6 +63,20 @@ CASES: dict[str, Case] = {
                                   "--out", "{tmp}/sweep"], "instances"),
     "sweep model missing": Case(["sweep", "--model", "{tmp}/missing.gguf", "--instances", "1", "--parallel", "1",
                                  "--out", "{tmp}/sweep"], "model file not found"),
+    # Durations have bounds: inf, nan, negative and huge values are refused (issue 13).
+    "down timeout inf": Case(["fleet", "down", "--timeout", "inf"], "--timeout"),
+    "down timeout nan": Case(["fleet", "down", "--timeout", "nan"], "--timeout"),
+    "down timeout negative": Case(["fleet", "down", "--timeout", "-5"], "--timeout"),
+    "down timeout huge": Case(["fleet", "down", "--timeout", "1e12"], "--timeout"),
+    "ready timeout nan": Case(_up("--ready-timeout", "nan"), "--ready-timeout"),
+    "ready timeout inf": Case(_up("--ready-timeout", "inf"), "--ready-timeout"),
+    "bench timeout inf": Case(["bench", "--url", "http://127.0.0.1:{free}", "--timeout", "inf"], "--timeout"),
+    "bench drain nan": Case(["bench", "--url", "http://127.0.0.1:{free}", "--drain", "nan"], "--drain"),
+    "bench duration inf": Case(["bench", "--url", "http://127.0.0.1:{free}", "--duration", "inf"], "duration"),
+    "sweep budget inf": Case(["sweep", "--model", "tiny", "--instances", "1", "--parallel", "1", "--budget", "inf",
+                              "--out", "{tmp}/sweep"], "--budget"),
+    "sweep warmup nan": Case(["sweep", "--model", "tiny", "--instances", "1", "--parallel", "1", "--warmup", "nan",
+                              "--out", "{tmp}/sweep"], "warmup"),
 }
 
 

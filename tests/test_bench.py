@@ -18,7 +18,9 @@ import psutil
 import pytest
 
 from llama_tui.core import bench, probe
+from llama_tui.core.fleet import keys
 from llama_tui.core.bench import BenchConfig
+from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample
 
 from conftest import free_port, free_port_block, run_cli
@@ -36,8 +38,9 @@ def addr(url: str) -> str:
     return url.removeprefix("http://")
 
 
-def server_tokens(urls: list[str]) -> float:
-    with probe.Probe() as pr:
+def server_tokens(urls: list[str], key: str | None = None) -> float:
+    """Tokens the servers at `urls` generated so far (a llama-tui fleet's instances need its internal `key`)."""
+    with probe.Probe(api_key=key) as pr:
         return sum(pr.metrics(u)[probe.TOKENS_PREDICTED_TOTAL] for u in urls)
 
 
@@ -223,10 +226,11 @@ def test_done_when_bench_against_a_2x2_fleet_writes_every_field(real_fleet, tmp_
     """The issue's acceptance run (5 s instead of 15): instances come from the fleet state, not flags."""
     nginx, instances = real_fleet.nginx_url(), real_fleet.instance_urls()
     out = tmp_path / "out.json"
-    before = server_tokens(instances)
+    key = keys.read_internal_key(real_fleet.state_dir)
+    before = server_tokens(instances, key)
     proc = run_cli("bench", "--url", nginx, "--concurrency", "4", "--duration", "5", "--warmup", "0",
                    "--n-predict", "64", "--json", str(out), "--csv", str(tmp_path / "out.csv"))
-    after = server_tokens(instances)
+    after = server_tokens(instances, key)
     assert proc.returncode == 0, proc.stderr
     result = orjson.loads(out.read_bytes())
     [step] = result["steps"]
@@ -246,6 +250,22 @@ def test_done_when_bench_against_a_2x2_fleet_writes_every_field(real_fleet, tmp_
     assert "step 1/1 c=4" in proc.stderr  # plain live lines: stderr is not a TTY here
     csv_lines = (tmp_path / "out.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and csv_lines[0].startswith("step,mode,concurrency")
+
+
+def test_bench_straight_at_an_instance_uses_the_fleets_internal_key(real_fleet, tmp_path):
+    """The instances answer only holders of the internal key; `bench --url INSTANCE` reads it from the state."""
+    instance = real_fleet.instance_urls()[0]
+    assert httpx.post(f"{instance}/completion", json={"prompt": "x", "n_predict": 2}, timeout=30).status_code == 401
+    out = tmp_path / "direct.json"
+    proc = run_cli("bench", "--url", instance, "--concurrency", "2", "--duration", "2", "--warmup", "0",
+                   "--n-predict", "16", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = orjson.loads(out.read_bytes())
+    [step] = result["steps"]
+    assert step["errors"] == 0 and step["requests_ok"] > 0
+    assert step["servers"] == real_fleet.instance_urls() and step["server_output_tok_s"] is not None
+    assert result["metadata"]["servers_from"] == "fleet" and result["metadata"]["llama_server"]["build_info"]
+    assert keys.read_internal_key(real_fleet.state_dir) not in out.read_text() + proc.stdout + proc.stderr
 
 
 def test_calibrate_prints_a_ceiling(tmp_path):
@@ -309,7 +329,7 @@ def test_cancel_leaves_no_process(fleet2x2):
     assert len(family) >= 3  # the child and its two load workers
     proc.cancel()
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family)
-    with pytest.raises(bench.UserError):
+    with pytest.raises(UserError):
         proc.result(timeout=5)
 
 

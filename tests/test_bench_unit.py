@@ -8,10 +8,11 @@ import io
 import orjson
 import pytest
 
-from llama_tui.core import bench, config
-from llama_tui.core.bench import BenchConfig
+from llama_tui.core import bench, config, hardware
+from llama_tui.core.bench import BenchConfig, plans, servers
+from llama_tui.core.bench.live import LiveSamples
+from llama_tui.core.bench.step import LiveCounters
 from llama_tui.core.errors import UserError
-from llama_tui.core.loadgen import LiveCounters
 
 
 def test_client_bottleneck_names_each_reason():
@@ -81,19 +82,19 @@ def test_build_prompt_converges_on_the_tokenizer():
 
 
 def test_split_and_auto_workers(monkeypatch):
-    assert bench._split(5, 2) == [3, 2] and bench._split(1, 3) == [1, 0, 0]
-    monkeypatch.setattr(bench.hardware, "logical_cores", lambda: 16)
-    assert bench.auto_workers("closed", 4, 0, 128, 30_000) == 1
-    assert bench.auto_workers("closed", 512, 0, 128, 30_000) == 4
-    assert bench.auto_workers("closed", 4096, 0, 128, 30_000) == 8  # at most half the cores
-    assert bench.auto_workers("open", 0, 400.0, 128, 30_000) == 4  # 51k events/s at 15k per worker
-    monkeypatch.setattr(bench.hardware, "logical_cores", lambda: 2)
-    assert bench.auto_workers("closed", 1024, 0, 128, 30_000) == 1
+    assert plans.split(5, 2) == [3, 2] and plans.split(1, 3) == [1, 0, 0]
+    monkeypatch.setattr(hardware, "logical_cores", lambda: 16)
+    assert plans.auto_workers("closed", 4, 0, 128, 30_000) == 1
+    assert plans.auto_workers("closed", 512, 0, 128, 30_000) == 4
+    assert plans.auto_workers("closed", 4096, 0, 128, 30_000) == 8  # at most half the cores
+    assert plans.auto_workers("open", 0, 400.0, 128, 30_000) == 4  # 51k events/s at 15k per worker
+    monkeypatch.setattr(hardware, "logical_cores", lambda: 2)
+    assert plans.auto_workers("closed", 1024, 0, 128, 30_000) == 1
 
 
 def test_live_samples_merge_workers():
     seen = []
-    live = bench._Live(seen.append, t0=100.0, index=1, steps_total=3, concurrency=8, rate=None, t_start=100.0,
+    live = LiveSamples(seen.append, t0=100.0, index=1, steps_total=3, concurrency=8, rate=None, t_start=100.0,
                        t_window=101.0, t_end=105.0)
     live.update(LiveCounters(0, 100.5, tokens=500, inflight=4, done=3, errors=0, ttft_new=[0.010, 0.030]))
     live.update(LiveCounters(1, 100.5, tokens=300, inflight=4, done=2, errors=1, ttft_new=[0.020]))
@@ -136,18 +137,18 @@ class FakeState:
     ("http://127.0.0.1:18000", True), ("http://localhost:18000", True), ("http://127.0.0.1:18081", True),
 ])
 def test_servers_come_from_the_fleet_state_when_the_target_is_the_fleet(monkeypatch, target, found):
-    monkeypatch.setattr(bench, "_fleet_state", lambda d: FakeState())
+    monkeypatch.setattr(servers, "fleet_state", lambda d: FakeState())
     s = bench.discover_servers(BenchConfig(url=target))
     assert s.source == "fleet" and s.urls == ("http://127.0.0.1:18080", "http://127.0.0.1:18081")
 
 
 def test_explicit_server_urls_win(monkeypatch):
-    monkeypatch.setattr(bench, "_fleet_state", lambda d: FakeState())
+    monkeypatch.setattr(servers, "fleet_state", lambda d: FakeState())
     s = bench.discover_servers(BenchConfig(url="http://127.0.0.1:18000", server_urls=("127.0.0.1:5",)))
     assert s.source == "--server-url" and s.urls == ("http://127.0.0.1:5",)
 
 
 def test_a_foreign_target_gets_no_fleet_servers(monkeypatch):
-    monkeypatch.setattr(bench, "_fleet_state", lambda d: FakeState())
+    monkeypatch.setattr(servers, "fleet_state", lambda d: FakeState())
     s = bench.discover_servers(BenchConfig(url="http://127.0.0.1:1"))  # nothing listens: not a llama-server
     assert s.urls == () and s.source is None

@@ -88,3 +88,19 @@ def test_parse_int_list(text, expected):
 def test_parse_int_list_rejects(text):
     with pytest.raises(UserError):
         config.parse_int_list(text, "--concurrency")
+
+
+def test_fleet_options_map_every_fleet_flag_to_a_settings_key():
+    from llama_tui import cli
+
+    for dest, key in config.FLEET_OPTIONS.items():
+        section, name = key.split(".")
+        assert section == "fleet" and name in config.SCHEMA["fleet"], key
+    tui = cli.build_parser()
+    up = cli.build_parser().parse_args(["fleet", "up"])
+    assert all(hasattr(tui.parse_args([]), dest) and hasattr(up, dest) for dest in config.FLEET_OPTIONS)
+    args = tui.parse_args(["--instances", "3", "--no-pin-cpus", "--gpus", "0,1"])
+    given = {k: v for k, v in config.fleet_overrides(args).items() if v is not None}
+    assert given == {"fleet.instances": "3", "fleet.pin_cpus": False, "fleet.gpus": "0,1"}
+    settings = config.load_settings(cli=config.fleet_overrides(args))
+    assert (settings.get("fleet.instances"), settings.get("fleet.gpus")) == (3, (0, 1))

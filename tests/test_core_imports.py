@@ -34,6 +34,7 @@ def test_there_are_core_modules():
     assert "llama_tui.core.config" in CORE_MODULES and len(CORE_MODULES) >= 8
     assert "llama_tui.core.sweep.orchestrator" in CORE_MODULES  # the packages' modules are checked too
     assert {"llama_tui.core.fleet", "llama_tui.core.fleet.supervisor", "llama_tui.core.fleet.monitor"} <= set(CORE_MODULES)
+    assert "llama_tui.core.bench.client" in CORE_MODULES  # modules inside the core's packages count too
 
 
 @pytest.mark.parametrize("module", CORE_MODULES + COMMAND_MODULES + ["llama_tui.cli"])

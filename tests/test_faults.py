@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from llama_tui.core import bench, fleet
-from llama_tui.core.fleet import state
+from llama_tui.core.fleet import instances, processes, state
 from llama_tui.core.bench import BenchConfig
 
 from conftest import wait_for, free_port, free_port_block, reap_owned, run_cli
@@ -63,9 +63,11 @@ def test_instance_killed_mid_benchmark(isolated_dirs, tiny_model):
         assert not t.is_alive()
         step = box["step"]
 
-        # Only the killed instance's in-flight streams failed, and they are attributed to it.
+        # Only the killed instance's in-flight requests failed, and they are attributed to it: streams cut
+        # short, and requests it had received but not answered yet (queued for a slot): NGINX never re-sends
+        # a request an instance received (it might be the one that killed it), so those get 502.
         assert step["errors"] >= 1, "the kill hit no stream: the test proved nothing"
-        assert set(step["errors_by_class"]) <= {"truncated"}, step["errors_by_class"]
+        assert set(step["errors_by_class"]) <= {"truncated", "http_502"}, step["errors_by_class"]
         assert step["errors"] <= 8  # at most what was in flight (concurrency 8)
         others = {a: u for a, u in step["per_upstream"].items() if a != victim_addr}
         assert others and all(u["errors"] == 0 for u in others.values()), step["per_upstream"]
@@ -149,13 +151,13 @@ def test_a_full_disk_does_not_stop_the_fleet(how, tmp_path, tiny_model, monkeypa
                            json={"prompt": "hello", "n_predict": 32, "ignore_eos": True, "cache_prompt": False})
             assert r.status_code == 200 and r.json()["timings"]["predicted_n"] == 32
         time.sleep(2.5)  # a few supervisor ticks (state writes, log rotation) on the full disk
-        assert all(state.alive(p) for p in running)
+        assert all(processes.alive(p) for p in running)
         status = run_cli("fleet", "status", "--json", env={"LLAMA_TUI_STATE_DIR": str(sd)})
         assert status.returncode == 0, status.stderr
         assert '"supervisor_alive": true' in status.stdout
         down = run_cli("fleet", "down", env={"LLAMA_TUI_STATE_DIR": str(sd)})
         assert down.returncode == 0, down.stderr
-        assert not any(state.alive(p) for p in running)
+        assert not any(processes.alive(p) for p in running)
     finally:
         fleet.down(sd, timeout=5)
         leftovers = reap_owned(str(sd))  # this state dir is outside the per-test safety net
@@ -179,7 +181,7 @@ def test_a_hung_instance_is_killed_and_restarted_a_busy_one_is_not(isolated_dirs
         assert time.monotonic() - stopped_at < 15
         assert back.port == victim.port and back.restarts == 1
         assert back.last_error.startswith("hung (no /health answer for"), back.last_error
-        assert not state.alive(victim.pid, victim.pid_started)  # the frozen process is gone, not left stopped
+        assert not processes.alive(victim.pid, victim.pid_started)  # the frozen process is gone, not left stopped
         # Busy is not hung: 8 streams through NGINX for 6 s, three times the hang window; nobody is killed.
         config = BenchConfig(url=st.nginx_url(), concurrency=(8,), duration=6.0, warmup=0.0, n_predict=400,
                              prompt_tokens=8, workers=1, timeout=30, state_dir=str(isolated_dirs))
@@ -188,5 +190,130 @@ def test_a_hung_instance_is_killed_and_restarted_a_busy_one_is_not(isolated_dirs
         after = fleet.load_state(isolated_dirs)
         assert [i.restarts for i in sorted(after.instances, key=lambda i: i.index)] == [0, 1]
         assert [i.pid for i in sorted(after.instances, key=lambda i: i.index)] == [st.instances[0].pid, back.pid]
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def _kill_each_new_pid(sd: Path, index: int, times: int, ready_first: bool, timeout: float = 60) -> list[str]:
+    """SIGKILL instance `index` `times` times, each time once a new process of it runs (and, with
+    `ready_first`, once it is ready: a crash while it serves). Returns the states seen meanwhile."""
+    seen: list[str] = []
+    killed: set[int] = set()
+    for _ in range(times):
+        def target() -> Any:
+            i = instance(sd, index)
+            seen.append(i.state if i else "gone")
+            ok = i and i.pid and i.pid not in killed and i.state != "failed" and (i.state == "ready" or not ready_first)
+            return i if ok and processes.alive(i.pid, i.pid_started) else None
+
+        victim = wait_for(target, timeout, f"instance {index} to run again")
+        killed.add(victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+    return seen
+
+
+def test_the_last_serving_instance_is_never_failed_for_crashes(isolated_dirs, tiny_model):
+    """Crashes while serving (as a request that crashes llama-server causes) never fail the last serving
+    instance: the model itself starts, so it is restarted however often it crashes."""
+    try:
+        st = start_fleet(isolated_dirs, tiny_model, instances=1)
+        n = instances.CRASH_LIMIT  # (enough to fail an instance that others could stand in for)
+        seen = _kill_each_new_pid(isolated_dirs, 0, n, ready_first=True)
+        back = wait_for(lambda: (lambda i: i if i and (i.state == "failed" or i.state == "ready" and i.restarts == n)
+                                 else None)(instance(isolated_dirs, 0)), 40, "the instance to come back")
+        assert back.state == "ready", back
+        assert "failed" not in seen
+        assert httpx.get(f"{st.nginx_url()}/health", timeout=10).status_code == 200
+        log = state.supervisor_log_path(isolated_dirs).read_text()
+        assert "last serving instance: restarting it, not failing it" in log
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_failed_instance_is_tried_again_after_its_cool_down(isolated_dirs, tiny_model, monkeypatch):
+    monkeypatch.setenv("LLAMA_TUI_FAILED_COOLDOWN_S", "4")  # the supervisor reads it at start (default 60 s)
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        port = instance(isolated_dirs, 1).port
+        conf = Path(st.nginx.config_path)
+        _kill_each_new_pid(isolated_dirs, 1, instances.CRASH_LIMIT, ready_first=False)
+        failed = wait_for(lambda: (lambda i: i if i.state == "failed" else None)(instance(isolated_dirs, 1)), 20,
+                          "the crash-looping instance to be failed (the other one serves)")
+        assert "killed by SIGKILL" in failed.last_error and failed.retry_at
+        out = run_cli("fleet", "status")
+        line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("instance 1:"))
+        assert "killed by SIGKILL" in line and "next try in" in line, out.stdout
+        assert f"127.0.0.1:{port}" not in conf.read_text()  # out of NGINX meanwhile
+        assert instance(isolated_dirs, 0).state == "ready"
+
+        back = wait_for(lambda: (lambda i: i if i.state == "ready" else None)(instance(isolated_dirs, 1)), 30,
+                        "the failed instance to be tried again after its cool-down and get ready")
+        assert back.pid != failed.pid and back.in_upstream and back.retry_at is None
+        wait_for(lambda: f"127.0.0.1:{port}" in conf.read_text(), 10, "NGINX to route to it again")
+        assert "trying it again after its cool-down" in state.supervisor_log_path(isolated_dirs).read_text()
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_model_that_cannot_start_still_ends_failed_even_alone(isolated_dirs, tiny_model, tmp_path):
+    model = tmp_path / "model.gguf"
+    shutil.copy(tiny_model, model)
+    try:
+        start_fleet(isolated_dirs, model, instances=1)
+        model.write_bytes(model.read_bytes()[:100])  # the model cannot load any more
+        _kill_each_new_pid(isolated_dirs, 0, 1, ready_first=True)
+        failed = wait_for(lambda: (lambda i: i if i.state == "failed" else None)(instance(isolated_dirs, 0)), 60,
+                          "the instance that cannot start to be failed")
+        assert "exiting due to model loading error" in failed.last_error  # with its log's tail
+    finally:
+        fleet.down(isolated_dirs, timeout=5)
+
+
+def test_a_process_squatting_a_crashed_instances_port_gets_no_requests(isolated_dirs, tiny_model):
+    """While a crashed instance waits out its backoff its port is free: any local process may bind it
+    (this one answers everything with 200, /health included). NGINX must not send it requests (they
+    would carry the fleet's internal key), and the supervisor must not take it for the instance."""
+    import socket
+
+    try:
+        st = start_fleet(isolated_dirs, tiny_model)
+        victim = instance(isolated_dirs, 1)
+        os.kill(victim.pid, signal.SIGKILL)
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (closed connections linger in TIME_WAIT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                squatter.bind(("127.0.0.1", victim.port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed instance's port stayed taken"
+                time.sleep(0.005)
+        squatter.listen(64)
+        hits: list[bytes] = []
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = squatter.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(2)
+                    try:
+                        hits.append(conn.recv(65536))
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        wait_for(lambda: instance(isolated_dirs, 1).state != "ready", 10, "the supervisor to see the crash")
+        for _ in range(20):
+            r = httpx.post(f"{st.nginx_url()}/completion", timeout=30,
+                           json={"prompt": "hi", "n_predict": 4, "cache_prompt": False})
+            assert r.status_code == 200 and "timings" in r.json(), r.text
+        assert instance(isolated_dirs, 1).state != "ready"  # its port answers, but not from the instance
+        assert not [h for h in hits if not h.startswith(b"GET /health")], f"the squatter got requests: {hits}"
+        squatter.close()
     finally:
         fleet.down(isolated_dirs, timeout=5)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from llama_tui.core import fleet
-from llama_tui.core.fleet import state
+from llama_tui.core.fleet import keys, processes, state
 from llama_tui.core.errors import UserError
 
 from conftest import wait_for, REPO, free_port, free_port_block, run_cli
@@ -49,17 +49,19 @@ def api_spec(tiny_model: Path, instances: int = 2, ctx_per_slot: int = 512, **kw
                            base_port=free_port_block(instances + 2), nginx_port=free_port(), ready_timeout=60, **kw)
 
 
-def complete(url: str, n: int = 8) -> httpx.Response:
-    return httpx.post(f"{url}/completion", json={"prompt": "hi", "n_predict": n, "ignore_eos": True}, timeout=30)
+def complete(url: str, n: int = 8, key: str | None = None) -> httpx.Response:
+    """A completion at `url`; straight at an instance it needs the fleet's internal `key`."""
+    return httpx.post(f"{url}/completion", json={"prompt": "hi", "n_predict": n, "ignore_eos": True}, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def all_gone(pids: list[int]) -> bool:
-    return not any(state.alive(p) for p in pids)
+    return not any(processes.alive(p) for p in pids)
 
 
 def assert_nothing_left(sd: Path, pids: list[int]) -> None:
-    assert all_gone(pids), [p for p in pids if state.alive(p)]
-    assert state.owned_processes(sd) == []
+    assert all_gone(pids), [p for p in pids if processes.alive(p)]
+    assert processes.owned_processes(sd) == []
     assert not (sd / state.STATE_FILE).exists()
 
 
@@ -71,7 +73,7 @@ def test_lifecycle_through_the_cli(fleet_dir):
 
     data = status()  # a second process finds the fleet through the state file
     assert data["running"] and data["status"] == "running"
-    assert data["supervisor"]["alive"] and state.alive(data["supervisor"]["pid"])
+    assert data["supervisor"]["alive"] and processes.alive(data["supervisor"]["pid"])
     insts = data["instances"]
     assert [i["port"] for i in insts] == [base, base + 1]
     for i in insts:
@@ -203,7 +205,7 @@ def test_scale_down_lets_open_streams_finish(fleet_dir, tiny_model):
     assert {r.get("upstream") for r in results} == {f"127.0.0.1:{spec.base_port}", f"127.0.0.1:{spec.base_port + 1}"}
     for r in results:
         assert "error" not in r and r["status"] == 200 and r.get("predicted_n") == n_predict, r
-    assert [i.index for i in after.instances] == [0] and not state.alive(leaving_pid)
+    assert [i.index for i in after.instances] == [0] and not processes.alive(leaving_pid)
 
 
 @pytest.mark.faults
@@ -226,7 +228,7 @@ def test_a_sigkilled_instance_comes_back_on_its_port(fleet_dir, tiny_model, monk
     assert inst.port == victim.port and inst.restarts == 1 and "SIGKILL" in (inst.last_error or "")
     snap = fleet.snapshot(fleet_dir)
     assert snap.instances[1].restarts == 1 and snap.instances[1].slots_total == 2
-    assert complete(f"http://127.0.0.1:{victim.port}").status_code == 200
+    assert complete(f"http://127.0.0.1:{victim.port}", key=keys.read_internal_key(fleet_dir)).status_code == 200
     assert snap.instances[0].pid == fleet.load_state(fleet_dir).instances[0].pid  # the other one untouched
     log = Path(inst.log_path)  # two starts' worth of log went over the cap: rotated, both parts capped
     wait_for(lambda: log.with_name(log.name + ".1").exists(), 10, "the instance log to be rotated")
@@ -254,7 +256,7 @@ def test_a_corrupt_gguf_fails_with_its_log_tail_and_leaves_nothing(fleet_dir, co
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: instance ") and "failed to start" in err and cause in err
     assert "fleet logs" in err  # the fix points at the full log
-    assert state.owned_processes(fleet_dir) == [] and not (fleet_dir / state.STATE_FILE).exists()
+    assert processes.owned_processes(fleet_dir) == [] and not (fleet_dir / state.STATE_FILE).exists()
     assert fleet.port_free("127.0.0.1", base) and fleet.port_free("127.0.0.1", nport)
     assert cause in (fleet_dir / "logs" / "instance-0.log").read_text()
 
@@ -267,7 +269,7 @@ def test_corrupt_gguf_reports_failed_state_through_the_api(fleet_dir, corrupt_mo
         fleet.up(spec, state_dir=fleet_dir, on_progress=seen.append)
     assert any(m.endswith(": failed") for m in seen), seen
     assert "failed to read header" in exc.value.cause
-    assert fleet.load_state(fleet_dir) is None and state.owned_processes(fleet_dir) == []
+    assert fleet.load_state(fleet_dir) is None and processes.owned_processes(fleet_dir) == []
 
 
 @pytest.mark.faults
@@ -279,11 +281,11 @@ def test_supervisor_killed_fleet_serves_is_adopted_and_nginx_comes_back(fleet_di
     inst_pids = [i.pid for i in st.instances]
     old_sup = st.supervisor_pid
     os.kill(old_sup, signal.SIGKILL)
-    wait_for(lambda: not state.alive(old_sup), 10, "the supervisor to die")
+    wait_for(lambda: not processes.alive(old_sup), 10, "the supervisor to die")
 
     # Instances and NGINX keep serving; status says the supervisor is gone.
     assert complete(st.nginx_url()).status_code == 200
-    assert all(complete(u).status_code == 200 for u in st.instance_urls())
+    assert all(complete(u, key=keys.read_internal_key(fleet_dir)).status_code == 200 for u in st.instance_urls())
     data = status()
     assert data["running"] and data["supervisor"] == {"pid": old_sup, "alive": False}
     assert any("supervisor" in w and "fleet up" in w for w in data["warnings"])
@@ -315,11 +317,11 @@ def test_supervisor_killed_fleet_serves_is_adopted_and_nginx_comes_back(fleet_di
     st = fleet.load_state(fleet_dir)
     pids = [p.pid for p in st.refs()] + [st.supervisor_pid]
     os.kill(st.supervisor_pid, signal.SIGKILL)
-    wait_for(lambda: not state.alive(pids[-1]), 10, "the supervisor to die")
+    wait_for(lambda: not processes.alive(pids[-1]), 10, "the supervisor to die")
     down = run_cli("fleet", "down")
     assert down.returncode == 0 and "fleet stopped" in down.stderr
     assert_nothing_left(fleet_dir, pids)
-    assert not [p for p in psutil.process_iter() if _pgid(p.pid) == ng.pid and state.alive(p.pid)]  # nor workers
+    assert not [p for p in psutil.process_iter() if _pgid(p.pid) == ng.pid and processes.alive(p.pid)]  # nor workers
 
 
 def _pgid(pid: int) -> int | None:
@@ -371,12 +373,12 @@ def test_pinned_instances_keep_their_own_cores_across_restarts(fleet_dir, tiny_m
     assert all(pinned) and len({c for cpus in pinned for c in cpus}) == sum(len(c) for c in pinned)  # disjoint
     for inst in snap.instances:  # every thread of the real llama-server, the main one included
         assert _affinities(inst.pid) == {tuple(sorted(inst.cpus))}, inst.index
-        assert complete(f"http://127.0.0.1:{inst.port}").status_code == 200
+        assert complete(f"http://127.0.0.1:{inst.port}", key=keys.read_internal_key(fleet_dir)).status_code == 200
     victim = snap.instances[-1]
     os.kill(victim.pid, signal.SIGKILL)
     back = wait_for(lambda: (i := fleet.load_state(fleet_dir).instances[-1]).state == "ready"
                     and i.pid != victim.pid and i, 20, "the killed pinned instance to be ready again")
-    assert back.cpus == victim.cpus and _affinities(back.pid) == {tuple(sorted(victim.cpus))}
+    assert tuple(back.cpus) == victim.cpus and _affinities(back.pid) == {tuple(sorted(victim.cpus))}  # (state: list)
     # More instances than this machine has cores: refused before any starts; the fleet is as it was.
     cores = len(hardware.core_groups())
     with pytest.raises(UserError) as exc:
@@ -385,4 +387,4 @@ def test_pinned_instances_keep_their_own_cores_across_restarts(fleet_dir, tiny_m
     after = fleet.snapshot(fleet_dir)
     assert len(after.instances) == n and all(i.state == "ready" for i in after.instances)
     assert [i.pid for i in after.instances] == [i.pid for i in snap.instances[:-1]] + [back.pid]
-    assert status()["instances"][0]["cpus"] == pinned[0]
+    assert status()["instances"][0]["cpus"] == list(pinned[0])  # JSON list; the snapshot holds a tuple

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import orjson
 import pytest
 
 from llama_tui import cli
-from llama_tui.core import config, fleet, hardware
+from llama_tui.core import config, fleet, hardware, paths
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state
 from llama_tui.core.errors import UserError
 
@@ -96,8 +98,10 @@ def test_valid_extra_args_and_key_file_are_accepted(tmp_path):
                                                    api_key_file=str(key), listen="0.0.0.0"))
     assert spec.extra_args == ("--batch-size", "256", "--no-warmup")
     assert spec.api_key_file == str(key) and fleet.exposure_warning(spec) is None
-    open_spec = fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0"))
-    assert "WITHOUT an API key" in fleet.exposure_warning(open_spec)
+    with pytest.raises(UserError, match="no API key is set"):  # a public listener needs a key ...
+        fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0"))
+    open_spec = fleet.FleetSpec.from_settings(_settings(model="tiny", listen="0.0.0.0", insecure_public=True))
+    assert "WITHOUT an API key" in fleet.exposure_warning(open_spec)  # ... unless --insecure-public, with a warning
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tiny_model, isolated_dirs):
@@ -109,7 +113,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tiny_model, isolated_di
             fleet.up(_spec(tiny_model, base_port=base, nginx_port=free_port()), state_dir=isolated_dirs)
     assert f"port {base + 1} (instance 1) is already in use" in exc.value.cause
     assert not (isolated_dirs / state.STATE_FILE).exists()
-    assert state.owned_processes(isolated_dirs) == []
+    assert processes.owned_processes(isolated_dirs) == []
 
 
 @pytest.mark.parametrize("args, cause", [
@@ -133,7 +137,7 @@ def test_a_broken_binary_is_refused_before_anything_starts(var, cause, monkeypat
                      "--nginx-port", str(free_port())])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and cause in err[0]
-    assert state.owned_processes(isolated_dirs) == [] and not (isolated_dirs / state.STATE_FILE).exists()
+    assert processes.owned_processes(isolated_dirs) == [] and not (isolated_dirs / state.STATE_FILE).exists()
 
 
 def test_logs_follow_survives_rotation(isolated_dirs):
@@ -176,9 +180,25 @@ def test_commands_without_a_fleet(isolated_dirs, capsys):
 
 def _dead_pid() -> tuple[int, float]:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = state.process_start_time(proc.pid) or time.time()
+    started = processes.process_start_time(proc.pid) or time.time()
     proc.wait()
     return proc.pid, started
+
+
+@pytest.fixture
+def stand_in(started, isolated_dirs):
+    """Factory: a process standing in for a fleet process (pid, start time), with the fleet's owner
+    marker (or, `marker=False`, a stranger's process)."""
+
+    def make(marker: bool = True) -> tuple[int, float]:
+        env = {k: v for k, v in os.environ.items() if k != paths.OWNER_ENV}
+        if marker:
+            env = paths.owner_env(isolated_dirs, env)
+        proc = started.add(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], env=env,
+                                            start_new_session=True))
+        return proc.pid, processes.process_start_time(proc.pid)
+
+    return make
 
 
 def _write(sd: Path, pid: int | None, started: float | None, supervisor: tuple[int | None, float | None] = (None, None),
@@ -191,9 +211,8 @@ def _write(sd: Path, pid: int | None, started: float | None, supervisor: tuple[i
     state.write_state(sd, st)
 
 
-def test_state_file_is_private_and_round_trips(isolated_dirs):
-    me = os.getpid()
-    _write(isolated_dirs, me, state.process_start_time(me))
+def test_state_file_is_private_and_round_trips(isolated_dirs, stand_in):
+    _write(isolated_dirs, *stand_in())
     path = isolated_dirs / state.STATE_FILE
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     st = fleet.load_state(isolated_dirs)
@@ -209,28 +228,37 @@ def test_stale_state_is_detected_and_removed(isolated_dirs):
     assert not (isolated_dirs / state.STATE_FILE).exists()
 
 
-def test_a_reused_pid_is_not_trusted(isolated_dirs):
-    me = os.getpid()
-    real = state.process_start_time(me)
-    assert state.alive(me, real) and not state.alive(me, real - 3600)
-    _write(isolated_dirs, me, real - 3600)  # "our" instance pid now belongs to another process
+def test_a_reused_pid_is_not_trusted(isolated_dirs, stand_in):
+    pid, real = stand_in()
+    assert processes.alive(pid, real) and not processes.alive(pid, real - 3600)
+    _write(isolated_dirs, pid, real - 3600)  # "our" instance pid now belongs to another process
     assert fleet.load_state(isolated_dirs) is None
 
 
-def test_snapshot_of_an_orphaned_fleet_says_the_supervisor_is_gone(isolated_dirs):
-    me = os.getpid()
+def test_a_process_without_our_marker_is_not_ours(isolated_dirs, stand_in):
+    stranger, started = stand_in(marker=False)  # the right pid and start time, but not ours
+    _write(isolated_dirs, stranger, started)
+    assert fleet.load_state(isolated_dirs) is None
+    ref = processes.ProcRef(stranger, started, True, "llama-server", paths.owner_marker(isolated_dirs))
+    assert not ref.alive() and not ref.signal(signal.SIGKILL)
+    assert processes.alive(stranger, started)
+    ours, started = stand_in()
+    assert processes.ProcRef(ours, started, True, "llama-server", paths.owner_marker(isolated_dirs)).alive()
+    assert not processes.ProcRef(ours, started, True, "llama-server", paths.owner_marker(isolated_dirs / "x")).alive()
+
+
+def test_snapshot_of_an_orphaned_fleet_says_the_supervisor_is_gone(isolated_dirs, stand_in):
     pid, started = _dead_pid()
-    _write(isolated_dirs, me, state.process_start_time(me), supervisor=(pid, started), n=1)
+    _write(isolated_dirs, *stand_in(), supervisor=(pid, started), n=1)
     snap = fleet.snapshot(isolated_dirs, interval=0.05)
     assert snap.running and snap.supervisor_alive is False
     assert any("supervisor" in w and "fleet up" in w for w in snap.warnings)
     assert snap.instances[0].rss_bytes and snap.instances[0].gpu_memory_bytes is None
 
 
-def test_doctor_warns_about_an_oversubscribed_fleet(isolated_dirs):
-    me = os.getpid()
+def test_doctor_warns_about_an_oversubscribed_fleet(isolated_dirs, stand_in):
     threads = hardware.physical_cores()
-    _write(isolated_dirs, me, state.process_start_time(me), threads=threads, n=2)
+    _write(isolated_dirs, *stand_in(), threads=threads, n=2)
     proc = run_cli("doctor", "--json")
     data = orjson.loads(proc.stdout)
     assert data["fleet"]["running"] and data["fleet"]["threads"] == 2 * threads
@@ -362,3 +390,55 @@ def test_liveness_tells_a_hung_instance_from_a_busy_one():
     gone = Liveness(hang_s=10)  # a process that is gone is the watch loop's (a crash), not a hang
     gone.observe(0, False, 0.0)
     assert gone.observe(30, False, None) is None
+
+
+def test_the_control_socket_bounds_connections_request_sizes_and_slow_clients(tmp_path, monkeypatch):
+    from llama_tui.core.fleet import control_server
+
+    monkeypatch.setattr(control_server, "READ_TIMEOUT_S", 1.0)
+    stop = threading.Event()
+    path = tmp_path / "c.sock"
+    srv = control_server.ControlServer(path, lambda req: {"echo": req.get("op")}, stop, lambda: False, "log")
+    srv.open()
+
+    def ask(payload: bytes, timeout: float = 10.0) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(timeout)
+            c.connect(str(path))
+            try:
+                c.sendall(payload)
+            except BrokenPipeError:
+                pass  # refused before the request was read: the answer is there to read
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return orjson.loads(buf)
+
+    try:
+        assert ask(b'{"op": "ping"}\n') == {"ok": True, "echo": "ping"}
+        # A request larger than the limit is answered with an error, not read forever.
+        big = ask(b'{"op": "' + b"x" * (control_server.MAX_REQUEST_BYTES + 10) + b'"}\n')
+        assert not big["ok"] and "bytes" in big["error"]
+        # Idle connections hold at most MAX_CONNECTIONS slots; one more is told the supervisor is busy.
+        idle = []
+        for _ in range(control_server.MAX_CONNECTIONS):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(str(path))
+            idle.append(c)
+        time.sleep(0.3)
+        busy = ask(b'{"op": "ping"}\n')
+        assert not busy["ok"] and "busy" in busy["error"]
+        # A client that never finishes its line is cut off after READ_TIMEOUT_S, freeing its slot.
+        t0 = time.monotonic()
+        assert idle[0].recv(65536)  # the server's answer to a request that never came
+        assert time.monotonic() - t0 < 5
+        for c in idle:
+            c.close()
+        time.sleep(0.3)
+        assert ask(b'{"op": "ping"}\n') == {"ok": True, "echo": "ping"}
+    finally:
+        stop.set()
+        srv.close()

@@ -85,7 +85,7 @@ def test_api_key_file(tmp_path):
     text = render(FrontDoorSpec(port=1, backends=BACKENDS, api_key_file=str(keyfile)), tmp_path)
     assert 'if ($http_authorization != "Bearer secret-key-from-file")' in text
     # an explicit key wins over the file
-    text = render(FrontDoorSpec(port=1, backends=BACKENDS, api_key="explicit-key", api_key_file=str(keyfile)), tmp_path)
+    text = render(FrontDoorSpec(port=1, backends=BACKENDS, api_key="explicit-key-0123456", api_key_file=str(keyfile)), tmp_path)
     assert "Bearer explicit-key" in text and "from-file" not in text
     for content, needle in (("", "is empty"), (None, "cannot read")):
         bad = tmp_path / "bad"

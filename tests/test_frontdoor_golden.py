@@ -28,6 +28,10 @@ CASES = [(f"{p}.conf", FrontDoorSpec(port=18000, backends=BACKENDS, policy=p, ma
     ("hash_max_conns.conf",
      FrontDoorSpec(port=18000, backends=BACKENDS, policy="hash", max_conns=True, max_concurrency=4096,
                    worker_processes=4, hash_header="X-Conversation")),
+    # a public listener: the internal key goes to the instances, a per-client limit, no X-Upstream
+    ("least_conn_public_internal_key.conf",
+     FrontDoorSpec(port=18000, backends=BACKENDS, policy="least_conn", max_concurrency=256, worker_processes=2,
+                   api_key="golden-key-0123456789", listen="0.0.0.0", internal_key="golden-internal-key-0123456789")),
 ]
 
 

@@ -15,8 +15,8 @@ from typing import Iterator
 import orjson
 import pytest
 
-from llama_tui.core import loadgen
-from llama_tui.core.loadgen import RequestShape, StepPlan, Target, run_plan
+from llama_tui.core.bench import RequestShape, Source, StepPartial, StepPlan, Target, run_plan
+from llama_tui.core.errors import UserError
 
 
 def _native_event(k: int, stop: bool = False, n: int = 0) -> bytes:
@@ -192,7 +192,7 @@ def closed_plan(concurrency: int = 1, warmup: float = 0.0, duration: float = 1.0
     return StepPlan("closed", now, now + warmup, now + warmup + duration, concurrency=concurrency)
 
 
-def one(url: str, shape: RequestShape, duration: float = 0.6) -> loadgen.StepPartial:
+def one(url: str, shape: RequestShape, duration: float = 0.6) -> StepPartial:
     return run_plan([Target.parse(url)], shape, closed_plan(duration=duration))
 
 
@@ -326,7 +326,7 @@ def test_open_loop_requests_not_done_by_the_drain_are_timeouts(fake):
 
 
 def test_partials_merge_and_survive_json():
-    a, b = loadgen.StepPartial(), loadgen.StepPartial()
+    a, b = StepPartial(), StepPartial()
     a.requests_ok, b.requests_ok = 2, 3
     a.error("truncated", "x")
     b.error("truncated", "y")
@@ -336,7 +336,7 @@ def test_partials_merge_and_survive_json():
     a.per_upstream["u1"] = {"requests_ok": 2, "errors": 1, "output_tokens": 10.0}
     b.per_upstream["u1"] = {"requests_ok": 3, "errors": 0, "output_tokens": 5.0}
     b.worker_cpu_s, b.worker_events = [0.5], [100]
-    b2 = loadgen.StepPartial.from_json(orjson.loads(orjson.dumps(b.to_json())))
+    b2 = StepPartial.from_json(orjson.loads(orjson.dumps(b.to_json())))
     m = a.merge(b2)
     assert m.requests_ok == 5 and m.errors_by_class == {"truncated": 2, "http_502": 1}
     assert sorted(m.ttft.values) == [0.1, 0.2, 0.3]
@@ -349,7 +349,7 @@ def test_target_parsing():
     assert (t.url, t.netloc, t.path) == ("http://127.0.0.1:8080", "127.0.0.1:8080", "")
     assert Target.parse("http://[::1]:9/llama").url == "http://[::1]:9/llama"
     assert Target.parse("https://localhost").port == 443
-    with pytest.raises(loadgen.UserError):
+    with pytest.raises(UserError):
         Target.parse("ftp://x")
 
 
@@ -363,7 +363,7 @@ def test_request_bytes():
 
 
 def test_loopback_source_streams_one_event_per_token():
-    with loadgen.Source(interval_s=0.001) as src:
+    with Source(interval_s=0.001) as src:
         part = one(src.url, RequestShape(n_predict=50, nonce=False))
     assert part.requests_ok >= 1 and part.errors == 0
     assert part.output_tokens == pytest.approx(50 * part.requests_ok, abs=50)

@@ -1,4 +1,5 @@
-"""The wheel carries the templates and presets, so `pipx install .` works outside the checkout."""
+"""The wheel carries the templates and presets, so `pipx install .` works outside the checkout, and no
+test code (the doubles live in tests/support)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def test_wheel_ships_templates_and_presets_and_works_outside_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "llama_tui/nginx_templates/nginx.conf.j2" in names
     assert "llama_tui/presets/demo.toml" in names
+    assert "llama_tui/ui/app.py" in names and "llama_tui/core/presets.py" in names
+    modules = [n for n in names if n.endswith(".py")]
+    test_code = [n for n in modules if n.startswith("tests/") or "/tests/" in n or n.rsplit("/", 1)[-1].startswith(
+        ("test_", "conftest")) or n.rsplit("/", 1)[-1] in ("scripted.py", "terminal_harness.py", "screenshot.py")]
+    assert test_code == [], f"test code in the wheel: {test_code}"
+    assert all(n.startswith(("llama_tui/", "llama_tui-")) for n in names), [n for n in names if "llama_tui" not in n]
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     elsewhere = tmp_path / "cwd"

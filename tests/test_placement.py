@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from llama_tui.core.fleet import FleetSpec
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.frontdoor import FrontDoorSpec, render
 from llama_tui.core.fleet.local import LocalPlacement
@@ -48,8 +49,8 @@ def test_a_started_process_has_an_endpoint_a_log_banner_and_the_owner_marker(iso
         assert pl.poll(h) is None
     finally:
         pl.stop([h], timeout=2)
-    assert pl.poll(h) is not None and not st_mod.alive(h.pid, h.started)
-    assert st_mod.owned_processes(isolated_dirs) == []
+    assert pl.poll(h) is not None and not processes.alive(h.pid, h.started)
+    assert processes.owned_processes(isolated_dirs) == []
 
 
 def test_a_killed_instance_reports_its_exit_and_a_stopped_one_leaves_nothing(isolated_dirs):
@@ -59,7 +60,7 @@ def test_a_killed_instance_reports_its_exit_and_a_stopped_one_leaves_nothing(iso
     status = wait_for(lambda: pl.poll(h), 10, "the killed instance's exit")
     assert status == ExitStatus(-signal.SIGKILL)
     pl.stop([h], timeout=1)  # releasing an exited instance is harmless
-    assert not st_mod.alive(h.pid, h.started)
+    assert not processes.alive(h.pid, h.started)
 
 
 def test_attach_finds_an_instance_it_did_not_start_and_sees_it_go(isolated_dirs):
@@ -149,6 +150,6 @@ def test_local_placement_runs_a_real_llama_server(isolated_dirs, llama_server_bi
         assert pl.poll(h) is None
     finally:
         pl.stop([h], timeout=5)
-    assert pl.poll(h) is not None and not st_mod.alive(h.pid, h.started)
+    assert pl.poll(h) is not None and not processes.alive(h.pid, h.started)
     assert pl.stats([h]) == {}
-    assert st_mod.owned_processes(isolated_dirs) == []
+    assert processes.owned_processes(isolated_dirs) == []

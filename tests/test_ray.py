@@ -122,9 +122,9 @@ def test_the_actor_binds_llama_server_to_its_node():
 
 def test_a_remote_instance_is_never_signalled_or_judged_as_a_local_process():
     rec = st_mod.InstanceState(index=0, port=4000, threads=1, log_path="/x", pid=os.getpid(), node="3f2a9c")
-    assert rec.ref() is None and not rec.alive()  # its pid names a process on another machine
+    assert rec.ref("/s") is None and not rec.alive() and not rec.alive("/s")  # its pid names a process elsewhere
     rec.node = "local"
-    assert rec.ref() is not None and rec.alive()
+    assert rec.ref("/s") is not None and rec.alive()
     fs = st_mod.FleetState(state_dir="/s", spec={"engine": "ray"}, instances=[dataclasses.replace(rec, pid=None,
                                                                                                    state="ready")])
     assert fs.anything_alive()  # out of sight on the cluster: only `fleet down` ends it
@@ -133,13 +133,14 @@ def test_a_remote_instance_is_never_signalled_or_judged_as_a_local_process():
 
 
 def test_nginx_sends_the_internal_key_in_place_of_the_clients(tmp_path):
-    spec = FrontDoorSpec(port=18000, backends=(Backend("10.0.0.7", 41234, 2),), internal_key="k3y-abcdefgh")
+    key = "k3y-0123456789abcdef"
+    spec = FrontDoorSpec(port=18000, backends=(Backend("10.0.0.7", 41234, 2),), internal_key=key)
     text = render(spec, tmp_path, nofile=4096, as_root=False)
-    assert 'proxy_set_header Authorization "Bearer k3y-abcdefgh";' in text and "server 10.0.0.7:41234" in text
+    assert f'proxy_set_header Authorization "Bearer {key}";' in text and "server 10.0.0.7:41234" in text
     assert "proxy_set_header Authorization" not in render(dataclasses.replace(spec, internal_key=None), tmp_path,
                                                           nofile=4096, as_root=False)
-    with pytest.raises(UserError, match="internal key"):
-        render(dataclasses.replace(spec, internal_key='x"; evil'), tmp_path, nofile=4096, as_root=False)
+    with pytest.raises(UserError, match="API key must be"):
+        render(dataclasses.replace(spec, internal_key='x"; evil-0123456789'), tmp_path, nofile=4096, as_root=False)
 
 
 def _multi_host_snapshot() -> FleetSnapshot:

@@ -58,7 +58,7 @@ def sweep_dir(tmp_path: Path, tiny_model: Path) -> Path:
 @pytest.fixture
 def captured_up(monkeypatch) -> list[fleet.FleetSpec]:
     """fleet.up records the spec it was given and reports a fleet of that shape (no processes)."""
-    from llama_tui.ui import scripted
+    from tests.support import scripted
 
     specs: list[fleet.FleetSpec] = []
 
@@ -104,7 +104,7 @@ def test_cli_apply_and_tui_apply_best_start_the_same_fleet_spec(sweep_dir: Path,
     from llama_tui.ui.controller import CoreController
     from llama_tui.ui.screens.confirm import ConfirmScreen
     from llama_tui.ui.screens.sweep import SweepScreen
-    from llama_tui.ui.scripted import wait_for
+    from tests.support.scripted import wait_for
 
     assert cli.main(["sweep", "report", str(sweep_dir), "--apply"]) == 0
     assert "starting the best shape: 2 instances x 2 slots, 1 threads" in capsys.readouterr().err
@@ -162,7 +162,7 @@ import sys
 from pathlib import Path
 from llama_tui.core import fleet, sweep
 from llama_tui.ui.controller import CoreController
-from llama_tui.ui import scripted
+from tests.support import scripted
 seen = []
 sweep.spawn = lambda cfg: seen.append(cfg) or scripted.ScriptedRun([])
 fleet.up = lambda spec, state_dir=None, on_progress=None: seen.append(spec) or scripted.running_fleet(1)

@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
 import pytest
 
-from conftest import REPO, free_port_block, run_cli
+from conftest import REPO, free_port_block, run_cli, wait_for
 from llama_tui.core import hardware, sweep
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state
 from llama_tui.core.sweep import SweepConfig, results, runner
 
@@ -94,7 +96,7 @@ def test_grid_2x2x2_then_adaptive_finds_the_grid_best(tiny_model: Path, no_lefto
     assert [e.cell for e in events if e.row is not None] == list(range(1, 9))
     text = sweep.report(out)
     assert "best output tok/s by instances x parallel" in text and "llama-tui fleet up" in text
-    assert not state.owned_processes(out / "fleet-state")
+    assert not processes.owned_processes(out / "fleet-state")
 
     # Adaptive on the same grid, replayed over the grid run's own real measurements: which cell wins is
     # whatever this machine measured (validity included), and the search must find that cell.
@@ -213,6 +215,31 @@ def test_spawn_streams_progress_and_cancel_stops_cleanly(tiny_model: Path, no_le
     assert state.read_state(cfg.fleet_state_dir()) is None  # torn down on the way out
 
 
+def test_a_spawned_sweep_whose_parent_goes_away_stops_and_takes_its_fleet_down(tiny_model: Path,
+                                                                              no_leftovers: Path) -> None:
+    """The TUI that started a sweep exits (or is killed): the sweep's stdin closes, which asks for the
+    same graceful stop as the stop line; its fleet, in a session of its own, is torn down."""
+    base = free_port_block(3)
+    cfg = SweepConfig(model=tiny_model, out_dir=no_leftovers / "orphaned", instances=(1,), parallel=(1, 2),
+                      concurrency=(1,), ctx_per_slot=256, duration=30.0, warmup=0.5, n_predict=(16,),
+                      prompt_tokens=8, nginx_port=base, base_port=base + 1)
+    proc = sweep.spawn(cfg)
+    try:
+        for ev in proc.events(timeout=120):
+            if ev.phase == "measure":
+                break
+        assert state.read_state(cfg.fleet_state_dir()) is not None  # its fleet is up, measuring
+        assert proc.proc.stdin is not None
+        proc.proc.stdin.close()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.proc.wait()
+    assert rc == 0 and proc.result()["status"] == "stopped" and rows_of(cfg.out_dir) == []
+    assert state.read_state(cfg.fleet_state_dir()) is None
+
+
 def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, isolated_dirs: Path) -> None:
     from llama_tui.core import fleet
 
@@ -236,3 +263,30 @@ def test_report_apply_starts_the_fleet_with_the_best_shape(tiny_model: Path, iso
         assert again.returncode == 2 and "already running" in again.stderr
     finally:
         fleet.down()
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_and_leaves_the_first_alone(no_leftovers: Path) -> None:
+    out = no_leftovers / "shared"
+    base = free_port_block(4)
+    env = {**os.environ, "LLAMA_TUI_OWNER": str(no_leftovers)}
+    first = subprocess.Popen(_sweep_cmd(out, base, "--duration", "8"), cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def running() -> Any:
+            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            st = state.read_state(out / "fleet-state")
+            return st if st is not None and st.status == "running" and st.supervisor_alive else None
+
+        st = wait_for(running, 120, "the first sweep's fleet to run")
+        pids = [st.supervisor_pid] + [p.pid for p in st.refs()]
+        second = run_cli(*_sweep_cmd(out, free_port_block(4), "--resume")[3:], timeout=60, env=env)
+        err = second.stderr.strip()
+        assert second.returncode == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith("error: another sweep is running with --out") and "(fix: " in err, err
+        assert all(processes.alive(p) for p in pids), "the second sweep stopped the first one's fleet"
+        assert first.poll() is None
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGTERM)  # stops after the current step and tears its fleet down
+        first.wait(timeout=120)
+    assert state.read_state(out / "fleet-state") is None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Log
 
 from llama_tui.core.errors import UserError
-from llama_tui.ui import scripted
 from llama_tui.ui.app import make_app
 from llama_tui.ui.controller import LogSource
 from llama_tui.ui.screens.confirm import ConfirmScreen
@@ -21,6 +21,7 @@ from llama_tui.ui.screens.sweep import ResultsTable, SweepScreen
 from llama_tui.ui.widgets.fleet_table import FleetTable
 from llama_tui.ui.widgets.sweep_heatmap import SweepHeatmap
 from llama_tui.ui.widgets.throughput_chart import ThroughputChart
+from tests.support import scripted
 
 wait_for = scripted.wait_for
 
@@ -284,6 +285,41 @@ def test_logs_screen_follows_the_selected_log(tmp_path):
     drive(ctrl, scenario)
 
 
+PROMPT_TAIL = "exited with code 1: prompt '<s>[INST] hi [/INST]' [b]"  # log text that looks like markup
+
+
+def test_log_text_is_shown_as_text_never_as_markup(tmp_path):
+    """A prompt quoted in a log ("[/INST]") is no markup tag: the problems line, the logs screen, the
+    status line and the toast show it as written, and nothing raises MarkupError."""
+    snap = scripted.degraded_fleet()
+    failed = replace(snap.instances[1], last_error=PROMPT_TAIL)
+    snap = replace(snap, instances=(snap.instances[0], failed, snap.instances[2]))
+    log = tmp_path / "instance-1.log"
+    log.write_text(f"{PROMPT_TAIL}\n")
+    ctrl = scripted.ScriptedController(snap, logs=[LogSource("instance 1 :18081", log)])
+
+    async def scenario(app, pilot):
+        problems = app.screen.query_one("#fleet-problems")
+        await wait_for(pilot, lambda: "[/INST]" in str(problems.render()), what="the error as written")
+        assert "[b]" in str(problems.render())
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await wait_for(pilot, lambda: PROMPT_TAIL in list(app.screen.query_one(Log).lines), what="the log line")
+        await pilot.press("escape")
+
+    drive(ctrl, scenario)
+
+    ctrl = scripted.ScriptedController(start_error=UserError(f"instance 0 failed: {PROMPT_TAIL}", "see its log"))
+
+    async def start_fails(app, pilot):
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.busy is None and app.status, what="start to fail")
+        await pilot.pause(0.3)  # the toast and the status line are drawn
+        assert "[/INST]" in str(app.screen.query_one("#status-line").render())
+
+    drive(ctrl, start_fails)
+
+
 # ------------------------------------------------------------------------------------------------ form
 
 
@@ -359,6 +395,34 @@ def test_form_saves_a_user_preset():
 
     drive(ctrl, scenario)
     assert [(c[1], c[2].parallel) for c in ctrl.called("save_preset")] == [("my-box", 8)]
+
+
+def test_form_save_through_the_core_round_trips_quotes_and_newlines(isolated_dirs):
+    from llama_tui.core import config
+    from llama_tui.ui.controller import CoreController
+
+    model = '/models/a "quoted" dir\\with\\backslashes/it\'s "q4"\nsecond line.gguf'
+    ctrl = CoreController(preset="demo")  # the real save: core.presets, in the form's thread worker
+
+    async def scenario(app, pilot):
+        await open_form(app, pilot)
+        app.screen.query_one("#model-path", Input).value = model
+        app.screen.query_one("#parallel", Input).value = "3"
+        app.screen.query_one("#preset-name", Input).value = "odd"
+        await pilot.click("#save")
+        await wait_for(pilot, lambda: any(p.name == "odd" for p in config.list_presets()), timeout=20,
+                       what="the saved preset")
+        assert str(app.screen.query_one("#form-error").render()) == ""
+
+    try:
+        drive(ctrl, scenario)
+    finally:
+        ctrl.close()
+    loaded = config.load_settings(preset="odd")
+    assert (loaded.get("fleet.model"), loaded.get("fleet.parallel")) == (model, 3)  # newline, quotes and all
+    assert loaded.section("bench") == config.load_settings(preset="demo").section("bench")
+    description = next(p for p in config.list_presets() if p.name == "odd").description
+    assert description.endswith('it\'s "q4"\nsecond line.gguf, least_conn')
 
 
 # ------------------------------------------------------------------------------------------------ app keys
@@ -446,6 +510,58 @@ def test_sweep_starts_only_on_yes_and_quitting_during_it_asks_first():
 
     app = drive(ctrl, scenario)
     assert "the sweep started from the TUI was stopped" in app.farewell
+
+
+def test_blocking_calls_never_run_on_the_event_loop(tmp_path, monkeypatch):
+    """Disk, locks and processes stay off the loop: the controller's calls, a run's stop/cancel, the
+    screenshot file, closing the controller on the way out all happen in thread workers."""
+    loop_thread = threading.current_thread()  # asyncio.run (in `drive`) runs the app's loop in this thread
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def record(name):
+        seen.append((name, threading.current_thread()))
+
+    class Recording(scripted.ScriptedController):
+        def snapshot(self):
+            record("snapshot")
+            return super().snapshot()
+
+        def log_sources(self, snap):
+            record("log_sources")
+            return super().log_sources(snap)
+
+        def close(self):
+            record("close")
+
+    for method in ("stop", "cancel"):
+        original = getattr(scripted.ScriptedRun, method)
+        monkeypatch.setattr(scripted.ScriptedRun, method,
+                            lambda run, _m=method, _o=original: (record(f"run.{_m}"), _o(run))[1])
+    write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", lambda path, *a, **kw: (record("write " + path.suffix),
+                                                                     write_text(path, *a, **kw))[1])
+    ctrl = Recording(scripted.running_fleet())
+
+    async def scenario(app, pilot):
+        await pilot.press("l")
+        await wait_for(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await pilot.press("escape")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: list(tmp_path.glob("*.svg")), what="the screenshot")
+        await pilot.press("b")
+        await wait_for(pilot, lambda: "bench" in app.runs)
+        await pilot.press("b")  # stop: it keeps what it measured
+        await wait_for(pilot, lambda: not app.bench_running)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: "bench" in app.runs)
+        await pilot.press("q")  # cancels the second run and closes the controller, then exits
+        await wait_for(pilot, lambda: app.released, what="leaving")
+
+    drive(ctrl, scenario, screenshot_dir=tmp_path)
+    names = {name for name, _ in seen}
+    assert {"snapshot", "log_sources", "close", "run.stop", "run.cancel", "write .svg"} <= names, names
+    assert [name for name, thread in seen if thread is loop_thread] == []
+    assert ctrl.runs[1].cancelled.is_set()
 
 
 @pytest.mark.parametrize("query, call", [("scale up", ("scale", 3)), ("cycle balancing", ("set_policy", "random_two_least_conn")),

@@ -18,9 +18,9 @@ from llama_tui.core import fleet
 from llama_tui.ui.app import make_app
 from llama_tui.ui.controller import CoreController
 from llama_tui.ui.screens.logs import LogsScreen
-from llama_tui.ui.scripted import wait_for
-from llama_tui.ui.terminal_harness import Terminal
 from llama_tui.ui.widgets.fleet_table import FleetTable
+from tests.support.scripted import wait_for
+from tests.support.terminal_harness import Terminal
 
 import conftest
 from conftest import free_port_block

@@ -7,10 +7,10 @@ import pytest
 
 from llama_tui.core import config
 from llama_tui.core.errors import UserError
-from llama_tui.core.snapshots import GpuSample, SystemSample
+from llama_tui.core.snapshots import GpuSample, StepVerdict, SystemSample
 from llama_tui.ui import units
-from llama_tui.ui.app import load_keymap
-from llama_tui.ui.controller import CoreController, FleetForm, StepVerdict, next_policy
+from llama_tui.ui.keymap import load_keymap
+from llama_tui.ui.controller import CoreController, FleetForm, next_policy
 from llama_tui.ui.screens.fleet_form import parse_gpus, parse_int
 from llama_tui.ui.screens.logs import read_from
 from llama_tui.ui.widgets.fleet_table import system_line
@@ -58,6 +58,30 @@ def test_step_verdict_from_a_bench_step():
                                "invalid_reason": "client CPU 98%"})
     assert (v.step, v.load, v.tok_s, v.valid, v.reason) == (2, "c=4", 5120.5, False, "client CPU 98%")
     assert StepVerdict.from_step({"step": 0, "concurrency": None, "rate": 2.0}).load == "rate 2.0/s"
+
+
+def test_the_tuis_run_handles_relay_the_child_protocol(tmp_path):
+    from llama_tui.ui.controller import _BenchRun, _SweepRun
+    from tests.support.tiny_child import Tick, TinyProcess
+
+    log = tmp_path / "sweep-child.log"
+    sweep = _SweepRun(TinyProcess({"do": "tick"}, log_path=log))
+    bench = _BenchRun(TinyProcess({"do": "tick"}))
+    try:
+        assert next(iter(sweep.events())) == Tick(1) and next(iter(bench.events())) == Tick(1)
+        sweep.cancel()  # q or c on a sweep: the graceful stop (only the sweep can take its fleet down)
+        assert sweep.summary() == f"sweep ended: results in {tmp_path}" and sweep.proc.result()["stopped"]
+        assert sweep.proc.wait(timeout=5) == 0
+        bench.cancel()  # a benchmark is killed with its process group, and says so
+        with pytest.raises(UserError, match="exited with code -9"):
+            bench.summary()
+    finally:
+        sweep.proc.cancel(grace=0)
+        bench.proc.cancel()
+    failed = _SweepRun(TinyProcess({"do": "fail"}, log_path=log))
+    with pytest.raises(UserError) as err:
+        failed.summary()
+    assert err.value.one_line() == f"error: the tiny job was told to fail (fix: do not tell it to; see {log})"
 
 
 def test_form_fields_parse_or_say_what_is_wrong():
@@ -110,6 +134,32 @@ def test_save_preset_writes_a_loadable_user_preset(isolated_dirs):
     assert (loaded.instances, loaded.parallel, loaded.gpus, loaded.policy) == (3, 4, (0, 1), "round_robin")
 
 
+# Quotes, backslashes and newlines: what broke the hand-written TOML writer (a newline made an unparsable file).
+ODD_MODEL = '/models/a "quoted" dir\\with\\backslashes/it\'s "q4"\nsecond line.gguf'
+ODD_EXTRA = '--alias "my model" --chat-template-file C:\\tmp\\t.jinja\n'
+
+
+def test_saved_preset_round_trips_quotes_backslashes_and_newlines(isolated_dirs):
+    ctrl = CoreController(preset="demo", cli={"fleet.extra_args": ODD_EXTRA, "fleet.api_key": 'k3y"s3cr3t\n'})
+    form = FleetForm(model=ODD_MODEL, instances=2, parallel=3, ctx_per_slot=512, gpus=(1,), policy="hash",
+                     preset="demo")
+    path = ctrl.save_preset("odd", form)
+    expected = ctrl._settings_for(form)
+    loaded = config.load_settings(preset="odd")
+    for section in ("bench", "sweep"):
+        assert loaded.section(section) == expected.section(section), section
+    fleet = loaded.section("fleet")
+    assert fleet["api_key"] is None and "s3cr3t" not in path.read_text()  # secrets stay out of preset files
+    assert {k: v for k, v in fleet.items() if k != "api_key"} == \
+        {k: v for k, v in expected.section("fleet").items() if k != "api_key"}
+    assert (fleet["model"], fleet["extra_args"]) == (ODD_MODEL, ODD_EXTRA)
+    info = next(p for p in config.list_presets() if p.name == "odd")
+    assert info.description == f"saved from the llama-tui fleet form: {form.describe()}"
+    assert 'it\'s "q4"\nsecond line.gguf' in info.description
+    back = ctrl.load_preset("odd")
+    assert (back.model, back.parallel, back.gpus, back.policy) == (ODD_MODEL, 3, (1,), "hash")
+
+
 def test_save_preset_refuses_bad_names_and_bad_values(isolated_dirs):
     ctrl = CoreController(preset="demo")
     with pytest.raises(UserError, match="bad preset name"):
@@ -158,7 +208,7 @@ def test_log_follow_starts_at_the_tail_of_a_big_file(tmp_path):
 
 
 def test_readme_screenshot_script_writes_the_bench_state(tmp_path):
-    from llama_tui.ui import screenshot
+    from tests.support import screenshot
 
     out = tmp_path / "docs" / "screenshot.svg"
     assert screenshot.main([str(out), "--scripted"]) == 0

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from llama_tui.ui import scripted
 from llama_tui.ui.app import make_app
 from llama_tui.ui.screens.sweep import SweepScreen
+from tests.support import scripted
 
 SIZES = [(120, 40), (80, 24)]
 wait_for = scripted.wait_for

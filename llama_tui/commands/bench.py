@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import textwrap
 import threading
 from typing import Any
 
+from llama_tui.commands.fleet import warn_api_key_argv
 from llama_tui.commands.output import info, print_json
-from llama_tui.core.loadgen import DEFINITIONS
+from llama_tui.core.bench.definitions import DEFINITIONS
+from llama_tui.core.config import DAY_S, seconds_arg
 
 # CLI option -> settings key (preset [bench] table and LLAMA_TUI_BENCH_* fill in the rest).
 SETTINGS_OPTIONS = {
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "target itself when it is a llama-server)")
     t.add_argument("--api", choices=("completion", "chat"),
                    help="completion: native /completion (default); chat: /v1/chat/completions with usage")
-    t.add_argument("--api-key", dest="api_key", metavar="KEY", help="sent as Authorization: Bearer KEY")
+    t.add_argument("--api-key", dest="api_key", metavar="KEY",
+                   help="sent as Authorization: Bearer KEY (visible in `ps`: prefer --api-key-file)")
+    t.add_argument("--api-key-file", dest="api_key_file", metavar="FILE", help="file whose first line is the API key")
     t.add_argument("--preset", help="preset whose [bench] table gives the defaults")
     shape = p.add_argument_group("load shape")
     shape.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
@@ -68,9 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tm = p.add_argument_group("timing")
     tm.add_argument("--duration", metavar="S", help="measured seconds per step (default 10)")
     tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2)")
-    tm.add_argument("--timeout", type=float, metavar="S",
+    tm.add_argument("--timeout", type=seconds_arg(0.1, DAY_S), metavar="S",
                     help="a request that receives nothing for this long is a timeout (default 120)")
-    tm.add_argument("--drain", type=float, metavar="S",
+    tm.add_argument("--drain", type=seconds_arg(0, 3600), metavar="S",
                     help="open loop: how long requests sent inside the window may take to finish (default 60)")
     rq = p.add_argument_group("requests")
     rq.add_argument("--n-predict", dest="n_predict", metavar="N", help="tokens per request (default 128)")
@@ -117,7 +120,7 @@ def _default_url() -> str:
     from llama_tui.core import bench
     from llama_tui.core.errors import UserError
 
-    st = bench._fleet_state(None)
+    st = bench.fleet_state(None)
     url = None
     if st is not None:
         try:
@@ -149,12 +152,20 @@ def build_config(args: argparse.Namespace):
         "urls": urls, "server_urls": tuple(args.server_url or ()), "ramp": bool(args.ramp),
         "rates": bench.parse_rates(args.rate) if args.rate is not None else (),
         "prompt": args.prompt, "prompt_file": args.prompt_file, "cache_prompt": bool(args.cache_prompt),
-        "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": args.api_key,
+        "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": _api_key(args),
         "timeout": args.timeout, "drain": args.drain, "max_concurrency": args.max_concurrency, "seed": args.seed,
     }
     if args.ramp and args.concurrency is None:
         overrides["concurrency"] = (1,)
     return bench.BenchConfig.from_settings(settings, **overrides).validated()
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    from llama_tui.core.fleet.frontdoor import read_key_file
+
+    if args.api_key is None and getattr(args, "api_key_file", None):
+        return read_key_file(args.api_key_file)
+    return args.api_key
 
 
 class _LiveLine:
@@ -252,25 +263,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     from llama_tui.core import bench
+    from llama_tui.core.childproc import stop_on_signals
 
     if args.calibrate:
         return run_calibrate(args)
     cfg = build_config(args)
+    warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     live = _LiveLine()
     stop = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        info("\nstopping after this step's window (Ctrl-C again to abort)")
-
-    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    try:
+    with stop_on_signals(stop, lambda: info("\nstopping after this step's window (Ctrl-C again to abort)")):
         result = bench.run(cfg, on_sample=live.sample, stop=stop, on_step=live.step)
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
     bench.write_outputs(result, args.json, args.csv)
     if args.json == "-":
         print_json(result)

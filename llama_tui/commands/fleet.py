@@ -11,35 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_tui.commands.output import info, print_json
-
-# CLI option -> settings key; shared by `fleet up` and the TUI entry point.
-FLEET_OPTIONS = {
-    "model": "fleet.model",
-    "instances": "fleet.instances",
-    "parallel": "fleet.parallel",
-    "ctx_per_slot": "fleet.ctx_per_slot",
-    "threads": "fleet.threads",
-    "gpu_layers": "fleet.gpu_layers",
-    "gpus": "fleet.gpus",
-    "pin_cpus": "fleet.pin_cpus",
-    "base_port": "fleet.base_port",
-    "host": "fleet.host",
-    "nginx_port": "fleet.nginx_port",
-    "policy": "fleet.policy",
-    "extra_args": "fleet.extra_args",
-    "listen": "fleet.listen",
-    "api_key": "fleet.api_key",
-    "api_key_file": "fleet.api_key_file",
-    "expose_admin": "fleet.expose_admin",
-    "max_conns": "fleet.max_conns",
-    "max_concurrency": "fleet.max_concurrency",
-    "ready_timeout": "fleet.ready_timeout",
-    "engine": "fleet.engine",
-    "ray_address": "fleet.ray_address",
-    "placement": "fleet.placement",
-    "gpus_per_instance": "fleet.gpus_per_instance",
-    "node_resource": "fleet.node_resource",
-}
+from llama_tui.core.config import seconds_arg
 
 
 def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) -> None:
@@ -60,14 +32,31 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
     g.add_argument("--policy", help="round_robin, least_conn, random_two_least_conn or hash")
     g.add_argument("--extra-args", dest="extra_args", metavar="ARGS", help='extra llama-server args, e.g. "--batch-size 512"')
     g.add_argument("--listen", metavar="ADDR", help="address NGINX listens on (default 127.0.0.1; 0.0.0.0 = public)")
-    g.add_argument("--api-key", dest="api_key", metavar="KEY", help="API key NGINX requires (Authorization: Bearer KEY)")
+    g.add_argument("--api-key", dest="api_key", metavar="KEY",
+                   help="API key NGINX requires (Authorization: Bearer KEY; 16+ characters). Visible in `ps`: "
+                   "prefer --api-key-file or $LLAMA_TUI_FLEET_API_KEY")
     g.add_argument("--api-key-file", dest="api_key_file", metavar="FILE", help="file holding the API key (safer than --api-key)")
+    g.add_argument("--insecure-public", dest="insecure_public", action=argparse.BooleanOptionalAction, default=None,
+                   help="let a non-loopback --listen serve WITHOUT an API key (refused otherwise)")
     g.add_argument("--expose-admin", dest="expose_admin", action=argparse.BooleanOptionalAction, default=None,
-                   help="serve /slots, /metrics, /props on the NGINX listener")
+                   help="serve every llama-server route (/slots, /metrics, /props, /tokenize, the web UI ...) on "
+                   "the NGINX listener, not only the inference routes")
+    g.add_argument("--upstream-header", dest="upstream_header", action=argparse.BooleanOptionalAction, default=None,
+                   help="add X-Upstream (the backend that answered) to responses (default: on for a loopback "
+                   "--listen, off for a public one)")
+    g.add_argument("--conn-limit", dest="conn_limit", metavar="N",
+                   help="concurrent requests per remote client address (default: 64 on a public --listen, none "
+                   "on loopback; 0 = no limit)")
+    g.add_argument("--allow-unsafe-args", dest="allow_unsafe_args", action=argparse.BooleanOptionalAction,
+                   default=None, help="let --extra-args publish files, tools or proxies (--path, --tools, ...)")
     g.add_argument("--max-conns", dest="max_conns", action=argparse.BooleanOptionalAction, default=None,
                    help="cap each backend at its slot count in NGINX")
     g.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="largest concurrency planned; sizes NGINX")
     g.add_argument("--ready-timeout", dest="ready_timeout", metavar="S", help="seconds an instance may take to get ready")
+    g.add_argument("--metrics-listen", dest="metrics_listen", metavar="IP:PORT",
+                   help="the supervisor serves Prometheus metrics here (off by default; loopback only)")
+    g.add_argument("--metrics-public", dest="metrics_public", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow a --metrics-listen address that is not loopback")
     add_engine_options(parser)
 
 
@@ -84,10 +73,16 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from llama_tui.core.config import load_settings
+    from llama_tui.core.config import fleet_overrides, load_settings
 
-    cli = {key: getattr(args, opt, None) for opt, key in FLEET_OPTIONS.items()}
-    return load_settings(preset=getattr(args, "preset", None), cli=cli)
+    return load_settings(preset=getattr(args, "preset", None), cli=fleet_overrides(args))
+
+
+def warn_api_key_argv(args: argparse.Namespace) -> None:
+    """A key given as --api-key shows in `ps` to every local user for as long as the command runs."""
+    if getattr(args, "api_key", None):
+        info("WARNING: --api-key KEY on a command line is visible to every local user (`ps`): "
+             "use --api-key-file FILE (or $LLAMA_TUI_FLEET_API_KEY) instead")
 
 
 def _state_dir_option(p: argparse.ArgumentParser) -> None:
@@ -133,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.set_defaults(func=run_logs)
 
     d = fsub.add_parser("down", help="stop every process of the fleet (SIGTERM, then SIGKILL)")
-    d.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    d.add_argument("--timeout", type=seconds_arg(0, 3600), default=10.0, help="seconds before SIGKILL (default 10)")
     _state_dir_option(d)
     d.set_defaults(func=run_down)
 
@@ -152,9 +147,11 @@ def run_up(args: argparse.Namespace) -> int:
         print(render_status(snap))
         return _stay(args) if not args.detach else 0
     spec = fleet.FleetSpec.from_settings(settings_from_args(args))
+    warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     threads = spec.threads_for(spec.instances)
     local = spec.engine == "local"  # (Ray budgets each node's CPUs itself)
-    for warning in (fleet.oversubscription(spec.instances, threads) if local else None, fleet.exposure_warning(spec)):
+    for warning in (fleet.oversubscription(spec.instances, threads) if local else None, fleet.exposure_warning(spec),
+                    fleet.unsafe_args_warning(spec)):
         if warning:
             info(f"WARNING: {warning}")
     t0 = time.monotonic()
@@ -266,7 +263,8 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
         lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip())
     for i in snap.instances:
         if i.state in ("failed", "restarting") and i.last_error:
-            lines.append(f"  instance {i.index}: {i.last_error}")
+            retry = f" (next try in {i.retry_in_s:.0f}s)" if i.retry_in_s is not None else ""
+            lines.append(f"  instance {i.index}: {i.last_error}{retry}")
     if snap.system is not None:
         lines.append(f"system: {_system_text(snap.system)}")
     for node in snap.nodes:  # a fleet on several machines: each node's own numbers
@@ -336,22 +334,22 @@ def run_down(args: argparse.Namespace) -> int:
 
 def _log_path(target: str, state_dir: Path | None) -> Path:
     from llama_tui.core import fleet
-    from llama_tui.core.fleet import state as st_mod
     from llama_tui.core.errors import UserError
+    from llama_tui.core.fleet import state as st_mod
+    from llama_tui.core.fleet.processes import NGINX_DIR
 
     sd = st_mod.resolve_dir(state_dir)
     if target == "supervisor":
         return st_mod.supervisor_log_path(sd)
     if target in ("nginx", "access"):
-        return sd / st_mod.NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
+        return sd / NGINX_DIR / "logs" / ("error.log" if target == "nginx" else "access.log")
     try:
         index = int(target)
     except ValueError:
         raise UserError(f"unknown log {target!r}", "pass an instance index, nginx, access or supervisor") from None
-    s = fleet.load_state(sd)
-    rec = next((i for i in (s.instances if s else []) if i.index == index), None)
-    path = Path(rec.log_path) if rec else st_mod.instance_log_path(sd, index)
-    if not path.exists():
+    path = st_mod.instance_log_path(sd, index)  # computed, never a path the state file names
+    if not path.exists():  # (the logs stay readable when the state file is damaged)
+        s = fleet.load_state(sd)
         have = ", ".join(str(i.index) for i in (s.instances if s else [])) or "none running"
         raise UserError(f"no log for instance {index} in {sd / st_mod.LOG_DIR}", f"instances: {have}")
     return path

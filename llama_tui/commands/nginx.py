@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from llama_tui.commands.fleet import FLEET_OPTIONS, add_fleet_options, settings_from_args
+from llama_tui.commands.fleet import add_fleet_options, settings_from_args
+from llama_tui.core.config import FLEET_OPTIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +33,7 @@ def _described(args: argparse.Namespace) -> bool:
 
 def run_render(args: argparse.Namespace) -> int:
     from llama_tui.core import config, fleet, paths
-    from llama_tui.core.fleet import frontdoor
+    from llama_tui.core.fleet import frontdoor, keys
     from llama_tui.core.fleet.placement import Endpoint, endpoint_of
     from llama_tui.core.errors import UserError
 
@@ -47,7 +48,8 @@ def run_render(args: argparse.Namespace) -> int:
         if not members:
             raise UserError("no instance of the running fleet is in NGINX's upstream yet",
                             "wait until `llama-tui fleet status` shows ready instances")
-        door = frontdoor.FrontDoorSpec.for_fleet(spec, members, policy=policy or state.nginx.policy)
+        door = frontdoor.FrontDoorSpec.for_fleet(spec, members, policy=policy or state.nginx.policy,
+                                                 internal_key=keys.read_internal_key(state.state_dir))
         prefix = Path(state.nginx.prefix)
         print(f"# nginx render: the running fleet in {state.state_dir}", file=sys.stderr)
     else:

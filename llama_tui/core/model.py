@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from llama_tui.core import paths
+from llama_tui.core import gguf_header, model_fetch, paths
 from llama_tui.core.errors import UserError
 
 GGUF_MAGIC = b"GGUF"
@@ -314,11 +314,15 @@ def is_gguf(path: Path) -> bool:
 def resolve_model(value: str | os.PathLike[str] | None) -> Path:
     """Turn a user's model argument into a checked GGUF path.
 
-    "tiny" (or nothing) means the generated demo model. Anything else must be an existing GGUF file;
+    "tiny" (or nothing) means the generated demo model; a name from `model_fetch.CATALOG` (e.g.
+    "gemma3-270m") means that model, once `llama-tui model fetch` has put it in the cache. Anything
+    else must be an existing GGUF file;
     paths with spaces or non-ASCII characters are taken as they are.
     """
     if value is None or str(value) == TINY_MODEL_NAME:
         return ensure_tiny_model()
+    if str(value) in model_fetch.CATALOG:  # a fetched real model, e.g. "gemma3-270m"
+        return model_fetch.fetched_path(str(value))
     path = Path(os.path.expanduser(str(value)))
     if not path.exists():
         raise UserError(
@@ -353,3 +357,57 @@ def find_models(dirs: tuple[str, ...] = MODEL_SEARCH_DIRS, limit: int = 500) -> 
                 if len(found) >= limit:
                     return found
     return found
+
+
+def model_search_dirs() -> tuple[str, ...]:
+    """Where `llama-tui model list` looks: the usual places plus the cache (the tiny and fetched models)."""
+    return (*MODEL_SEARCH_DIRS, str(model_fetch.models_dir()))
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """One GGUF file as `model list` shows it: its header's facts, or why they could not be read."""
+
+    path: Path
+    size_bytes: int | None
+    header: gguf_header.GGUFHeader | None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        facts = self.header.summary() if self.header else dict.fromkeys(gguf_header.SUMMARY_KEYS)
+        return {"path": str(self.path), "size_bytes": self.size_bytes, **facts, "error": self.error}
+
+
+def describe_model(path: Path) -> ModelListing:
+    """Read one file's header; a damaged or unreadable file gives a listing with its error, not an exception."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return ModelListing(path, None, None, f"cannot read: {exc.strerror or exc}")
+    try:
+        return ModelListing(path, size, gguf_header.read_header(path))
+    except gguf_header.GGUFHeaderError as exc:
+        return ModelListing(path, size, None, str(exc))
+    except OSError as exc:
+        return ModelListing(path, size, None, f"cannot read: {exc.strerror or exc}")
+
+
+def list_models(places: tuple[str, ...] | None = None) -> list[ModelListing]:
+    """Every GGUF file in `places` (folders searched recursively, or files), each once however many places
+    reach it. Default: `model_search_dirs()`, skipping those that do not exist; a place given that does not
+    exist is a UserError."""
+    if places:
+        missing = [p for p in places if not Path(os.path.expanduser(p)).exists()]
+        if missing:
+            raise UserError(f"no such file or folder: {missing[0]}", "pass folders that hold .gguf files, or GGUF files")
+    places = places or model_search_dirs()
+    files = [Path(os.path.expanduser(p)) for p in places if Path(os.path.expanduser(p)).is_file()]
+    files += find_models(tuple(p for p in places if Path(os.path.expanduser(p)).is_dir()))
+    seen: set[Path] = set()
+    listings = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            listings.append(describe_model(f))
+    return listings

@@ -6,14 +6,20 @@
 - cache (built llama-server, the tiny model): `$LLAMA_TUI_CACHE_DIR`, else `$XDG_CACHE_HOME/llama-tui`,
   else `~/.cache/llama-tui`
 
-The state dir is created with mode 0700 and files written through `write_private` get 0600.
+The state dir is created with mode 0700 and files written through `write_private` get 0600. A
+directory llama-tui keeps private files or sockets in (state, sweep output, sockets) must be ours: not
+a symbolic link, owned by us, writable by no one else (`ensure_private_dir` refuses it otherwise).
+Sockets whose path would be too long inside the state dir go to `runtime_dir()`.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from llama_tui.core.errors import UserError
 
 
 def _dir(env: str, xdg: str, fallback: str) -> Path:
@@ -66,10 +72,79 @@ def user_config_file() -> Path:
     return config_dir() / "config.toml"
 
 
+def runtime_dir() -> Path:
+    """Where sockets go that do not fit inside the state dir: `$XDG_RUNTIME_DIR/llama-tui` when
+    XDG_RUNTIME_DIR is set, else `TMPDIR/llama-tui-UID` (checked like any private dir before use:
+    another user may have created it first)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "llama-tui"
+    return Path(tempfile.gettempdir()) / f"llama-tui-{os.geteuid()}"
+
+
+def _refuse(path: Path, cause: str, fix: str) -> UserError:
+    return UserError(f"{path} {cause}", fix)
+
+
+def check_private_dir(path: Path | str, *, ancestors: bool = True) -> None:
+    """Refuse a directory we cannot trust with private files: a symbolic link, one owned by another
+    user, or one that others can write. With `ancestors`, each existing parent must not let others
+    replace it (owned by us or root, and not world-writable unless sticky, like /tmp). A path that
+    does not exist yet passes (its parents are checked)."""
+    path = Path(path).expanduser().absolute()
+    me = os.geteuid()
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # (creating it fails with the OSError that says why)
+    except OSError as exc:
+        raise _refuse(path, f"cannot be checked ({exc.strerror or exc})", "use a directory of your own") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise _refuse(path, "is a symbolic link, not a directory of its own",
+                          f"use the real directory ({os.path.realpath(path)}) or another one, not a link")
+        if not stat.S_ISDIR(st.st_mode):
+            raise _refuse(path, "is not a directory", "pass a directory path")
+        if st.st_uid != me:
+            raise _refuse(path, f"belongs to user id {st.st_uid}, not to you ({me})",
+                          "use a directory of your own (it holds logs, keys and sockets)")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise _refuse(path, f"can be written by other users (mode {stat.S_IMODE(st.st_mode):o})",
+                          f"chmod 700 '{path}', or use another directory")
+    if not ancestors:
+        return
+    for parent in path.parents:
+        try:
+            pst = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+        if pst.st_uid not in (me, 0):
+            raise _refuse(parent, f"(a parent of {path}) belongs to user id {pst.st_uid}, who could replace it",
+                          "keep llama-tui's directories under a directory of your own")
+        if pst.st_mode & stat.S_IWOTH and not pst.st_mode & stat.S_ISVTX:
+            raise _refuse(parent, f"(a parent of {path}) can be written by other users "
+                          f"(mode {stat.S_IMODE(pst.st_mode):o}), who could replace it",
+                          "keep llama-tui's directories under a directory of your own")
+
+
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make it 0700: it holds logs with prompts and API keys."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create `path` (and parents) mode 0700 and return it: it holds logs with prompts, keys and
+    sockets. An existing directory must pass `check_private_dir` (it is then made 0700). Raises
+    UserError for a directory we cannot trust, OSError when it cannot be made (a full disk)."""
+    path = Path(path)
+    check_private_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        check_private_dir(path, ancestors=False)  # a file, or a link made since the check: say which
+        raise
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # never chmod through a link
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
 
 

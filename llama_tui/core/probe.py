@@ -152,11 +152,17 @@ class Probe:
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.keep_alive = keep_alive
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        if not keep_alive:
-            self._headers["Connection"] = "close"
+        self._headers: dict[str, str] = {} if keep_alive else {"Connection": "close"}
+        self.set_api_key(api_key)
         self._idle: dict[Address, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Send `Authorization: Bearer KEY` from now on (None: no Authorization)."""
+        headers = {k: v for k, v in self._headers.items() if k != "Authorization"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = headers  # replaced whole: a request in flight keeps the dict it took
 
     def close(self) -> None:
         with self._lock:
@@ -197,21 +203,30 @@ class Probe:
     def get(self, base: str, path: str, max_bytes: int | None = None) -> Reply | None:
         """GET `path` on the server at `base`: its status and body, or None when it cannot be reached (or
         its body is longer than `max_bytes`)."""
+        return self.request("GET", base, path, max_bytes=max_bytes)
+
+    def post_json(self, base: str, path: str, payload: Any, max_bytes: int | None = None) -> Reply | None:
+        """POST `payload` as JSON to `path` on the server at `base` (same answers as `get`)."""
+        return self.request("POST", base, path, orjson.dumps(payload), max_bytes)
+
+    def request(self, method: str, base: str, path: str, body: bytes | None = None,
+                max_bytes: int | None = None) -> Reply | None:
         addr = _address(base)
         if addr is None:
             return None
+        headers = {**self._headers, "Content-Type": "application/json"} if body is not None else self._headers
         for _ in range(2):
             conn, reused = self._connection(addr)
             try:
-                conn.request("GET", path, headers=self._headers)
+                conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
-                body = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+                data = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
             except (OSError, http.client.HTTPException):
                 conn.close()
                 if reused:
                     continue
                 return None
-            if max_bytes is not None and len(body) > max_bytes:
+            if max_bytes is not None and len(data) > max_bytes:
                 conn.close()
                 return None
             if resp.will_close or not self.keep_alive:
@@ -219,7 +234,7 @@ class Probe:
             else:
                 with self._lock:
                     self._idle.setdefault(addr, []).append(conn)
-            return Reply(resp.status, body)
+            return Reply(resp.status, data)
         return None
 
     # ---- llama-server's endpoints

@@ -2,19 +2,111 @@
 
 Widgets render these and nothing else; nothing mutable is shared across threads. `None` means
 "not known / not available" and renders as "n/a".
+
+Every class here is a frozen dataclass whose fields hold no mutable container either: on
+construction, lists (and tuples of them) become tuples and dicts become `FrozenMap`s, all the way
+down. `to_json()` gives plain, mutable JSON data back.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import functools
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, TypeVar
 
 # "draining": out of NGINX's upstream, finishing its open streams before it stops (scale down, restart).
 INSTANCE_STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
+class FrozenMap(dict):
+    """A read-only dict. Still a `dict` for `dataclasses.asdict`, `json` and `orjson` (the accesslog's
+    upstream.json and the sweep's child protocol serialize snapshots that hold one), but every method
+    that would change it raises TypeError. Hashable when its values are."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy, deepcopy and pickle rebuild it whole
+        return (type(self), (dict(self),))
+
+
+def freeze(value: Any) -> Any:
+    """`value` with every list and tuple made a tuple and every mapping a FrozenMap, recursively."""
+    if isinstance(value, Mapping):
+        return FrozenMap({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The opposite, for JSON: mappings become dicts and tuples lists, recursively (fresh, mutable copies)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
-class GpuSample:
+class _Snapshot:
+    """Base of every snapshot: freezes the container fields it was given (see `freeze`)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (list, tuple, Mapping)):
+                object.__setattr__(self, f.name, freeze(value))
+
+    def to_json(self) -> dict[str, Any]:
+        return thaw(asdict(self))
+
+    @classmethod
+    def from_json(cls: type[S], data: Mapping[str, Any]) -> S:
+        """Back from `to_json()` data (a child process's event): nested snapshots are rebuilt and keys
+        the class does not know are dropped, so a field added to a class needs no code here."""
+        nested = _nested_fields(cls)
+        kw = {}
+        for f in fields(cls):
+            if f.name in data:
+                value, inner = data[f.name], nested.get(f.name)
+                if inner is not None and value is not None:
+                    kind, many = inner
+                    value = tuple(kind.from_json(v) for v in value) if many else kind.from_json(value)
+                kw[f.name] = value
+        return cls(**kw)
+
+
+S = TypeVar("S", bound=_Snapshot)
+
+
+@functools.cache
+def _nested_fields(cls: type) -> dict[str, tuple[type[_Snapshot], bool]]:
+    """The fields of `cls` that hold a snapshot (`X`, `X | None`) or a tuple of them (`tuple[X, ...]`)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            given = [a for a in typing.get_args(hint) if a is not type(None)]
+            hint = given[0] if len(given) == 1 else hint
+        many = typing.get_origin(hint) is tuple
+        kind = typing.get_args(hint)[0] if many else hint
+        if isinstance(kind, type) and issubclass(kind, _Snapshot):
+            out[name] = (kind, many)
+    return out
+
+
+@dataclass(frozen=True)
+class GpuSample(_Snapshot):
     index: int
     name: str | None
     memory_used_bytes: int | None
@@ -23,7 +115,7 @@ class GpuSample:
 
 
 @dataclass(frozen=True)
-class SystemSample:
+class SystemSample(_Snapshot):
     cpu_percent: float | None
     cores: int
     memory_used_bytes: int | None
@@ -32,7 +124,7 @@ class SystemSample:
 
 
 @dataclass(frozen=True)
-class NodeSample:
+class NodeSample(_Snapshot):
     """One node of a fleet spread over machines (a Ray node): its id, its IP and its own numbers."""
 
     node: str
@@ -41,7 +133,7 @@ class NodeSample:
 
 
 @dataclass(frozen=True)
-class InstanceSnapshot:
+class InstanceSnapshot(_Snapshot):
     index: int
     port: int
     pid: int | None
@@ -58,19 +150,20 @@ class InstanceSnapshot:
     rss_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     gpu_util_percent: float | None = None
-    cpus: list[int] | None = None  # pinned CPUs (--pin-cpus), else None
+    cpus: tuple[int, ...] | None = None  # pinned CPUs (--pin-cpus), else None
     log_path: str | None = None
     last_error: str | None = None
     host: str | None = None  # where it serves (its endpoint: host:port on node)
     node: str | None = None  # the node it runs on ("local": this machine)
+    retry_in_s: float | None = None  # a failed instance: seconds until the supervisor tries it again
 
 
 @dataclass(frozen=True)
-class UpstreamStat:
+class UpstreamStat(_Snapshot):
     address: str
     requests: int = 0
     errors: int = 0
-    errors_by_status: dict[str, int] = field(default_factory=dict)
+    errors_by_status: Mapping[str, int] = field(default_factory=FrozenMap)
     inflight: int = 0
     rps: float = 0.0
     p50_ms: float | None = None  # upstream response time
@@ -82,7 +175,7 @@ class UpstreamStat:
 
 
 @dataclass(frozen=True)
-class UpstreamSnapshot:
+class UpstreamSnapshot(_Snapshot):
     port: int | None
     pid: int | None
     policy: str | None
@@ -91,11 +184,11 @@ class UpstreamSnapshot:
     config_valid: bool | None = None
     config_error: str | None = None
     upstreams: tuple[UpstreamStat, ...] = ()
-    stub_status: dict[str, int] | None = None
+    stub_status: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
-class FleetSnapshot:
+class FleetSnapshot(_Snapshot):
     taken_at: float
     running: bool
     supervisor_pid: int | None = None
@@ -108,12 +201,9 @@ class FleetSnapshot:
     warnings: tuple[str, ...] = ()
     nodes: tuple[NodeSample, ...] = ()  # a multi-host fleet's nodes, each with its own numbers
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class BenchSample:
+class BenchSample(_Snapshot):
     """One live sample from a running benchmark (emitted every ~0.5 s)."""
 
     t: float  # seconds since the benchmark started
@@ -135,7 +225,26 @@ class BenchSample:
 
 
 @dataclass(frozen=True)
-class SweepCellResult:
+class StepVerdict(_Snapshot):
+    """A finished benchmark step as the benchmark judged it (from its step result, not live samples).
+
+    A benchmark run streams these between its `BenchSample`s, one as each step ends."""
+
+    step: int  # 0-based, as BenchSample.step
+    load: str  # "c=4" or "rate 2.0/s"
+    tok_s: float | None
+    valid: bool | None
+    reason: str | None = None
+
+    @classmethod
+    def from_step(cls, d: Mapping[str, Any]) -> "StepVerdict":
+        """From one step of a benchmark result (`steps` in bench.json; the bench child sends each as it ends)."""
+        load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
+        return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
+
+
+@dataclass(frozen=True)
+class SweepCellResult(_Snapshot):
     """One measured point of a sweep: a fleet shape (instances x parallel) at one concurrency."""
 
     instances: int
@@ -150,7 +259,7 @@ class SweepCellResult:
 
 
 @dataclass(frozen=True)
-class SweepProgress:
+class SweepProgress(_Snapshot):
     """Where a running sweep stands; a sweep streams one of these per change (the TUI renders them)."""
 
     t: float  # seconds since the sweep started
@@ -164,5 +273,5 @@ class SweepProgress:
     results: tuple[SweepCellResult, ...] = ()  # every finished point so far
     message: str | None = None  # error text, or where the results were written
     done: bool = False
-    row: dict[str, Any] | None = None  # the full results.jsonl row of a cell that just finished (sweep)
+    row: Mapping[str, Any] | None = None  # the full results.jsonl row of a cell that just finished (sweep)
     out_dir: str | None = None  # the sweep's output directory (results.jsonl, best.json, metadata.json)

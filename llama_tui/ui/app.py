@@ -6,17 +6,20 @@
 Threads: the controller's calls block, so they run in thread workers. A worker hands back frozen
 data (snapshots, tuples of samples) with `post_message`, and nothing else crosses threads. The
 poll schedules the next poll only once it has finished, so a slow core never piles polls up.
+Nothing on the event loop touches the disk, a lock or a process: reading the fleet's state (the log
+list), writing a screenshot, stopping or cancelling a run and closing the controller (its monitor's
+lock) all happen in thread workers too.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
-import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -25,11 +28,13 @@ from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from llama_tui.core.errors import UserError
-from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 from llama_tui.core.sweep import best_point
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
-from llama_tui.ui.controller import Controller, FleetForm, RunHandle, StepVerdict, next_policy
+from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
+from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
+from llama_tui.ui.leaving import RUN_NAMES, HangUpWatch, farewell_text
 from llama_tui.ui.screens.confirm import ConfirmScreen
 from llama_tui.ui.screens.fleet_form import FleetFormScreen
 from llama_tui.ui.screens.help import HelpScreen
@@ -42,8 +47,6 @@ from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
 MAX_SAMPLES = 2400  # 20 minutes of 0.5 s samples
-KEYMAP_FILE = "keymap.toml"
-RUN_NAMES = {"bench": "benchmark", "sweep": "sweep"}
 
 
 class LlamaTui(App[int]):
@@ -85,58 +88,66 @@ class LlamaTui(App[int]):
         self._poll_timer: Timer | None = None
         self._poll_worker: Worker | None = None
         self.leaving = False
+        self.released = False  # our runs are cancelled and the controller closed (the last step of leaving)
         self.farewell = ""
         self.hung_up = False
+        self._hang_up_watch: HangUpWatch | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
         self.push_screen(MainScreen())
         if not self.is_headless and hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+            self._hang_up_watch = HangUpWatch(self, self.hang_up)
         self.poll()
 
     def on_unmount(self) -> None:
-        for kind, run in list(self.runs.items()):  # however the app ends, its runs end with it
-            self._cancel(kind, run)
-        if not self.is_headless and hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if not self.released:  # ended without `q` (a hang-up, an error, a test): the runs end with the app all
+            for kind, run in list(self.runs.items()):  # the same, here, where nothing is drawn any more
+                self._cancel(kind, run)
+            if self.leaving:
+                self.controller.close()
+        if self._hang_up_watch is not None:
+            self._hang_up_watch.remove()
 
     def hang_up(self) -> None:
-        """The terminal went away (SSH dropped): stop our own runs, leave the fleet, exit quietly."""
-        self.hung_up = True
-        self._leave()
+        """The terminal went away (SSH dropped): stop our own runs, leave the fleet, exit quietly.
 
-    def _leave(self) -> None:
-        self.leaving = True
-        stopped = [kind for kind, run in self.runs.items() if self._cancel(kind, run)]
-        self.farewell = self._farewell(stopped)
-        self.controller.close()
+        At once: every frame drawn after a hang-up goes to a terminal that is gone, and Textual's
+        output thread can block on it. `on_unmount` then ends the runs and closes the controller."""
+        self.hung_up = True
+        if not self.leaving:
+            self.leaving = True
+            self.farewell = farewell_text(self.fleet, self.busy, list(self.runs))
         self.exit(0)
 
-    def _cancel(self, kind: str, run: RunHandle) -> bool:
+    def _leave(self) -> None:
+        if self.leaving:
+            return
+        self.leaving = True
+        runs = list(self.runs.items())
+        self.farewell = farewell_text(self.fleet, self.busy, [kind for kind, _ in runs])
+        self._release(runs)
+
+    @work(thread=True, exit_on_error=False, group="leave")
+    def _release(self, runs: list[tuple[str, RunHandle]]) -> None:
+        """Cancel our runs (each waits for its process group to go) and close the controller, then exit."""
+        try:
+            for kind, run in runs:
+                self._cancel(kind, run)
+            self.controller.close()
+        finally:
+            self.post_message(msg.Released())
+
+    def on_released(self, message: msg.Released) -> None:
+        self.released = True
+        self.exit(0)
+
+    def _cancel(self, kind: str, run: RunHandle) -> None:
         try:
             run.cancel()
         except Exception:  # noqa: BLE001 - leaving anyway; the run's process group is the core's to reap
             pass
-        return True
-
-    def _farewell(self, stopped: list[str]) -> str:
-        snap = self.fleet
-        lines = []
-        if snap is not None and snap.running and snap.instances:
-            ports = [i.port for i in snap.instances]
-            span = f":{ports[0]}" if len(ports) == 1 else f":{min(ports)}-{max(ports)}"
-            door = f", NGINX on {snap.nginx.listen or '127.0.0.1'}:{snap.nginx.port}" if snap.nginx else ""
-            lines.append(f"llama-tui: the fleet keeps running ({len(ports)} instances on {span}{door}). "
-                         "`llama-tui` reattaches; `llama-tui fleet down` stops it.")
-        elif not self.busy:
-            lines.append("llama-tui: no fleet running.")
-        if self.busy:  # the core call goes on without us (the fleet's supervisor is its own process)
-            lines.append(f"llama-tui: left while {self.busy}; `llama-tui fleet status` shows how it ended.")
-        for kind in stopped:
-            lines.append(f"llama-tui: the {RUN_NAMES.get(kind, kind)} started from the TUI was stopped.")
-        return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ polling
 
@@ -234,7 +245,7 @@ class LlamaTui(App[int]):
         else:
             text, cls = self.status, ""
         line = screen.query_one("#status-line", Static)
-        show_text(line, text)
+        show_text(line, Text(text))  # errors quote logs: never markup
         for c in ("-error", "-busy"):
             line.set_class(c == cls, c)
 
@@ -298,7 +309,7 @@ class LlamaTui(App[int]):
         self.busy = None
         self.status = message.text
         self.notify(message.text, severity="information" if message.ok else "error",
-                    timeout=4 if message.ok else 10)
+                    timeout=4 if message.ok else 10, markup=False)
         self.render_main()
         self.poll_now()
 
@@ -388,8 +399,26 @@ class LlamaTui(App[int]):
     def action_logs(self) -> None:
         if isinstance(self.screen, LogsScreen):
             return
-        snap = self.fleet or FleetSnapshot(taken_at=0.0, running=False)
-        self.push_screen(LogsScreen(self.controller.log_sources(snap)))
+        self._find_logs(self.fleet or FleetSnapshot(taken_at=0.0, running=False))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="logs")
+    def _find_logs(self, snap: FleetSnapshot) -> None:
+        """The log list: the controller reads the fleet's state file for NGINX's error log."""
+        try:
+            sources = tuple(self.controller.log_sources(snap))
+        except UserError as exc:
+            self.post_message(msg.Notice(exc.one_line(), ok=False, timeout=10))
+        except Exception as exc:  # noqa: BLE001 - shown; the app keeps going
+            self.post_message(msg.Notice(f"cannot list the logs: {type(exc).__name__}: {exc}", ok=False, timeout=10))
+        else:
+            self.post_message(msg.LogSourcesFound(sources))
+
+    def on_log_sources_found(self, message: msg.LogSourcesFound) -> None:
+        if not isinstance(self.screen, LogsScreen):
+            self.push_screen(LogsScreen(list(message.sources)))
+
+    def on_notice(self, message: msg.Notice) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error", timeout=message.timeout)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -402,23 +431,23 @@ class LlamaTui(App[int]):
         return paths.config_dir() / self.keymap_file
 
     def key_list(self) -> list[tuple[str, str]]:
-        """(key as bound now, what it does) for every declared key; a ("", heading) row starts a group."""
-        out: list[tuple[str, str]] = []
-        for heading, bindings in (("", (*MainScreen.BINDINGS, *self.BINDINGS)),
-                                  ("on the sweep screen", SweepScreen.BINDINGS)):
-            if heading:
-                out.append(("", heading))
-            for binding in bindings:
-                assert isinstance(binding, Binding)
-                key = self._keymap.get(binding.id, binding.key) if binding.id else binding.key
-                shown = binding.key_display if key == binding.key and binding.key_display else key
-                out.append((shown, f"{binding.description}: {binding.tooltip or binding.description}  "
-                                   f"[dim]({binding.id})[/dim]"))
-        return out
+        return bound_keys((("", (*MainScreen.BINDINGS, *self.BINDINGS)),
+                           ("on the sweep screen", SweepScreen.BINDINGS)), self._keymap)
 
     def action_screenshot_svg(self) -> None:
-        path = self.save_screenshot(path=str(self.screenshot_dir or Path.cwd()))
-        self.notify(f"screenshot saved to {path}", timeout=4)
+        stamp = datetime.now().isoformat()
+        name = "".join("_" if c in ' <>:"/\\|?*.' else c for c in f"{self.title} {stamp}") + ".svg"
+        self._write_screenshot(self.export_screenshot(), name)  # rendering is the loop's; writing is not
+
+    @work(thread=True, exit_on_error=False, group="screenshot")
+    def _write_screenshot(self, svg: str, name: str) -> None:
+        path = (self.screenshot_dir or Path.cwd()) / name
+        try:
+            path.write_text(svg, encoding="utf-8")
+        except OSError as exc:
+            self.post_message(msg.Notice(f"cannot save the screenshot to {path}: {exc.strerror}", ok=False, timeout=10))
+        else:
+            self.post_message(msg.Notice(f"screenshot saved to {path}", ok=True))
 
     def action_quit(self) -> None:  # q and ctrl+q
         if self.sweep_running:
@@ -453,16 +482,26 @@ class LlamaTui(App[int]):
         """End a run early, keeping what it measured (its process writes its results and exits)."""
         run = self.runs.get(kind)
         if run is not None:
-            try:
-                run.stop()
-            except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
-                self.notify(f"could not stop the {name}: {exc}", severity="error", timeout=6)
-                return
-            self.notify(f"stopping the {name}: it finishes the current step and keeps its results", timeout=4)
+            self._stop_in_thread(run, name)
         elif (self.bench_running if kind == "bench" else self.sweep_running):
             self._cancel_asked.add(kind)  # it is still starting: stop it as soon as it has
         else:
             self.notify(f"no {name} running", timeout=3)
+
+    @work(thread=True, exit_on_error=False, group="run-stop")
+    def _stop_in_thread(self, run: RunHandle, name: str) -> None:
+        """`stop()` writes to the run's process or signals it."""
+        try:
+            run.stop()
+        except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
+            self.post_message(msg.Notice(f"could not stop the {name}: {exc}", ok=False, timeout=6))
+        else:
+            self.post_message(msg.Notice(f"stopping the {name}: it finishes the current step and keeps its results",
+                                         ok=True))
+
+    @work(thread=True, exit_on_error=False, group="run-stop")
+    def _cancel_in_thread(self, kind: str, run: RunHandle) -> None:
+        self._cancel(kind, run)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="bench")
     def _bench_worker(self) -> None:
@@ -486,10 +525,10 @@ class LlamaTui(App[int]):
     def on_run_started(self, message: msg.RunStarted) -> None:
         self.runs[message.kind] = message.handle  # type: ignore[assignment]
         if self.leaving:
-            self._cancel(message.kind, message.handle)  # type: ignore[arg-type]
+            self._cancel_in_thread(message.kind, message.handle)  # type: ignore[arg-type]
         elif message.kind in self._cancel_asked:
             self._cancel_asked.discard(message.kind)
-            message.handle.stop()  # type: ignore[attr-defined]
+            self._stop_in_thread(message.handle, RUN_NAMES.get(message.kind, message.kind))  # type: ignore[arg-type]
 
     def on_bench_updated(self, message: msg.BenchUpdated) -> None:
         self.bench_samples = message.samples
@@ -505,11 +544,11 @@ class LlamaTui(App[int]):
             self.bench_summary = message.text or ""
             self.render_bench()
             if not message.ok:
-                self.notify(message.text or "benchmark failed", severity="error", timeout=10)
+                self.notify(message.text or "benchmark failed", severity="error", timeout=10, markup=False)
         else:
             self.sweep_running = False
             if not message.ok:
-                self.notify(message.text or "sweep failed", severity="error", timeout=10)
+                self.notify(message.text or "sweep failed", severity="error", timeout=10, markup=False)
             self.render_sweep()
 
     # ------------------------------------------------------------------------------------------ sweep
@@ -578,30 +617,6 @@ class LlamaTui(App[int]):
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def load_keymap(path: Path) -> dict[str, str]:
-    """keymap.toml: binding id = key, e.g. `fleet.start = "S"` (dotted keys nest; both forms work)."""
-    if not path.is_file():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}", f"fix or remove {path}") from None
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, table: dict) -> None:
-        for k, v in table.items():
-            name = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                walk(name, v)
-            elif isinstance(v, str):
-                out[name] = v
-            else:
-                raise UserError(f"{path}: {name} must be a key name string, got {v!r}",
-                                f'write e.g. {name} = "ctrl+r" in {path}')
-    walk("", data)
-    return out
-
-
 def make_app(controller: Controller | None = None, refresh_s: float = 1.0, keymap: dict[str, str] | None = None,
              screenshot_dir: Path | None = None) -> LlamaTui:
     if controller is None:
@@ -627,4 +642,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if app.return_code is None else app.return_code
 
 
-__all__ = ["LlamaTui", "make_app", "run", "load_keymap"]
+__all__ = ["LlamaTui", "make_app", "run"]

@@ -1,7 +1,7 @@
 """Everything the TUI asks of the core goes through a controller.
 
 The app never calls `core.fleet`, `core.bench` or `core.sweep` itself: it is handed a `Controller`
-(by `make_app`). `CoreController` is the real one; `ui/scripted.py` holds a scripted one with fixed
+(by `make_app`). `CoreController` is the real one; `tests/support/scripted.py` holds a scripted one with fixed
 content for tests, snapshots and the CPU-cost benchmark.
 
 Every method may block (HTTP, psutil, process start-up): the app calls them from thread workers and
@@ -12,7 +12,6 @@ own processes (`bench.spawn`, `sweep.spawn`); a `RunHandle` only relays what the
 from __future__ import annotations
 
 import argparse
-import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -21,12 +20,10 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from llama_tui.core.config import POLICIES, PresetInfo
 from llama_tui.core.errors import UserError
-from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
-
-PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -57,22 +54,6 @@ class FleetForm:
     def describe(self) -> str:
         model = Path(self.model).name if self.model and self.model != "tiny" else "tiny demo model"
         return f"{self.instances} x {self.parallel} slots, ctx {self.ctx_per_slot}/slot, {model}, {self.policy}"
-
-
-@dataclass(frozen=True)
-class StepVerdict:
-    """A finished benchmark step as the benchmark judged it (from its step result, not live samples)."""
-
-    step: int  # 0-based, as BenchSample.step
-    load: str  # "c=4" or "rate 2.0/s"
-    tok_s: float | None
-    valid: bool | None
-    reason: str | None = None
-
-    @classmethod
-    def from_step(cls, d: dict[str, Any]) -> "StepVerdict":
-        load = f"c={d['concurrency']}" if d.get("concurrency") is not None else f"rate {d.get('rate')}/s"
-        return cls(int(d.get("step", 0)), load, d.get("output_tok_s"), d.get("valid"), d.get("invalid_reason"))
 
 
 @dataclass(frozen=True)
@@ -161,35 +142,6 @@ def next_policy(current: str | None) -> str:
     return POLICIES[(POLICIES.index(current) + 1) % len(POLICIES)]
 
 
-def check_preset_name(name: str) -> str:
-    name = name.strip()
-    if not PRESET_NAME.match(name):
-        raise UserError(f"bad preset name {name!r}",
-                        "use letters, digits, '-', '_' or '.', starting with a letter or digit")
-    return name
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
-
-
-def preset_toml(description: str, sections: dict[str, dict[str, Any]]) -> str:
-    """A preset file; keys whose value is None (auto) are left out, so the default applies."""
-    lines = [f"description = {toml_value(description)}", ""]
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)
-        lines.append("")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------ the real one
 
 
@@ -198,19 +150,9 @@ class _BenchRun(RunHandle[BenchSample | StepVerdict]):
 
     def __init__(self, proc: Any) -> None:
         self.proc = proc
-        self._steps_seen = 0
-
-    def _new_verdicts(self) -> Iterator[StepVerdict]:
-        steps = list(self.proc.steps)
-        for d in steps[self._steps_seen:]:
-            yield StepVerdict.from_step(d)
-        self._steps_seen = len(steps)
 
     def events(self) -> Iterator[BenchSample | StepVerdict]:
-        for sample in self.proc.samples():
-            yield from self._new_verdicts()
-            yield sample
-        yield from self._new_verdicts()
+        yield from self.proc.events()
 
     def stop(self) -> None:
         self.proc.stop()
@@ -231,12 +173,12 @@ class _SweepRun(RunHandle[SweepProgress]):
         yield from self.proc.events()
 
     def cancel(self) -> None:
-        self.proc.cancel()  # SIGTERM: the sweep finishes its step, tears its fleet down, stays resumable
+        # The graceful stop, not waited for: the sweep finishes its step, tears its fleet down (only it
+        # can: the fleet runs in its own session) and stays resumable, also after the TUI has gone.
+        self.proc.stop()
 
     def summary(self) -> str | None:
-        if self.proc.error:
-            raise UserError(self.proc.error, f"see {self.proc.log_path}")
-        result = self.proc.result() or {}
+        result = self.proc.result()  # raises the run's UserError (its fix names the sweep's log) if it failed
         return f"sweep {result.get('status', 'ended')}: results in {result.get('out_dir', self.proc.log_path.parent)}"
 
 
@@ -259,9 +201,10 @@ class CoreController(Controller):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "CoreController":
-        from llama_tui.commands.fleet import FLEET_OPTIONS
+        """From the command line `llama-tui` was given: its --preset and fleet options (core.config.FLEET_OPTIONS)."""
+        from llama_tui.core import config
 
-        cli = {key: getattr(args, opt, None) for opt, key in FLEET_OPTIONS.items()}
+        cli = config.fleet_overrides(args)
         preset = getattr(args, "preset", None)
         given = preset is not None or any(v is not None for v in cli.values())
         return cls(preset=preset, cli=cli, autostart=given)
@@ -416,21 +359,11 @@ class CoreController(Controller):
         return self._form_from(config.load_settings(preset=name, cli=keep))
 
     def save_preset(self, name: str, form: FleetForm) -> Path:
-        from llama_tui.core import config, paths
+        from llama_tui.core import presets
 
-        name = check_preset_name(name)
+        name = presets.check_preset_name(name)  # a bad name fails before the form's values are checked
         settings = self._settings_for(form)  # validates the form like the command line would
-        fleet_values = settings.section("fleet")
-        for secret in ("api_key", "api_key_file"):
-            fleet_values.pop(secret, None)
-        fleet_values["gpus"] = list(fleet_values["gpus"])
-        sections = {"fleet": fleet_values,
-                    "bench": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("bench").items()},
-                    "sweep": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.section("sweep").items()}}
-        path = paths.user_presets_dir() / f"{name}.toml"
-        paths.write_private(path, preset_toml(f"saved from the llama-tui fleet form: {form.describe()}", sections))
-        config.load_settings(preset=name)  # what was written loads back, or this raises naming the file
-        return path
+        return presets.save_preset(name, settings, f"saved from the llama-tui fleet form: {form.describe()}")
 
     def close(self) -> None:
         with self._monitor_lock:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from llama_tui.core.snapshots import BenchSample, FleetSnapshot, SweepProgress
-from llama_tui.ui.controller import StepVerdict
+from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
+from llama_tui.ui.controller import LogSource
 
 
 class FleetPolled(Message):
@@ -66,6 +66,28 @@ class LogLines(Message):
         self.path = path
         self.lines = lines
         self.reset = reset
+
+
+class LogSourcesFound(Message):
+    """The logs there are to follow (the logs key): the app opens the logs screen on them."""
+
+    def __init__(self, sources: tuple[LogSource, ...]) -> None:
+        super().__init__()
+        self.sources = sources
+
+
+class Notice(Message):
+    """One line for the user from a worker (a screenshot saved, a run that could not be stopped)."""
+
+    def __init__(self, text: str, ok: bool, timeout: float = 4) -> None:
+        super().__init__()
+        self.text = text
+        self.ok = ok
+        self.timeout = timeout
+
+
+class Released(Message):
+    """Leaving: the runs are cancelled and the controller closed; the app may exit."""
 
 
 class ActionDone(Message):

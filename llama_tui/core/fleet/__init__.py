@@ -11,7 +11,8 @@ The modules, one job each:
     ports.py           free ports, checked before anything starts
     control.py         the client side: up / adopt / scale / restart / set_policy / down
     snapshot.py        the fleet now as frozen snapshots; `fleet status --json`; doctor's fleet check
-    state.py           fleet.json, the processes it names, locks, logs
+    state.py           fleet.json (damaged state refused, paths computed), locks, logs
+    processes.py       which processes are the fleet's (owner marker, start time), signals, the owner scan
     placement.py       the placement seam: start/stop an instance, its Endpoint (host, port, node), its process stats
     local.py           LocalPlacement: instances as local processes (the first placement)
     ray_placement.py   RayPlacement: instances as detached Ray actors across a cluster (--engine ray)
@@ -28,6 +29,8 @@ The modules, one job each:
     door_keeper.py     the supervisor's NGINX: start, adopt, reload, restart, access-log following
     operations.py      the supervisor's operations: scale, restart, policy, down
     control_server.py  the supervisor's control socket
+    metrics_server.py  the supervisor's Prometheus listener (--metrics-listen): its sampler and HTTP server
+    prometheus.py      the fleet as Prometheus metrics: a collector over the sampler's latest sample
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.ports import check_ports, free_port_block, port_free
 from llama_tui.core.fleet.snapshot import doctor_check, snapshot, status_json
 from llama_tui.core.fleet.spec import (DRAIN_TIMEOUT, FleetSpec, check_loopback, exposure_warning, oversubscription,
-                                       parse_extra_args, validate_extra_args)
+                                       parse_extra_args, unsafe_args_warning, validate_extra_args)
 from llama_tui.core.fleet.state import FleetState, load_state, read_state
 
 __all__ = [
     "DRAIN_TIMEOUT", "FleetSpec", "FleetState", "Monitor", "adopt", "check_loopback", "check_ports", "doctor_check",
     "down", "exposure_warning", "free_port_block", "load_state", "oversubscription", "parse_extra_args", "port_free",
-    "read_state", "restart", "scale", "set_policy", "snapshot", "status_json", "up", "validate_extra_args",
+    "read_state", "restart", "scale", "set_policy", "snapshot", "status_json", "unsafe_args_warning", "up",
+    "validate_extra_args",
 ]

@@ -24,6 +24,10 @@ What `stats()` reports per backend (address):
   (frontdoor.read_stub_status) is the exact, fleet-wide live count.
 - p50_ms / p95_ms (upstream response time) and header_p50_ms / header_p95_ms (upstream header time,
   about time to first byte) over the backend's last 1024 responses.
+
+`totals()` is the cumulative part as one frozen value (what the supervisor's Prometheus listener
+exports): the counters above plus histograms of every try's response and header time, counted into
+`LATENCY_BUCKETS` as the lines are read (one bisect per time).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +49,9 @@ from llama_tui.core.stats import percentile
 WINDOW_S = 10.0
 RECENT = 1024
 MAX_READ = 32 << 20  # bytes read per poll and file, so one poll stays short on a huge backlog
+
+# Upper bounds (seconds) of the latency histograms: a stream lasts up to minutes, its first byte far less.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 _SPLIT = re.compile(r", | : ")
 _ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d+$|^unix:")
@@ -103,6 +111,53 @@ class _Tail:
             self._f = None
 
 
+class _Histogram:
+    """Observations per bucket of LATENCY_BUCKETS (the last one: above them all) and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # the first bound >= seconds ("le")
+        self.sum += seconds
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A frozen histogram: `counts[i]` observations <= LATENCY_BUCKETS[i] and above the bound before it;
+    the last count is above every bound."""
+
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class BackendTotals:
+    """One backend's cumulative numbers since the log began."""
+
+    address: str
+    requests: int
+    errors: int
+    aborted: int
+    errors_by_status: tuple[tuple[str, int], ...]
+    response: Histogram  # upstream response time of every try
+    header: Histogram  # upstream header time (about time to first byte) of every try that got headers
+
+
+@dataclass(frozen=True)
+class AccessTotals:
+    backends: tuple[BackendTotals, ...]
+    requests: int  # every request NGINX logged
+    by_client_status: tuple[tuple[str, int], ...]  # the status NGINX gave the client
+
+
 @dataclass
 class _Backend:
     requests: int = 0
@@ -111,6 +166,8 @@ class _Backend:
     by_status: Counter = field(default_factory=Counter)
     # (start, end, header_s, response_s) of the latest responses
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+    response: _Histogram = field(default_factory=_Histogram)
+    header: _Histogram = field(default_factory=_Histogram)
 
 
 def _floats(text: str) -> list[float | None]:
@@ -221,6 +278,10 @@ class AccessLogFollower:
                     b.aborted += 1
             rt = responses[i] if i < len(responses) else None
             ht = headers[i] if i < len(headers) else None
+            if rt is not None:
+                b.response.observe(rt)
+            if ht is not None:
+                b.header.observe(ht)
             if last:  # the try that served the response ended with the request
                 b.recent.append((end - (rt if rt is not None else request_time), end, ht, rt))
             else:  # an earlier try began with the request and failed fast
@@ -257,6 +318,17 @@ class AccessLogFollower:
                 aborted=b.aborted,
             ))
         return tuple(out)
+
+    def totals(self) -> AccessTotals:
+        """The cumulative counters and histograms, frozen (safe to hand to another thread)."""
+        return AccessTotals(
+            backends=tuple(BackendTotals(
+                address=a, requests=b.requests, errors=b.errors, aborted=b.aborted,
+                errors_by_status=tuple(sorted(b.by_status.items())),
+                response=Histogram(tuple(b.response.counts), b.response.sum),
+                header=Histogram(tuple(b.header.counts), b.header.sum),
+            ) for a, b in sorted(self._backends.items())),
+            requests=self.total, by_client_status=tuple(sorted(self.by_client_status.items())))
 
     def summary(self) -> dict[str, Any]:
         """Front-door totals: requests, client statuses, requests no backend served."""

@@ -11,10 +11,16 @@ when the supervisor is gone.
 
 Every public function takes `state_dir` (default `paths.state_dir()`), so a sweep can run its
 fleets in a directory of its own.
+
+No error path touches a fleet it did not start: a damaged `fleet.json` makes `up` refuse (as do
+processes of a fleet that has no state file), and only `down` stops what runs, found by its owner
+marker (`fleet/processes.py`) when the file cannot say.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -29,14 +35,17 @@ import orjson
 
 from llama_tui.core import binaries, config, paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import frontdoor, keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.ports import check_ports
 from llama_tui.core.fleet.snapshot import snapshot
 from llama_tui.core.fleet.spec import DRAIN_TIMEOUT, FleetSpec, validate_extra_args
-from llama_tui.core.fleet.state import FleetState, load_state, read_state
+from llama_tui.core.fleet.state import FleetState, StateDamaged, load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot
 
 Progress = Callable[[str], None]
+MAX_STOP_TIMEOUT_S = 3600.0  # `down --timeout`: seconds before SIGKILL
+
 
 def _spawn_supervisor(sd: Path, adopt: bool) -> subprocess.Popen:
     paths.ensure_private_dir(sd / st_mod.LOG_DIR)
@@ -44,7 +53,7 @@ def _spawn_supervisor(sd: Path, adopt: bool) -> subprocess.Popen:
     env["LLAMA_TUI_STATE_DIR"] = str(sd)
     pkg_root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", st_mod.SUPERVISOR_MODULE, "--state-dir", str(sd)] + (["--adopt"] if adopt else [])
+    cmd = [sys.executable, "-m", processes.SUPERVISOR_MODULE, "--state-dir", str(sd)] + (["--adopt"] if adopt else [])
     log = st_mod.supervisor_log_path(sd)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -137,12 +146,16 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
                     "or stop it with `llama-tui fleet down`")
             proc = None
         else:
+            st_mod.refuse_strays(sd)
             spec.validate()
+            frontdoor.conf_path(sd)  # a state dir that nginx.conf cannot name is refused now
             check_ports(spec)
             llama_server = binaries.require_llama_server()
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
-                validate_extra_args(spec.extra_args, llama_server)
+                validate_extra_args(spec.extra_args, llama_server, spec.allow_unsafe_args)
+            for sock in (st_mod.control_path(sd), frontdoor.status_socket(sd / processes.NGINX_DIR)):
+                paths.ensure_private_dir(sock.parent)  # a socket dir someone else made first is refused now
             where = f"on ports {spec.base_port}-{spec.port_of(spec.instances - 1)}"
             if spec.engine == "ray":  # the cluster can host it, every node has the model: else nothing is placed
                 from llama_tui.core.fleet import ray_cluster
@@ -153,6 +166,8 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
                 on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
                             f"{spec.threads_for(spec.instances)} threads each) {where}, "
                             f"nginx on {spec.listen}:{spec.nginx_port}")
+            if spec.api_key:  # the state names a private key file, never the key
+                spec = dataclasses.replace(spec, api_key=None, api_key_file=str(keys.store_api_key(sd, spec.api_key)))
             payload = {"spec": spec.to_dict(), "llama_server": str(llama_server), "nginx_bin": str(nginx_bin)}
             paths.write_private(sd / st_mod.SPEC_FILE, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
             proc = _spawn_supervisor(sd, adopt=False)
@@ -190,14 +205,17 @@ def adopt(state_dir: Path | None = None, on_progress: Progress | None = None,
 # --------------------------------------------------------------------------------------------- control
 
 
-def _request(s: FleetState, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _request(s: FleetState, sd: Path, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
     """One request to the supervisor's control socket; its error becomes a UserError."""
-    path = s.control or str(st_mod.control_path(Path(s.state_dir)))
+    path = str(st_mod.control_socket(s, sd))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(orjson.dumps(payload) + b"\n")
+        try:
+            sock.sendall(orjson.dumps(payload) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the request (busy): its answer says why
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -248,7 +266,7 @@ def scale(n: int, state_dir: Path | None = None, on_progress: Progress | None = 
     current = {i.index for i in s.instances}
     spec.check_port_range(n)
     check_ports(spec, indices=range(max(current, default=-1) + 1, n), nginx=False)
-    _request(s, {"op": "scale", "n": n}, _op_timeout(s, extra=spec.ready_timeout))
+    _request(s, sd, {"op": "scale", "n": n}, _op_timeout(s, extra=spec.ready_timeout))
     return snapshot(sd, interval=0.2)
 
 
@@ -262,7 +280,7 @@ def restart(index: int | None = None, state_dir: Path | None = None,
         have = ", ".join(str(i.index) for i in s.instances) or "none"
         raise UserError(f"no instance {index} in the fleet", f"pick one of: {have}")
     n = 1 if index is not None else max(1, len(s.instances))
-    _request(s, {"op": "restart", "index": index}, _op_timeout(s) * n)
+    _request(s, sd, {"op": "restart", "index": index}, _op_timeout(s) * n)
     return snapshot(sd, interval=0.2)
 
 
@@ -274,7 +292,7 @@ def set_policy(policy: str, state_dir: Path | None = None, on_progress: Progress
         raise UserError(f"unknown policy {policy!r}", f"use one of: {', '.join(config.POLICIES)}")
     sd = st_mod.resolve_dir(state_dir)
     s = _running(sd, on_progress)
-    _request(s, {"op": "policy", "policy": policy}, 60.0)
+    _request(s, sd, {"op": "policy", "policy": policy}, 60.0)
     return snapshot(sd, interval=0.2)
 
 
@@ -283,48 +301,72 @@ def set_policy(policy: str, state_dir: Path | None = None, on_progress: Progress
 
 def down(state_dir: Path | None = None, timeout: float = 10.0) -> bool:
     """Stop everything the fleet in `state_dir` started: SIGTERM, then SIGKILL after `timeout`.
-    Works with or without a live supervisor. Returns False when nothing was running."""
+    Works with or without a live supervisor, and with a damaged state file (kept as fleet.json.damaged):
+    what the file names is checked before it is signalled, and whatever else carries the fleet's owner
+    marker (NGINX: its prefix) is found by a scan and stopped too. Returns False when nothing ran."""
+    timeout = config.check_seconds(timeout, "--timeout", 0.0, MAX_STOP_TIMEOUT_S)
     sd = st_mod.resolve_dir(state_dir)
-    if not sd.is_dir():
+    if not sd.is_dir() and not sd.is_symlink():
         return False
     with st_mod.client_lock(sd, timeout=timeout + 60):
-        s = read_state(sd)
+        try:
+            s = read_state(sd)
+        except StateDamaged:
+            s = None
+            os.replace(sd / st_mod.STATE_FILE, sd / (st_mod.STATE_FILE + ".damaged"))  # kept for a bug report
         anything = s is not None and s.anything_alive()
-        if s is not None and s.supervisor_alive:
-            sup = s.supervisor_ref()
+        sup = s.supervisor_ref() if s is not None and s.supervisor_alive else None
+        if s is not None and sup is not None:
             try:
-                _request(s, {"op": "down", "timeout": timeout}, timeout + 30)
+                _request(s, sd, {"op": "down", "timeout": timeout}, timeout + 30)
             except (ConnectionError, UserError):
-                if sup is not None:
-                    sup.signal(signal.SIGTERM)  # the supervisor stops the fleet on SIGTERM too
-            if sup is not None:
-                st_mod.terminate([sup], timeout=timeout + 15, sig=0)  # wait; SIGKILL if it hangs
-        s = read_state(sd) or s
+                sup.signal(signal.SIGTERM)  # the supervisor stops the fleet on SIGTERM too
+            processes.terminate([sup], timeout=timeout + 15, sig=0)  # wait; SIGKILL if it hangs
+        with contextlib.suppress(StateDamaged):
+            s = read_state(sd) or s
         if s is not None:
-            st_mod.terminate(s.refs(), timeout=timeout)
-            if s.nginx is not None and s.nginx.pid:
-                st_mod.kill_group_remnants(s.nginx.pid, ("nginx",))  # workers of a killed master
-        leftovers = st_mod.owned_processes(sd)
-        for p in leftovers:
-            st_mod.ProcRef(p.pid, None, False).signal(signal.SIGKILL)
-            st_mod.kill_group_remnants(p.pid, ("nginx", "llama-server"))
-        if s is not None and s.spec.get("engine") == "ray":
-            _clear_ray(s)  # what is left on the cluster (the supervisor stopped what it knew of)
-        st_mod.remove_runtime_files(sd, s.control if s else None)
-        return anything or bool(leftovers)
+            processes.terminate(s.refs(), timeout=timeout)
+            if s.nginx is not None:
+                processes.kill_group_remnants(s.nginx.ref(s.owner))  # workers of a killed master
+        leftovers = _stop_owned(sd, timeout)
+        removed = _clear_remote(sd, s)  # what a Ray fleet left on its cluster (the supervisor stopped what it knew of)
+        st_mod.remove_runtime_files(sd)
+        return anything or bool(leftovers) or bool(removed)
 
 
-def _clear_ray(s: FleetState) -> None:
-    """Kill every actor left in a Ray fleet's namespace and remove its placement groups. The state stays
-    when the cluster cannot be reached, so that a later `fleet down` can finish the job."""
-    from llama_tui.core.fleet import ray_cluster
-
-    address, namespace = s.spec.get("ray_address"), s.spec.get("ray_namespace")
-    if not address or not namespace:
-        return
+def _clear_remote(sd: Path, s: FleetState | None) -> int:
+    """Remove what a remotely placed fleet left out of this machine's sight (`placement.clear_remote`: a
+    Ray fleet's actors and placement groups in its namespace). A damaged fleet.json names nothing: the
+    spec `fleet up` wrote (spec.json) says where the fleet was placed. The state stays when the cluster
+    cannot be reached, so that a later `fleet down` can finish the job."""
+    spec = s.spec if s is not None else _written_spec(sd)
     try:
-        ray_cluster.clear(address, namespace)
+        return placement.clear_remote(spec)
     except UserError as exc:
-        raise UserError(f"{exc.cause}: the fleet's actors (namespace {namespace}) may still run there",
-                        f"run `llama-tui fleet down` again once the cluster answers (if it is gone for good, "
-                        f"remove {Path(s.state_dir) / st_mod.STATE_FILE})") from None
+        raise UserError(f"{exc.cause}: the fleet's instances (namespace {spec.get('ray_namespace')}) may still run "
+                        "there", "run `llama-tui fleet down` again once the cluster answers (if it is gone for good, "
+                        f"remove {sd / st_mod.STATE_FILE})") from None
+
+
+def _written_spec(sd: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads((sd / st_mod.SPEC_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    spec = data.get("spec") if isinstance(data, dict) else None
+    return spec if isinstance(spec, dict) else {}
+
+
+def _stop_owned(sd: Path, timeout: float) -> list[int]:
+    """Stop what still carries the fleet's owner marker: supervisors first (SIGTERM: each stops what it
+    started), then the rest. Returns their pids."""
+    owner = paths.owner_marker(sd)
+    found = [r for r in (processes.ref_of(p, owner) for p in processes.owned_processes(sd)) if r is not None]
+    sups = [r for r in found if r.name == "supervisor"]
+    processes.terminate(sups, timeout=timeout + 15)
+    rest = [r for r in (processes.ref_of(p, owner) for p in processes.owned_processes(sd)) if r is not None]
+    processes.terminate(rest, timeout=timeout)
+    for r in rest:
+        if r.group:
+            processes.kill_group_remnants(r)
+    return sorted({r.pid for r in found + rest})

@@ -7,7 +7,6 @@ are ready, reloaded when membership or policy changes, started again with the la
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.frontdoor import FrontDoor, FrontDoorSpec
 from llama_tui.core.fleet.instances import BACKOFF_BASE_S, BACKOFF_MAX_S, LOG_MAX_BYTES
@@ -39,10 +39,11 @@ class DoorKeeper:
         self.failures = 0
         self.follower: Any = None
         self.follower_error_logged = False
+        self.totals: Any = None  # the follower's latest AccessTotals (frozen; the metrics listener reads it)
 
     @staticmethod
     def nginx_state(spec: Any, state_dir: Path) -> NginxState:
-        prefix = state_dir / st_mod.NGINX_DIR
+        prefix = state_dir / processes.NGINX_DIR
         return NginxState(port=spec.nginx_port, listen=spec.listen, policy=spec.policy,
                           prefix=str(prefix), config_path=str(prefix / "nginx.conf"),
                           error_log=str(prefix / "logs" / "error.log"), access_log=str(prefix / "logs" / "access.log"))
@@ -57,14 +58,15 @@ class DoorKeeper:
         insts = self.sup.instances
         remote = insts.placement.starts_in_background  # a restarted remote instance comes back elsewhere
         members = [insts.endpoint(i) for i in insts.sorted() if i.rec.in_upstream and (i.handle or not remote)]
-        spec = FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy)  # type: ignore[union-attr]
-        return dataclasses.replace(spec, internal_key=self.sup.internal_key)
+        return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy,  # type: ignore[union-attr]
+                                       internal_key=self.sup.internal_key)
 
-    def adopt(self, pid: int) -> None:
-        """Take over the NGINX an earlier supervisor started."""
-        self.door.adopt(pid, self.spec())
+    def adopt(self, ref: processes.ProcRef) -> None:
+        """Take over the NGINX an earlier supervisor started (`ref`: checked to be ours by the caller;
+        FrontDoor checks it again, pid, start time and prefix, before every signal)."""
+        self.door.adopt(ref.pid, self.spec(), started=ref.started)
         self.wanted = True
-        log(f"adopted nginx (pid {pid})")
+        log(f"adopted nginx (pid {ref.pid})")
 
     def record(self) -> None:
         ng = self.sup.state.nginx
@@ -72,13 +74,13 @@ class DoorKeeper:
         pid = self.door.pid
         if pid != ng.pid:
             ng.pid = pid
-            ng.pid_started = st_mod.process_start_time(pid) if pid else None
+            ng.pid_started = processes.process_start_time(pid) if pid else None
 
     def start(self) -> bool:
         ng = self.sup.state.nginx
         assert ng is not None
         if ng.pid:  # whatever is left of a killed master (its workers hold the port)
-            st_mod.kill_group_remnants(ng.pid, ("nginx",))
+            processes.kill_group_remnants(ng.ref(self.sup.state.owner))
         spec = self.door.spec if self.door.spec is not None and self.door.spec.backends else self.spec()
         try:
             self.door.start(spec)
@@ -159,11 +161,10 @@ class DoorKeeper:
     def stop(self, timeout: float) -> None:
         """Stop NGINX and whatever is left of its group. Under the lock."""
         ng = self.sup.state.nginx
-        ng_pid = ng.pid if ng else None
+        ng_ref = ng.ref(self.sup.state.owner) if ng else None
         if self.door.pid is not None:
             self.door.stop(timeout=min(3.0, timeout))
-        if ng_pid:
-            st_mod.kill_group_remnants(ng_pid, ("nginx",))
+        processes.kill_group_remnants(ng_ref)
         if ng is not None:
             ng.pid = None
 
@@ -171,7 +172,7 @@ class DoorKeeper:
 
     def housekeeping(self) -> None:
         """Cap NGINX's logs, then follow the access log."""
-        prefix = self.sup.dir / st_mod.NGINX_DIR
+        prefix = self.sup.dir / processes.NGINX_DIR
         for name in ("error.log", "stderr.log"):
             st_mod.rotate_log(prefix / "logs" / name, LOG_MAX_BYTES)
         with self.sup.lock:
@@ -190,6 +191,7 @@ class DoorKeeper:
 
                 self.follower = AccessLogFollower(self.door.access_log)
             self.follower.poll()
+            self.totals = self.follower.totals()
             paths.write_private(self.sup.dir / st_mod.UPSTREAM_FILE, orjson.dumps(self.follower.to_json()))
         except Exception as exc:  # statistics must never take the supervisor down
             if not self.follower_error_logged:

@@ -15,6 +15,7 @@ The private status listener (stub_status) is a unix socket in a 0700 directory: 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -22,7 +23,6 @@ import re
 import resource
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +34,24 @@ from llama_tui import __version__
 from llama_tui.core import hardware, paths, probe, resources
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import processes
 
 if TYPE_CHECKING:
     from llama_tui.core.fleet.placement import Endpoint
 
 READ_TIMEOUT = "3600s"  # longest prompt processing + generation a stream may take
 MAX_BODY = "64m"  # long prompts are large JSON bodies
+BODY_IN_MEMORY = "128k"  # larger bodies go to a temp file in the private prefix
+# The public listener: a client that sends its headers or body this slowly, or reads its response this
+# slowly (between two writes, not per stream), is cut off instead of holding a connection.
+CLIENT_HEADER_TIMEOUT = "10s"
+CLIENT_BODY_TIMEOUT = "30s"
+SEND_TIMEOUT = "60s"
+PUBLIC_CONN_LIMIT = 64  # concurrent requests per remote client address on a non-loopback listener (default)
+MAX_CONN_LIMIT = 65535  # NGINX refuses a larger limit_conn
+# The only routes the listener serves (unless expose_admin): inference, the model list and /health.
+PUBLIC_ROUTES = ("/v1/chat/completions", "/v1/completions", "/completion", "/v1/embeddings", "/v1/models",
+                 "/health")
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,13 @@ class FrontDoorSpec:
     """What NGINX should do. `max_conns`: cap each backend at its slots (excess goes to an uncapped
     overflow group and waits inside llama-server: open-source NGINX has no queue). `api_key` or
     `api_key_file` (first non-empty line; re-read at every render, so a reload rotates the key):
-    requests without `Authorization: Bearer KEY` get 401 at NGINX."""
+    requests without `Authorization: Bearer KEY` get 401 at NGINX. `internal_key`: the fleet's
+    internal key (`keys.py`), which replaces the client's Authorization on the way to the instances.
+
+    The listener serves only `PUBLIC_ROUTES` unless `expose_admin`. `upstream_header` (X-Upstream,
+    the backend that answered): None = on for a loopback listener, off for a public one.
+    `conn_limit`: concurrent requests per remote client address (loopback clients are not counted);
+    None = `PUBLIC_CONN_LIMIT` on a public listener and no limit on a loopback one; 0 = no limit."""
 
     port: int
     backends: tuple[Backend, ...]
@@ -79,19 +97,24 @@ class FrontDoorSpec:
     worker_processes: int | None = None
     api_key_file: str | None = None
     internal_key: str | None = None  # the instances require it: NGINX sends it in place of the client's
+    upstream_header: bool | None = None
+    conn_limit: int | None = None
 
     @classmethod
-    def for_fleet(cls, fleet: Any, endpoints: Sequence[Endpoint], policy: str | None = None) -> "FrontDoorSpec":
+    def for_fleet(cls, fleet: Any, endpoints: Sequence[Endpoint], policy: str | None = None,
+                  internal_key: str | None = None) -> "FrontDoorSpec":
         """The front door of a fleet (a `fleet.FleetSpec`, or anything with its attribute names) whose
         member instances serve at `endpoints` (`placement.Endpoint`: host, port, node); `policy`
-        overrides the fleet's."""
+        overrides the fleet's; `internal_key` is the key its instances require."""
         slots = int(getattr(fleet, "parallel", 1))
         return cls(port=fleet.nginx_port, backends=tuple(Backend(ep.host, ep.port, slots) for ep in endpoints),
                    policy=policy or getattr(fleet, "policy", "least_conn"),
                    listen=getattr(fleet, "listen", "127.0.0.1"), max_conns=bool(getattr(fleet, "max_conns", False)),
                    max_concurrency=int(getattr(fleet, "max_concurrency", 1024)),
                    expose_admin=bool(getattr(fleet, "expose_admin", False)), api_key=getattr(fleet, "api_key", None),
-                   api_key_file=getattr(fleet, "api_key_file", None))
+                   api_key_file=getattr(fleet, "api_key_file", None), internal_key=internal_key,
+                   upstream_header=getattr(fleet, "upstream_header", None),
+                   conn_limit=getattr(fleet, "conn_limit", None))
 
 
 @dataclass
@@ -101,8 +124,14 @@ class ConfigCheck:
 
 
 def _jinja() -> jinja2.Environment:
+    return _jinja_for(str(resources.templates_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _jinja_for(templates: str) -> jinja2.Environment:
+    """One environment per templates dir: it keeps the compiled templates (and reloads a changed file)."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.templates_dir())),
+        loader=jinja2.FileSystemLoader(templates),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -111,11 +140,53 @@ def _jinja() -> jinja2.Environment:
     )
 
 
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{8,200}$")
-_SAFE_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_SAFE_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
-_KEY_RULE = ("API key must be 8-200 characters of letters, digits and ._~+/=-",
+MIN_KEY_LENGTH = 16
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{%d,200}\Z" % MIN_KEY_LENGTH)
+_SAFE_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9.:_-]{1,253}\Z")
+_KEY_RULE = (f"API key must be {MIN_KEY_LENGTH}-200 characters of letters, digits and ._~+/=-",
              "choose a key such as the output of `openssl rand -hex 24`")
+# A path nginx.conf can hold: bare when it is one plain token, else in double quotes. A quote, a
+# backslash, a `$` (a variable in access_log) or a control character cannot be written safely.
+_BARE_PATH = re.compile(r"^[A-Za-z0-9/._+:@%,=~-]+\Z")
+_UNQUOTABLE = re.compile(r'["\\$\x00-\x1f\x7f]')
+
+
+def check_key(key: str) -> str:
+    """`key` when it is a usable API key (16-200 safe characters), else a UserError."""
+    if not isinstance(key, str) or not _SAFE_KEY.match(key):
+        raise UserError(*_KEY_RULE)
+    return key
+
+
+def parse_listen(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The `--listen` address: a plain IPv4 or IPv6 address (no host name, no scope id such as `%lo`)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        ip = None
+    if ip is None or not isinstance(value, str) or getattr(ip, "scope_id", None) or "%" in value:
+        raise UserError(f"--listen must be an IP address (plain: no host name, no %scope), got {value!r}",
+                        "use 127.0.0.1 (default), 0.0.0.0 for every interface, or an address of this machine")
+    return ip
+
+
+def is_public(listen: str) -> bool:
+    """Whether NGINX listening on `listen` can be reached from other machines (not loopback)."""
+    return not parse_listen(listen).is_loopback
+
+
+def conf_path(path: Path | str) -> str:
+    """`path` as nginx.conf writes it: a bare token, or double-quoted (spaces, `;`, `#`, braces).
+    A UserError names a path that nginx.conf cannot hold."""
+    text = str(path)
+    if _BARE_PATH.match(text):
+        return text
+    if not text or _UNQUOTABLE.search(text):
+        raise UserError(f"the path {text!r} cannot be written into nginx.conf (it holds a quote, a backslash, "
+                        "a $ or a control character)",
+                        "use a state dir (--state-dir, LLAMA_TUI_STATE_DIR) or --out path without those characters")
+    return f'"{text}"'
 
 
 def nofile_limit() -> int:
@@ -174,19 +245,17 @@ def read_api_key(spec: FrontDoorSpec) -> str | None:
         key = read_key_file(spec.api_key_file)
     else:
         return None
-    if not _SAFE_KEY.match(key):
-        raise UserError(*_KEY_RULE)
-    return key
+    return check_key(key)
 
 
 def status_socket(prefix: Path) -> Path:
     """The stub_status unix socket: in the prefix, or (when that path is too long for a socket)
-    in a private 0700 directory under the temp dir, named after the prefix."""
+    in the private runtime dir (`paths.runtime_dir()`), named after the prefix."""
     inside = Path(prefix) / "status.sock"
     if len(str(inside)) <= 100:
         return inside
     digest = hashlib.sha256(str(Path(prefix).resolve()).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / f"llama-tui-{os.geteuid()}" / f"{digest}.sock"
+    return paths.runtime_dir() / f"{digest}.sock"
 
 
 def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_root: bool | None = None) -> str:
@@ -199,37 +268,50 @@ def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_r
     if not spec.backends:
         raise UserError("no backends to balance", "start at least one instance")
     for b in spec.backends:
-        if not _SAFE_HOST.match(b.host) or not 1 <= b.port <= 65535 or b.slots < 1:
+        if (not isinstance(b.host, str) or not _SAFE_HOST.match(b.host) or not _is_int(b.port)
+                or not 1 <= b.port <= 65535 or not _is_int(b.slots) or b.slots < 1):
             raise UserError(f"bad backend {b.host!r}:{b.port} with {b.slots} slots",
                             "instances need a host name or IP, a port 1-65535 and at least one slot")
+    if not _is_int(spec.port) or not 1 <= spec.port <= 65535:
+        raise UserError(f"NGINX port {spec.port!r} is out of range", "pick --nginx-port between 1024 and 65535")
+    if not _is_int(spec.max_concurrency) or not 1 <= spec.max_concurrency <= 1_000_000:
+        raise UserError(f"--max-concurrency must be 1-1000000, got {spec.max_concurrency!r}",
+                        "pass the largest concurrency you plan, e.g. --max-concurrency 1024")
     api_key = read_api_key(spec)
-    if spec.internal_key is not None and not _SAFE_KEY.match(spec.internal_key):
-        raise UserError("the fleet's internal key has characters NGINX cannot carry", "run `llama-tui fleet down`, "
-                        "remove internal.key from the state dir, and start the fleet again")
-    if not _SAFE_HEADER.match(spec.hash_header):
+    internal_key = check_key(spec.internal_key) if spec.internal_key is not None else None
+    if not isinstance(spec.hash_header, str) or not _SAFE_HEADER.match(spec.hash_header):
         raise UserError(f"bad hash header name {spec.hash_header!r}", "use letters, digits and dashes, e.g. X-Session-Id")
-    try:
-        listen_ip = ipaddress.ip_address(spec.listen)
-    except ValueError:
-        raise UserError(f"--listen must be an IP address, got {spec.listen!r}",
-                        "use 127.0.0.1 (default) or 0.0.0.0 for every interface") from None
+    listen_ip = parse_listen(spec.listen)
+    public = not listen_ip.is_loopback
+    conn_limit = (PUBLIC_CONN_LIMIT if public else 0) if spec.conn_limit is None else spec.conn_limit
+    if not _is_int(conn_limit) or not 0 <= conn_limit <= MAX_CONN_LIMIT:
+        raise UserError(f"--conn-limit must be 0 (no limit) to {MAX_CONN_LIMIT}, got {spec.conn_limit!r}",
+                        "pass the concurrent requests one client address may make, e.g. --conn-limit 64")
     listen_addr = f"[{listen_ip}]" if listen_ip.version == 6 else str(listen_ip)
     lim = limits(spec, nofile)
     as_root = (os.geteuid() == 0) if as_root is None else as_root
     return _jinja().get_template("nginx.conf.j2").render(
         version=__version__,
-        prefix=str(prefix),
-        status_socket=str(status_socket(prefix)),
+        prefix=conf_path(prefix),
+        pid_path=conf_path(Path(prefix) / "nginx.pid"),
+        error_log=conf_path(Path(prefix) / "logs" / "error.log"),
+        access_log=conf_path(Path(prefix) / "logs" / "access.log"),
+        temp_paths={name: conf_path(Path(prefix) / "tmp" / name)
+                    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")},
+        status_listen=conf_path(f"unix:{status_socket(prefix)}"),
         policy=spec.policy,
         backends=spec.backends,
-        listen=spec.listen,
+        listen=str(listen_ip),
         listen_addr=listen_addr,
         port=spec.port,
         max_conns=spec.max_conns,
         max_concurrency=spec.max_concurrency,
         expose_admin=spec.expose_admin,
+        routes=PUBLIC_ROUTES,
         api_key=api_key,
-        internal_key=spec.internal_key,
+        internal_key=internal_key,
+        upstream_header=(not public) if spec.upstream_header is None else bool(spec.upstream_header),
+        conn_limit=conn_limit,
         hash_header=spec.hash_header,
         max_fails=spec.max_fails,
         fail_timeout=spec.fail_timeout,
@@ -243,7 +325,15 @@ def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_r
         backlog=max(511, min(4096, spec.max_concurrency * 2)),
         read_timeout=READ_TIMEOUT,
         max_body=MAX_BODY,
+        body_in_memory=BODY_IN_MEMORY,
+        client_header_timeout=CLIENT_HEADER_TIMEOUT,
+        client_body_timeout=CLIENT_BODY_TIMEOUT,
+        send_timeout=SEND_TIMEOUT,
     )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def config_hash(text: str) -> str:
@@ -369,27 +459,29 @@ class FrontDoor:
         fd = os.open(self.prefix / "logs" / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             # umask 077: the pid file and the logs NGINX creates are private (0600) like the rest of the state dir
+            # cwd = the prefix: how a scan knows NGINX's workers, whose title names no prefix (processes.py)
             self.proc = subprocess.Popen(self._cmd(self.conf_path), stdin=subprocess.DEVNULL, stdout=fd,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self._env(),
-                                         umask=0o077)
+                                         umask=0o077, cwd=str(self.prefix))
         finally:
             os.close(fd)
         self.spec = spec
         self._wait_listening(spec)
         return self.proc
 
-    def adopt(self, pid: int, spec: FrontDoorSpec | None) -> None:
-        """Take over an NGINX started by an earlier process (reattach)."""
+    def adopt(self, pid: int, spec: FrontDoorSpec | None, started: float | None = None) -> None:
+        """Take over an NGINX started by an earlier process (reattach). It counts (and gets signals)
+        only while `pid` is an NGINX with this prefix, started at `started` when that is given."""
         self.proc = None
         self.spec = spec
-        self._adopted_pid = pid
+        self._adopted = (pid, started)
 
     @property
     def pid(self) -> int | None:
         if self.proc is not None:
             return self.proc.pid if self.proc.poll() is None else None
-        pid = getattr(self, "_adopted_pid", None)
-        return pid if pid and _alive(pid) else None
+        pid, started = getattr(self, "_adopted", (None, None))
+        return pid if pid and _is_ours(pid, started, self.prefix) else None
 
     def _wait_listening(self, spec: FrontDoorSpec, timeout: float = 10.0) -> None:
         import socket
@@ -502,6 +594,12 @@ class FrontDoor:
                 self.proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def _is_ours(pid: int, started: float | None, prefix: Path) -> bool:
+    """`pid` is an NGINX running with `prefix` (started at `started`, when given)."""
+    p = processes.running_process(pid, started)
+    return p is not None and processes.is_nginx_of(p, str(prefix))
 
 
 def _alive(pid: int) -> bool:

@@ -1,8 +1,17 @@
 """The supervisor's instances: start them, notice crashes and hangs, restart them, stop them.
 
 - an instance that exits is restarted on the same port after an exponential backoff (0.5 s, 1 s,
-  2 s ... 30 s); one that exits before it was ever ready twice, or `CRASH_LIMIT` times within
-  `CRASH_WINDOW_S`, is marked `failed` with the tail of its log, and leaves NGINX's upstream;
+  2 s ... 30 s); one that cannot start (it exits before it was ever ready twice, or, after it once
+  was, `CRASH_LIMIT` times in a row), or that crashes `CRASH_LIMIT` times within `CRASH_WINDOW_S`,
+  is marked `failed` with the tail of its log, and leaves NGINX's upstream;
+- except the last serving one: an instance that crashes while it serves (a request may have crashed
+  it) is never marked failed while no other instance serves; it is restarted (backoff up to 30 s),
+  so requests cannot take the whole fleet down for good while the model itself starts;
+- a crashed instance leaves NGINX's upstream while others serve, and rejoins once ready (nobody
+  else's process on its free port gets requests meanwhile);
+- a failed instance is tried again after a cool-down (`FAILED_COOLDOWN_S`, doubling up to
+  `FAILED_COOLDOWN_MAX_S`) once the fleet runs: one start (half-open); ready, it rejoins NGINX;
+  exiting before ready, it is failed again with the new log tail;
 - a ready instance that answers no /health probe for `HANG_S` while using almost no CPU (stopped,
   deadlocked) is killed, and so restarted like a crash; a busy one (CPU in use) is left alone.
 
@@ -74,6 +83,8 @@ class Liveness:
 
 
 CRASH_LIMIT = 5  # crashes within CRASH_WINDOW_S that mark an instance failed
+FAILED_COOLDOWN_S = float(os.environ.get("LLAMA_TUI_FAILED_COOLDOWN_S", "60"))  # first retry of a failed instance
+FAILED_COOLDOWN_MAX_S = 600.0
 CRASH_WINDOW_S = 60.0
 START_ATTEMPTS = 2  # an instance that never got ready is failed after this many exits
 BACKOFF_BASE_S = 0.5
@@ -103,8 +114,13 @@ class Instance:
         self.spawned = time.monotonic()
         self.crashes: collections.deque[float] = collections.deque()
         self.ever_ready = rec.ready_at is not None
-        self.start_failures = 0
+        self.start_failures = 0  # exits before it got ready, since it last was
         self.next_start: float | None = None  # waiting out a backoff
+        self.retry_at: float | None = None  # failed: when it is tried again (half-open)
+        self.cooldown = FAILED_COOLDOWN_S  # the next cool-down after a failure
+        self.probing = False  # this start is a failed instance's retry: one try only
+        self.rejoin = False  # joins NGINX's upstream once ready (it left it when it failed)
+        self.squatted_noted = False
         self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
         self.pending: Future[InstanceHandle] | None = None  # a start in a worker thread (a remote placement)
         self.liveness = Liveness()
@@ -112,6 +128,21 @@ class Instance:
 
     def alive(self) -> bool:
         return self.handle is not None and self.placement.poll(self.handle) is None
+
+    def forget_failures(self) -> None:
+        """A fresh start on request (`fleet restart`): no crash history, no pending retry."""
+        self.crashes.clear()
+        self.start_failures = 0
+        self.ever_ready = False
+        self.rec.last_error = None
+        self.retry_at = self.rec.retry_at = None
+        self.probing = self.rejoin = False
+        self.cooldown = FAILED_COOLDOWN_S
+
+    def resume_retry(self, now: float) -> None:
+        """An adopted failed instance keeps the retry time its record names (or gets a full cool-down)."""
+        left = self.rec.retry_at - time.time() if self.rec.retry_at else self.cooldown
+        self.retry_at = now + max(0.0, min(left, FAILED_COOLDOWN_MAX_S))
 
 
 class BackgroundStarts:
@@ -175,6 +206,7 @@ class Instances:
         self._starts = BackgroundStarts()
 
     def use(self, placement: Placement, api_key: str | None = None) -> None:
+        """`api_key`: the fleet's internal key, for /slots and /metrics (`busy`)."""
         self.placement = placement
         self._mon = Monitor(http_timeout=1.0, placement=placement, api_key=api_key)
 
@@ -281,8 +313,36 @@ class Instances:
             rec.in_upstream = False
             self.sup.door.reload()
 
+    def _serving_others(self, inst: Instance) -> bool:
+        return any(o is not inst and o.rec.state == "ready" and o.rec.in_upstream and not o.held and o.alive()
+                   for o in self.items)
+
+    def _fail(self, inst: Instance, why: str, now: float) -> None:
+        """Mark `inst` failed (it leaves NGINX) and schedule its retry after the cool-down."""
+        rec = inst.rec
+        rec.state = "failed"
+        rec.last_error = why
+        inst.probing = False
+        inst.next_start = None
+        inst.retry_at = now + inst.cooldown
+        rec.retry_at = time.time() + inst.cooldown
+        log(f"instance {rec.index} failed: {why}; trying it again in {inst.cooldown:.0f}s")
+        inst.cooldown = min(FAILED_COOLDOWN_MAX_S, inst.cooldown * 2)
+        self._leave_upstream(rec)
+
+    def _retry_failed(self, inst: Instance) -> None:
+        """A failed instance's cool-down is over: start it once (half-open)."""
+        inst.crashes.clear()
+        inst.start_failures = 0
+        inst.retry_at = None
+        inst.rec.retry_at = None
+        inst.probing = inst.rejoin = True
+        log(f"instance {inst.rec.index}: trying it again after its cool-down")
+        self.spawn(inst, restart=True)
+
     def _crashed(self, inst: Instance, code: int | None, now: float) -> None:
         rec = inst.rec
+        serving = rec.state == "ready"  # it exited while it served: a request may have crashed it
         self._release(inst, timeout=1)
         rec.exit_code = code
         inst.crashes.append(now)
@@ -290,18 +350,28 @@ class Instances:
             inst.crashes.popleft()
         tail = st_mod.error_summary(rec.log_path)
         how, inst.hung_note = inst.hung_note or _exit_text(code), None
-        if not inst.ever_ready:
+        if not serving:
             inst.start_failures += 1
-        if (not inst.ever_ready and inst.start_failures >= START_ATTEMPTS) or len(inst.crashes) >= CRASH_LIMIT:
-            why = (f"{how} before it was ready ({inst.start_failures} attempts)" if not inst.ever_ready
-                   else f"{how}; {len(inst.crashes)} crashes within {CRASH_WINDOW_S:.0f}s")
-            rec.state = "failed"
-            rec.last_error = f"{why}: {tail}"
-            log(f"instance {rec.index} failed: {rec.last_error}")
-            self._leave_upstream(rec)
+        if inst.probing:
+            self._fail(inst, f"{how} on its retry after a cool-down: {tail}", now)
             return
-        if self.placement.starts_in_background:
-            self.sup.door.follow()  # its endpoint is gone (it may come back elsewhere): NGINX stops trying it
+        cannot_start = inst.start_failures >= (CRASH_LIMIT if inst.ever_ready else START_ATTEMPTS)
+        crash_loop = len(inst.crashes) >= CRASH_LIMIT
+        if cannot_start or (crash_loop and not (serving and not self._serving_others(inst))):
+            why = (f"{how} before it was ready ({inst.start_failures} attempts)" if cannot_start
+                   else f"{how}; {len(inst.crashes)} crashes within {CRASH_WINDOW_S:.0f}s")
+            self._fail(inst, f"{why}: {tail}", now)
+            return
+        if crash_loop:
+            log(f"instance {rec.index} crashed {len(inst.crashes)} times within {CRASH_WINDOW_S:.0f}s but is the "
+                "last serving instance: restarting it, not failing it")
+        if rec.in_upstream and self._serving_others(inst):
+            # Out of NGINX until it is ready again: while its port is free, another local process could
+            # bind it and would receive requests (with the fleet's internal key).
+            inst.rejoin = True
+            self._leave_upstream(rec)
+        elif self.placement.starts_in_background:
+            self.sup.door.follow()  # its endpoint is gone (it comes back elsewhere): NGINX stops trying it
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
         rec.state = "restarting"
         rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
@@ -328,6 +398,11 @@ class Instances:
         changed = False
         for inst in list(self.items):
             rec = inst.rec
+            if rec.state == "failed" and not inst.held and inst.retry_at is not None and now >= inst.retry_at \
+                    and self.sup.phase == "running":
+                self._retry_failed(inst)
+                changed = True
+                continue
             if inst.held or rec.state in ("failed", "stopped"):
                 continue
             if inst.pending is not None:
@@ -350,6 +425,12 @@ class Instances:
     def _check_started(self, inst: Instance, now: float) -> bool:
         rec = inst.rec
         code = health(*self._probe_address(inst), timeout=0.5)
+        if code == 200 and inst.handle is not None and not self.placement.listens(inst.handle):
+            if not inst.squatted_noted:  # someone else's process answers on its port: not ready, ever
+                inst.squatted_noted = True
+                log(f"instance {rec.index}: port {rec.port} answers, but not from the instance (another process "
+                    "holds it); it does not join NGINX")
+            code = None
         if code == 200:
             rec.state = "ready"
             rec.ready_at = time.time()
@@ -357,16 +438,20 @@ class Instances:
             inst.ever_ready = True
             inst.start_failures = 0
             log(f"instance {rec.index} ready on port {rec.port} after {now - inst.spawned:.2f}s (pid {rec.pid})")
-            self.sup.door.follow()  # a re-placed remote instance serves elsewhere now
+            if inst.probing:
+                inst.probing, inst.cooldown = False, FAILED_COOLDOWN_S
+            if inst.rejoin and not inst.held:
+                inst.rejoin = False
+                rec.in_upstream = True
+                self.sup.door.reload()
+            else:
+                self.sup.door.follow()  # a re-placed remote instance serves elsewhere now
             return True
         ready_timeout = self.sup.spec.ready_timeout
         if now - inst.spawned <= ready_timeout:
             return False
         self._release(inst, timeout=3)
-        rec.state = "failed"
-        rec.last_error = f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}"
-        log(f"instance {rec.index} failed: {rec.last_error}")
-        self._leave_upstream(rec)
+        self._fail(inst, f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}", now)
         return True
 
     def check_liveness(self) -> None:
@@ -442,3 +527,4 @@ class Instances:
         if s is None or not s.reachable:
             return False
         return bool(s.requests_processing or s.requests_deferred or s.slots_busy)
+

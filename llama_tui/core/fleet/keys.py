@@ -36,7 +36,7 @@ def ensure_internal_key(state_dir: Path | str | None) -> str:
     """The fleet's internal key, made (random, 0600) on first use and kept while the fleet lives."""
     key = read_internal_key(state_dir)
     if key is None:
-        key = secrets.token_urlsafe(KEY_BYTES)
+        key = secrets.token_hex(KEY_BYTES)  # hex: safe in a header, an env var and nginx.conf
         path = internal_key_path(state_dir)
         paths.ensure_private_dir(path.parent)
         paths.write_private(path, key + "\n")
@@ -46,3 +46,19 @@ def ensure_internal_key(state_dir: Path | str | None) -> str:
 def instance_env(key: str, base: dict[str, str]) -> dict[str, str]:
     """An instance's environment carrying the internal key."""
     return {**base, INSTANCE_KEY_ENV: key}
+
+
+API_KEY_FILE = "api.key"  # the public key, when it was given as a value (--api-key, a config file)
+
+
+def api_key_path(state_dir: Path | str | None) -> Path:
+    return Path(paths.owner_marker(state_dir)) / API_KEY_FILE
+
+
+def store_api_key(state_dir: Path | str | None, key: str) -> Path:
+    """Keep a public API key that was given as a value in a private (0600) file beside the state and
+    return its path: `spec.json` and `fleet.json` then name the file, never the key."""
+    path = api_key_path(state_dir)
+    paths.ensure_private_dir(path.parent)
+    paths.write_private(path, key + "\n")
+    return path

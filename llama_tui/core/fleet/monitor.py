@@ -79,30 +79,35 @@ class Monitor:
         self._pool: ThreadPoolExecutor | None = None
         # keep-alive, one connection per server; `api_key` for instances that require one
         self._probe = Probe(timeout=http_timeout, connect_timeout=None, api_key=api_key)
-        self._fleet: tuple[str, str | None, str | None] | None = None  # (engine, namespace, key) followed
+        self._fleet: tuple[str, str, str | None] | None = None  # (source, state dir, namespace) followed
 
-    def use_fleet(self, spec: "FleetSpec", state_dir: Path) -> None:
-        """Sample the fleet `spec` describes: through its engine's placement, with its internal key. A
-        Ray fleet's process numbers come from what its supervisor publishes while that is fresh, else
-        from the cluster itself (this process then joins it as a driver)."""
+    def use_fleet(self, spec: "FleetSpec | None", state_dir: Path) -> None:
+        """Sample the fleet in `state_dir` (`spec`: its spec, None when it cannot be read) through its
+        engine's placement, with its internal key. A local fleet's placement attaches only to processes
+        of that state dir (`LocalPlacement` with its owner marker); a Ray fleet's process numbers come
+        from what its supervisor publishes while that is fresh, else from the cluster itself (this
+        process then joins it as a driver)."""
         from llama_tui.core.fleet import keys, placement, published
 
-        key = keys.read_internal_key(state_dir)
-        source = spec.engine
-        if spec.engine == "ray":
+        self.use_key(keys.read_internal_key(state_dir))
+        source = spec.engine if spec is not None else "local"
+        if source == "ray":
             source = "published" if published.fresh(state_dir) else "ray"
-        fleet = (source, spec.ray_namespace, key)
+        fleet = (source, str(state_dir), spec.ray_namespace if spec is not None else None)
         if fleet == self._fleet:
             return
         if source == "published":
             self.placement = published.PublishedPlacement(state_dir)  # type: ignore[assignment]
         elif source == "ray":
-            self.placement = placement.for_fleet(spec, state_dir)
-        elif self._fleet is not None and self._fleet[0] != "local":
-            self.placement = LocalPlacement(sampler=self._local)
+            self.placement = placement.for_fleet(spec, state_dir)  # type: ignore[arg-type]
+        else:
+            self.placement = LocalPlacement(state_dir, spec.host if spec is not None else "127.0.0.1",
+                                            sampler=self._local)
         self._fleet = fleet
-        self._probe.close()
-        self._probe = Probe(timeout=self.http_timeout, connect_timeout=None, api_key=key)
+
+    def use_key(self, api_key: str | None) -> None:
+        """The key the servers require from now on (a fleet's internal key, `keys.read_internal_key`)."""
+        self._probe.set_api_key(api_key)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -13,10 +13,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from llama_tui.core.config import check_seconds
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.instances import STOP_TIMEOUT_S, Instance
 from llama_tui.core.fleet.ports import check_ports
+from llama_tui.core.fleet.processes import alive
 from llama_tui.core.fleet.state import log
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class Operations:
 
         # 1. NGINX's old workers finish the requests they took before the reload, then exit.
         while reloaded and time.monotonic() < deadline and not sup.shutting_down:
-            if not any(psutil.pid_exists(p) and st_mod.alive(p) for p in old_workers):
+            if not any(psutil.pid_exists(p) and alive(p) for p in old_workers):
                 break
             time.sleep(0.05)
         # 2. The instances finish what they still process.
@@ -143,10 +144,7 @@ class Operations:
         else:
             sup.instances.stop([inst])
         with sup.lock:
-            inst.crashes.clear()
-            inst.start_failures = 0
-            inst.ever_ready = False
-            inst.rec.last_error = None
+            inst.forget_failures()
             sup.instances.spawn(inst, restart=True)
             inst.held = False
             sup.save()
@@ -208,7 +206,7 @@ class Operations:
         if op == "ping":
             return {"pid": os.getpid(), "phase": sup.phase}
         if op == "down":
-            return self.down(float(req.get("timeout") or STOP_TIMEOUT_S))
+            return self.down(check_seconds(req.get("timeout") or STOP_TIMEOUT_S, "timeout", 0, 3600))
         if sup.shutting_down:
             raise UserError("the fleet is stopping", "wait for `fleet down` to finish")
         if sup.phase != "running":

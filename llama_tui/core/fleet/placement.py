@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from llama_tui.core.probe import base_url
 
@@ -113,6 +113,11 @@ class Placement(Protocol):
         """Kill the instance at once (a hung one); `poll` then reports its exit."""
         ...
 
+    def listens(self, handle: InstanceHandle) -> bool:
+        """Whether the instance itself serves its endpoint, not another process that took its port
+        while it was down (checked before an answer from the endpoint makes it ready)."""
+        ...
+
     def stats(self, handles: Sequence[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
         """Process stats of each running instance (CPU percent since the previous call). Instances that
         are gone are left out."""
@@ -130,11 +135,33 @@ def endpoint_of(rec: "InstanceState", default_host: str = "127.0.0.1") -> Endpoi
 
 def for_fleet(spec: "FleetSpec", state_dir: Path | None = None, key: str | None = None) -> Placement:
     """The placement of a fleet's engine: local processes, or Ray actors (`key`: the fleet's internal
-    key, which a Ray instance gets in its environment)."""
+    key, which every instance gets in its environment; None: a placement that only reads)."""
     if spec.engine == "ray":
         from llama_tui.core.fleet.ray_placement import RayPlacement
 
         return RayPlacement(spec, state_dir, key)
     from llama_tui.core.fleet.local import LocalPlacement
 
-    return LocalPlacement(state_dir, spec.host)
+    return LocalPlacement(state_dir, spec.host, internal_key=key)
+
+
+def placed_remotely(spec: Mapping[str, Any]) -> bool:
+    """Whether a fleet (its recorded spec) runs its instances where this machine's process table does not
+    see them (Ray actors, on any node): their pids are never signalled or judged here; the placement
+    (the actors in the fleet's namespace) is their identity."""
+    return spec.get("engine", "local") != "local"
+
+
+def clear_remote(spec: Mapping[str, Any]) -> int:
+    """Remove whatever a remotely placed fleet left out of this machine's sight (a Ray fleet: every actor
+    in its namespace, with its llama-server, and its placement groups). Returns how many instances were
+    removed; 0 for local processes (an owner scan finds those). Raises UserError when the cluster
+    cannot be reached."""
+    if not placed_remotely(spec):
+        return 0
+    from llama_tui.core.fleet import ray_cluster
+
+    address, namespace = spec.get("ray_address"), spec.get("ray_namespace")
+    if not isinstance(address, str) or not ray_cluster.is_fleet_namespace(namespace):
+        return 0
+    return ray_cluster.clear(address, namespace)

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llama_tui.core.fleet.processes import holds_port
+
 # Runs before llama-server in the same process (exec keeps the pid). argv: parent pid, program, args.
 _TRAMPOLINE = ("import ctypes,os,signal,sys\n"
                "if sys.platform.startswith('linux'):ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGKILL)\n"
@@ -195,6 +197,14 @@ class InstanceActor:
         except OSError:
             size = 0
         return {**self.info, "log_size": size}
+
+    def listening(self) -> bool:
+        """Whether llama-server itself holds the listening socket of its port (not a process that took
+        the port between `free_port` and llama-server's bind)."""
+        proc = self.proc
+        if proc is None or self._exit_code() is not None or not self.info:
+            return False
+        return holds_port(proc.pid, int(self.info["port"]))
 
     def _exit_code(self) -> int | None:
         if self.proc is None:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -84,6 +85,11 @@ def check_reachable(addr: str, timeout: float = 3.0) -> None:
 
 def new_namespace() -> str:
     return NAMESPACE_PREFIX + secrets.token_hex(4)
+
+
+def is_fleet_namespace(namespace: Any) -> bool:
+    """A namespace `new_namespace` made (`fleet down` clears no other)."""
+    return isinstance(namespace, str) and re.fullmatch(re.escape(NAMESPACE_PREFIX) + "[0-9a-f]{8}", namespace) is not None
 
 
 def connect(address: str, namespace: str) -> Any:

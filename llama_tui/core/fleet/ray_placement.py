@@ -15,6 +15,10 @@ placement seam, see `placement.py`; the node side is `ray_actor.py`).
   from the last reply and asks again in the background.
 - `poll` also copies the instance's log home, to the same `rec.log_path` a local instance writes, so
   `fleet logs`, crash summaries and rotation work unchanged.
+- An instance's identity is its actor, not a pid: nothing on any machine signals a Ray instance's
+  llama-server by pid (`InstanceState.local` is false for it), and `listens` asks the actor whether its
+  own llama-server holds the port. Like a local one, it requires the fleet's internal key (in its
+  environment, never its command line).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from llama_tui.core.snapshots import NodeSample
 
 RAY_STATE_FILE = "ray.json"
 CALL_TIMEOUT_S = 3.0  # a reply that takes longer is not waited for (its node may be gone)
+LISTEN_TIMEOUT_S = 1.0  # `listens` is asked under the supervisor's lock
 RETRY_S = 1.0  # after an actor died before it started (placed on a node that was being lost)
 NODE_RESOURCE_SHARE = 0.001  # of --node-resource per instance: pins without using it up
 
@@ -51,6 +56,7 @@ class _Tracked:
     log_path: str
     offset: int = 0  # bytes of the node's log copied home
     pending: Any = None  # the poll call in flight
+    listening: bool = False  # its llama-server was seen holding its port
     last: ExitStatus | None = None
     gone: bool = False
 
@@ -293,6 +299,21 @@ class RayPlacement:
                     return t.last
             t.pending = t.actor.poll.remote(t.offset)
             return t.last
+
+    def listens(self, handle: InstanceHandle) -> bool:
+        """Its llama-server holds its port on its node (the actor looks), not a process that took the port
+        first. Asked when the endpoint first answers; once seen, it holds for as long as it runs. A node
+        that does not answer within LISTEN_TIMEOUT_S says no (the next probe asks again)."""
+        with self._lock:
+            t = self._tracked.get(handle)
+        if t is None or t.gone:
+            return False
+        if not t.listening:
+            try:
+                t.listening = bool(self.ray.get(t.actor.listening.remote(), timeout=LISTEN_TIMEOUT_S))
+            except Exception:
+                return False
+        return t.listening
 
     def stats(self, handles: Sequence[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
         with self._lock:

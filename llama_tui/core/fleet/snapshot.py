@@ -11,12 +11,13 @@ from typing import Any
 import orjson
 
 from llama_tui.core import hardware
+from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
-from llama_tui.core.errors import UserError
 from llama_tui.core.fleet.placement import PlacementError, endpoint_of
-from llama_tui.core.fleet.spec import FleetSpec, exposure_warning
+from llama_tui.core.fleet.processes import NGINX_DIR
+from llama_tui.core.fleet.spec import FleetSpec, exposure_warning, metrics_url
 from llama_tui.core.fleet.state import load_state, read_state
 from llama_tui.core.snapshots import FleetSnapshot, InstanceSnapshot, UpstreamSnapshot, UpstreamStat
 
@@ -48,9 +49,14 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
     """The fleet now: per-instance state, slots, tok/s, CPU, memory, GPU; NGINX; the machine.
 
     Pass the same `monitor` (fleet/monitor.Monitor) on every call to get rates between calls (the TUI
-    does, once a second). Without one, a fresh monitor samples twice, `interval` seconds apart."""
+    does, once a second). Without one, a fresh monitor samples twice, `interval` seconds apart.
+
+    Raises StateDamaged for a damaged state file, and UserError when processes of a fleet run in the
+    state dir without one: neither is "no fleet running"."""
     sd = st_mod.resolve_dir(state_dir)
     s = load_state(sd)
+    if s is None and sd.is_dir():
+        st_mod.refuse_strays(sd)
     own = monitor is None
     mon = Monitor() if own else monitor
     try:
@@ -63,12 +69,13 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
         warnings = []
         try:
             fleet_spec: FleetSpec | None = FleetSpec.from_dict(s.spec)
-        except (TypeError, KeyError):
+        except (TypeError, KeyError, ValueError):
             fleet_spec = None
         try:
-            if fleet_spec is not None:  # its engine's placement (Ray: the fleet's namespace), its internal key
-                mon.use_fleet(fleet_spec, sd)
-            handles = {i.index: mon.placement.attach(i) for i in s.instances}  # None: not running
+            # Through its engine's placement (local: the state dir's owner; Ray: the fleet's namespace), with
+            # its internal key. None: not running, or its pid names a process that is not the fleet's any more.
+            mon.use_fleet(fleet_spec, sd)
+            handles = {i.index: mon.placement.attach(i) for i in s.instances}
         except (UserError, PlacementError) as exc:  # e.g. the Ray cluster cannot be reached from here
             warnings.append(exc.one_line().removeprefix("error: ") if isinstance(exc, UserError) else str(exc))
             handles = {i.index: None for i in s.instances}
@@ -105,15 +112,17 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 cpu_percent=proc.cpu_percent if proc else None, rss_bytes=proc.rss_bytes if proc else None,
                 gpu_memory_bytes=proc.gpu_memory_bytes if proc else None,
                 gpu_util_percent=proc.gpu_util_percent if proc else None, cpus=i.cpus,
-                log_path=i.log_path, last_error=error, host=ep.host, node=ep.node,
+                log_path=str(st_mod.instance_log_path(sd, i.index)), last_error=error, host=ep.host, node=ep.node,
+                retry_in_s=max(0.0, round(i.retry_at - now, 1)) if state == "failed" and i.retry_at else None,
             ))
         ng = None
         if s.nginx is not None:
             n = s.nginx
+            prefix = sd / NGINX_DIR  # computed, never the prefix the file names
             ng = UpstreamSnapshot(
-                port=n.port, pid=n.pid if n.alive() else None, policy=n.policy, listen=n.listen,
-                config_path=n.config_path, config_valid=n.config_valid, config_error=n.config_error,
-                upstreams=_read_upstreams(sd), stub_status=_stub_status(n.prefix),
+                port=n.port, pid=n.pid if n.alive(s.owner) else None, policy=n.policy, listen=n.listen,
+                config_path=str(prefix / "nginx.conf"), config_valid=n.config_valid, config_error=n.config_error,
+                upstreams=_read_upstreams(sd), stub_status=_stub_status(str(prefix)),
             )
         if not s.supervisor_alive:
             warnings.append(f"the fleet supervisor (pid {s.supervisor_pid}) is gone: instances and NGINX keep "
@@ -149,6 +158,7 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
     data["status"] = s.status if s else None
     data["supervisor"] = {"pid": snap.supervisor_pid, "alive": snap.supervisor_alive}
     data["nginx_url"] = s.nginx_url() if s else None
+    data["metrics_url"] = metrics_url(s.spec["metrics_listen"]) if s and s.spec.get("metrics_listen") else None
     data["spec"] = FleetSpec.from_dict(s.spec).public_dict() if s else None
     data["engine"] = s.spec.get("engine", "local") if s else None
     if s is not None and data["engine"] == "ray":
@@ -170,7 +180,12 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
 
 def doctor_check(data: dict[str, Any]) -> None:
     """For `llama-tui doctor`: the running fleet (if any) and its thread budget."""
-    s = load_state()
+    try:
+        s = load_state()
+    except UserError as exc:  # damaged state, a state dir we cannot trust
+        data["fleet"] = {"running": None, "error": exc.cause}
+        data["warnings"].append(exc.one_line().removeprefix("error: "))
+        return
     if s is None:
         data["fleet"] = {"running": False}
         return

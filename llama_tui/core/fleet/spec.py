@@ -39,6 +39,25 @@ MANAGED_FLAGS: dict[str, str] = {
     "--ssl-key-file": "(NGINX is the front door)", "--ssl-cert-file": "(NGINX is the front door)",
     "--reuse-port": "(each instance owns its port)",
     "--models-dir": "--model", "--models-preset": "--model",
+    "-a": "(llama-tui names the model after its file)", "--alias": "(llama-tui names the model after its file)",
+}
+
+# llama-server flags that publish files, tools or proxies, or read and write files on a request's
+# behalf (llama.cpp's help: "do not enable in untrusted environments"). Refused in --extra-args
+# unless --allow-unsafe-args.
+UNSAFE_FLAGS: dict[str, str] = {
+    "--path": "serves the files of a directory",
+    "--tools": "lets requests run built-in tools (read and write files, run shell commands)",
+    "--tools-runtime": "runs the built-in tools",
+    "-ag": "enables the tools and the MCP proxy", "--agent": "enables the tools and the MCP proxy",
+    "--webui-mcp-proxy": "makes the server a proxy to other hosts", "--ui-mcp-proxy": "makes the server a proxy to other hosts",
+    "--mcp-servers-config": "connects requests to MCP tool servers", "--mcp-servers-json": "connects requests to MCP tool servers",
+    "--slot-save-path": "lets requests write and read slot files",
+    "--media-path": "lets requests read local files (file:// URLs)",
+    "--props": "lets requests change the server's settings (POST /props)",
+    "--ui-config-file": "publishes a file's contents to the web UI", "--webui-config-file": "publishes a file's contents to the web UI",
+    "--log-prompts-dir": "writes every prompt to files",
+    "--lora-init-without-apply": "lets requests switch LoRA adapters (POST /lora-adapters)",
 }
 
 
@@ -65,6 +84,12 @@ class FleetSpec:
     ready_timeout: float = 120.0
     drain_timeout: float = DRAIN_TIMEOUT
     api_key_file: str | None = None  # NGINX re-reads it at every render (key rotation)
+    metrics_listen: str | None = None  # HOST:PORT of the supervisor's Prometheus listener (None: off)
+    metrics_public: bool = False  # allow a metrics_listen address that is not loopback
+    insecure_public: bool = False  # a non-loopback --listen without an API key (refused otherwise)
+    upstream_header: bool | None = None  # X-Upstream; None: on for a loopback listener only
+    conn_limit: int | None = None  # requests per remote client address; None: frontdoor's default, 0: none
+    allow_unsafe_args: bool = False  # --extra-args may publish files, tools or proxies (UNSAFE_FLAGS)
     # Where instances run: "local" processes, or "ray" actors across the cluster at `ray_address`, in the
     # fleet's own namespace (made by `fleet up`), placed by `placement` (spread | pack) with
     # `gpus_per_instance` GPUs each, on nodes that have `node_resource` when it is set.
@@ -76,24 +101,33 @@ class FleetSpec:
     node_resource: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: config.Settings, check_extra_args: bool = True) -> "FleetSpec":
-        """Validate resolved settings and resolve the model (a GGUF file, or the tiny demo model)."""
+    def from_settings(cls, settings: config.Settings, check_extra_args: bool = True,
+                      resolve_model: bool = True) -> "FleetSpec":
+        """Validate resolved settings and resolve the model (a GGUF file, or the tiny demo model).
+        `resolve_model=False` keeps the model as given (a fleet described for another machine)."""
         f = settings.section("fleet")
         extra = parse_extra_args(f["extra_args"])
+        allow_unsafe = bool(f.get("allow_unsafe_args"))
+        check_unsafe_args(extra, allow_unsafe)
         if check_extra_args and extra:
-            validate_extra_args(extra, binaries.require_llama_server())
+            validate_extra_args(extra, binaries.require_llama_server(), allow_unsafe)
         api_key_file = None
-        if f.get("api_key_file") and not f.get("api_key"):
+        if f.get("api_key"):
+            frontdoor.check_key(f["api_key"])
+        elif f.get("api_key_file"):
             api_key_file = str(Path(f["api_key_file"]).expanduser().absolute())
-            frontdoor.read_key_file(api_key_file)  # fail now, naming the file
+            frontdoor.check_key(frontdoor.read_key_file(api_key_file))  # fail now, naming the file
         spec = cls(
-            model=model_mod.resolve_model(f["model"]),
+            model=model_mod.resolve_model(f["model"]) if resolve_model else Path(f["model"] or model_mod.TINY_MODEL_NAME),
             instances=f["instances"], parallel=f["parallel"], ctx_per_slot=f["ctx_per_slot"],
             threads=f["threads"], gpu_layers=f["gpu_layers"], gpus=tuple(f["gpus"] or ()), pin_cpus=f["pin_cpus"],
             host=f["host"], base_port=f["base_port"], nginx_port=f["nginx_port"], listen=f["listen"],
             policy=f["policy"], max_conns=f["max_conns"], max_concurrency=f["max_concurrency"],
             extra_args=extra, api_key=f["api_key"], expose_admin=f["expose_admin"],
             ready_timeout=f["ready_timeout"], api_key_file=api_key_file,
+            metrics_listen=f["metrics_listen"], metrics_public=f["metrics_public"],
+            insecure_public=bool(f.get("insecure_public")), upstream_header=f.get("upstream_header"),
+            conn_limit=f.get("conn_limit"), allow_unsafe_args=allow_unsafe,
             engine=f["engine"], ray_address=f["ray_address"], placement=f["placement"],
             gpus_per_instance=f["gpus_per_instance"], node_resource=f["node_resource"],
         )
@@ -108,15 +142,18 @@ class FleetSpec:
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be 1 or more, got {self.threads}", "pass --threads 1 or more")
         check_loopback(self.host)
-        try:
-            ipaddress.ip_address(self.listen)
-        except ValueError:
-            raise UserError(f"--listen must be an IP address, got {self.listen!r}",
-                            "use 127.0.0.1 (default) or 0.0.0.0 for every interface") from None
+        if self.api_key is not None:
+            frontdoor.check_key(self.api_key)
+        if frontdoor.is_public(self.listen) and not (self.api_key or self.api_key_file) and not self.insecure_public:
+            raise UserError(f"--listen {self.listen} serves other machines, and no API key is set",
+                            "pass --api-key-file FILE (or --listen 127.0.0.1); --insecure-public serves without a key")
+        check_unsafe_args(self.extra_args, self.allow_unsafe_args)
         self.check_port_range(self.instances)
         self.check_pinning(self.instances)
         if self.policy not in config.POLICIES:
             raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
+        if self.metrics_listen is not None:
+            parse_metrics_listen(self.metrics_listen, self.metrics_public)
         self.check_engine()
 
     def check_engine(self) -> None:
@@ -178,10 +215,15 @@ class FleetSpec:
     def gpu_of(self, index: int) -> int | None:
         return self.gpus[index % len(self.gpus)] if self.gpus else None
 
+    @property
+    def alias(self) -> str:
+        """The model's name in the API (`/v1/models`): its file name, never its path."""
+        return self.model.name.replace(",", "_") or "model"
+
     def command(self, llama_server: Path | str, index: int, threads: int) -> list[str]:
-        """The full llama-server command line of instance `index`."""
-        cmd = [str(llama_server), "-m", str(self.model), "--host", self.host, "--port", str(self.port_of(index)),
-               "-np", str(self.parallel), "-c", str(self.ctx_per_slot * self.parallel),
+        """The full llama-server command line of instance `index` (its key goes in its environment)."""
+        cmd = [str(llama_server), "-m", str(self.model), "--alias", self.alias, "--host", self.host,
+               "--port", str(self.port_of(index)), "-np", str(self.parallel), "-c", str(self.ctx_per_slot * self.parallel),
                "-t", str(threads), "-tb", str(threads), "--metrics"]
         if self.gpu_layers is not None:
             cmd += ["-ngl", str(self.gpu_layers)]
@@ -243,8 +285,38 @@ def _is_number(tok: str) -> bool:
         return False
 
 
-def validate_extra_args(args: tuple[str, ...], llama_server: Path) -> None:
-    """Every flag must be one this llama-server's --help lists, and none that llama-tui manages."""
+def unsafe_args(args: tuple[str, ...]) -> list[str]:
+    """The flags in `args` that publish files, tools or proxies (`UNSAFE_FLAGS`), in order, once each."""
+    found = []
+    for tok in args:
+        flag = tok.split("=", 1)[0]
+        if flag in UNSAFE_FLAGS and flag not in found:
+            found.append(flag)
+    return found
+
+
+def check_unsafe_args(args: tuple[str, ...], allow: bool) -> None:
+    """A UserError naming every unsafe flag in `args`, unless `allow`."""
+    found = unsafe_args(args)
+    if found and not allow:
+        named = "; ".join(f"{f} {UNSAFE_FLAGS[f]}" for f in found)
+        raise UserError(f"--extra-args: {named}", "remove " + ", ".join(found)
+                        + " (or pass --allow-unsafe-args if every client and local user is trusted)")
+
+
+def unsafe_args_warning(spec: "FleetSpec") -> str | None:
+    """The warning an --allow-unsafe-args fleet deserves, naming its unsafe flags; else None."""
+    found = unsafe_args(spec.extra_args)
+    if not found or not spec.allow_unsafe_args:
+        return None
+    return (f"--allow-unsafe-args: the instances run with {', '.join(found)}: "
+            + "; ".join(f"{f} {UNSAFE_FLAGS[f]}" for f in found) + " (only for trusted clients and local users)")
+
+
+def validate_extra_args(args: tuple[str, ...], llama_server: Path, allow_unsafe: bool = False) -> None:
+    """Every flag must be one this llama-server's --help lists, none that llama-tui manages, and none
+    that publishes files, tools or proxies unless `allow_unsafe`."""
+    check_unsafe_args(args, allow_unsafe)
     known = binaries.llama_server_flags(llama_server)
     for tok in args:
         if not tok.startswith("-") or _is_number(tok):
@@ -274,10 +346,39 @@ def oversubscription(instances: int, threads: int, cores: int | None = None) -> 
 
 def exposure_warning(spec: FleetSpec) -> str | None:
     try:
-        public = not ipaddress.ip_address(spec.listen).is_loopback
-    except ValueError:
+        public = frontdoor.is_public(spec.listen)
+    except UserError:
         public = True
     if public and not (spec.api_key or spec.api_key_file):
         return (f"NGINX listens on {spec.listen}:{spec.nginx_port} WITHOUT an API key: anyone who can reach "
                 f"this machine can use the models (fix: --api-key-file FILE, or --listen 127.0.0.1)")
     return None
+
+
+def parse_metrics_listen(value: str, public: bool = False) -> tuple[str, int]:
+    """`--metrics-listen HOST:PORT` ([V6]:PORT) as (host, port). A private address: loopback unless `public`."""
+    host, sep, port_text = str(value).strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if ":" in host and not bracketed:  # "::1:9464" could be an address of its own
+        sep = ""
+    try:
+        ip = ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        ip, port = None, 0
+    if not sep or ip is None or not 1 <= port <= 65535:
+        raise UserError(f"--metrics-listen must be IP:PORT, got {value!r}",
+                        "pass e.g. --metrics-listen 127.0.0.1:9464 (a port from 1 to 65535)")
+    if not ip.is_loopback and not public:
+        raise UserError(f"--metrics-listen {value} is not a loopback address: the metrics describe the fleet",
+                        f"use 127.0.0.1:{port}, or add --metrics-public to serve them on {host}")
+    return str(ip), port
+
+
+def metrics_url(value: str) -> str:
+    """The URL a client on this machine scrapes for a `--metrics-listen` value (a wildcard via loopback)."""
+    from llama_tui.core.probe import base_url
+
+    host, port = parse_metrics_listen(value, public=True)
+    return base_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port) + "/metrics"

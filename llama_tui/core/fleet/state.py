@@ -1,4 +1,4 @@
-"""The fleet's state file and the processes it names.
+"""The fleet's state file, its locks and its logs.
 
 One state dir holds one fleet:
 
@@ -7,13 +7,17 @@ One state dir holds one fleet:
     upstream.json     cumulative per-upstream statistics from NGINX's access log (supervisor, ~1/s)
     supervisor.lock   held (flock) by the live supervisor: at most one per state dir
     fleet.lock        held briefly by commands that start or stop a fleet (`up`, `down`, adopt)
-    control.sock      the supervisor's control socket (or a short path under /tmp when this one is too long)
+    control.sock      the supervisor's control socket (in `paths.runtime_dir()` when this path is too long)
     logs/             instance-N.log, supervisor.log (size-capped)
     nginx/            NGINX's prefix directory
 
-Nothing in the file is trusted blindly: every pid is stored with its process start time
-(`psutil.Process.create_time()`), so a pid that the kernel gave to another process since does not
-count as alive. A file whose processes are all gone is stale; `load_state` removes it.
+Nothing in the file is trusted blindly:
+- the state dir must be ours (`paths.check_private_dir`: no link, our own, writable by no one else);
+- a pid counts only while it names a process of this fleet, started when recorded (`processes.ProcRef`);
+- paths (logs, sockets, NGINX's prefix) are computed from the state dir, never taken from the file;
+- a file that cannot be read or makes no sense is damaged (`StateDamaged`: one line whose fix is
+  `llama-tui fleet down`, which stops whatever runs by scanning for the owner marker).
+A file whose processes are all gone is stale; `load_state` removes it.
 """
 
 from __future__ import annotations
@@ -24,18 +28,17 @@ import fcntl
 import hashlib
 import os
 import re
-import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import orjson
-import psutil
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet.placement import LOCAL_NODE, placed_remotely
+from llama_tui.core.fleet.processes import ProcRef, alive, describe, owned_processes
 
 STATE_FILE = "fleet.json"
 SPEC_FILE = "spec.json"
@@ -44,11 +47,7 @@ REMOTE_FILES = ("placement.json", "ray.json")  # a remote fleet's published stat
 SUPERVISOR_LOCK = "supervisor.lock"
 CLIENT_LOCK = "fleet.lock"
 LOG_DIR = "logs"
-NGINX_DIR = "nginx"
 SCHEMA = 1
-
-# What a supervisor's command line holds (`python -m llama_tui.core.fleet.supervisor ...`).
-SUPERVISOR_MODULE = "llama_tui.core.fleet.supervisor"
 
 # Instances that belong to the fleet (NGINX balances over those of them that are `in_upstream`).
 MEMBER_STATES = ("starting", "ready", "restarting", "draining")
@@ -59,13 +58,32 @@ def resolve_dir(state_dir: Path | str | None) -> Path:
     return Path(state_dir if state_dir is not None else paths.state_dir()).expanduser().absolute()
 
 
+def _control_name(state_dir: Path) -> str:
+    return hashlib.sha256(str(resolve_dir(state_dir) / "control.sock").encode()).hexdigest()[:20] + ".ctl"
+
+
 def control_path(state_dir: Path) -> Path:
-    """The supervisor's control socket; a unix socket path must stay under ~104 bytes."""
+    """The supervisor's control socket: in the state dir, or (a unix socket path must stay under ~104
+    bytes) in `paths.runtime_dir()`, named after the state dir."""
     inside = resolve_dir(state_dir) / "control.sock"
     if len(str(inside).encode()) <= 100:
         return inside
-    digest = hashlib.sha256(str(inside).encode()).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / f"llama-tui-{os.geteuid()}" / f"{digest}.ctl"
+    return paths.runtime_dir() / _control_name(state_dir)
+
+
+def control_socket(s: "FleetState", state_dir: Path) -> Path:
+    """Where a client reaches the supervisor of `s`: `control_path`, or the socket the supervisor
+    recorded when it was started with another runtime dir ($XDG_RUNTIME_DIR differs between
+    sessions), provided it has this state dir's name and lies in a directory of ours."""
+    computed = control_path(state_dir)
+    rec = Path(s.control) if isinstance(s.control, str) and s.control else None
+    if rec is None or rec == computed or rec.name != _control_name(state_dir) or not rec.is_absolute():
+        return computed
+    try:
+        paths.check_private_dir(rec.parent)
+    except UserError:
+        return computed
+    return rec
 
 
 def instance_log_path(state_dir: Path, index: int) -> Path:
@@ -74,134 +92,6 @@ def instance_log_path(state_dir: Path, index: int) -> Path:
 
 def supervisor_log_path(state_dir: Path) -> Path:
     return resolve_dir(state_dir) / LOG_DIR / "supervisor.log"
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-def process_start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def alive(pid: int | None, started: float | None = None) -> bool:
-    """True when `pid` runs (not a zombie) and, if `started` is given, is the process started then."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if started is not None and abs(p.create_time() - started) > 1.0:
-            return False  # the pid was reused by another process
-        return True
-    except psutil.Error:
-        return False
-
-
-def _group_members(pgid: int) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) == pgid:
-                out.append(p)
-        except (OSError, psutil.Error):
-            continue
-    return out
-
-
-@dataclass(frozen=True)
-class ProcRef:
-    """A process llama-tui started, as far as a state file records it. `group`: it leads its own process
-    group (every instance and NGINX does), so signals go to the whole group."""
-
-    pid: int
-    started: float | None = None
-    group: bool = True
-    name: str = ""
-
-    def alive(self) -> bool:
-        return alive(self.pid, self.started)
-
-    def signal(self, sig: int) -> None:
-        try:
-            if self.group:
-                os.killpg(self.pid, sig)
-            else:
-                os.kill(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            if self.group:  # the leader is gone; signal it alone if it is still ours
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    if self.alive():
-                        os.kill(self.pid, sig)
-
-
-def terminate(refs: Iterable[ProcRef], timeout: float = 10.0, sig: int = signal.SIGTERM) -> list[ProcRef]:
-    """Send `sig` to every live ref (its group), wait up to `timeout`, then SIGKILL what is left.
-    Returns the refs that had to be killed. A zombie counts as gone: its parent reaps it (this
-    function never calls wait() on children it does not own)."""
-    live = [r for r in refs if r.alive()]
-    for r in live:
-        r.signal(sig)
-    deadline = time.monotonic() + timeout
-    while live and time.monotonic() < deadline:
-        live = [r for r in live if r.alive()]
-        if live:
-            time.sleep(0.05)
-    for r in live:
-        r.signal(signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    rest = list(live)
-    while rest and time.monotonic() < deadline:
-        rest = [r for r in rest if r.alive()]
-        if rest:
-            time.sleep(0.05)
-    return live
-
-
-def kill_group_remnants(pgid: int | None, names: tuple[str, ...]) -> list[int]:
-    """SIGKILL what is left of process group `pgid` (e.g. NGINX workers whose master was killed),
-    but only processes whose name starts with one of `names`. Returns their pids."""
-    if not pgid:
-        return []
-    victims = []
-    for p in _group_members(pgid):
-        try:
-            if p.name().startswith(names) and p.status() != psutil.STATUS_ZOMBIE:
-                victims.append(p)
-        except psutil.Error:
-            continue
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and any(alive(p.pid) for p in victims):
-        time.sleep(0.02)  # a zombie is gone for us: whoever its parent is reaps it
-    return [p.pid for p in victims]
-
-
-def owned_processes(state_dir: Path) -> list[psutil.Process]:
-    """Fleet processes (llama-server, nginx, the supervisor) whose environment names this state dir."""
-    owner = paths.owner_marker(state_dir)
-    me = os.getpid()
-    found = []
-    for p in psutil.process_iter(["pid", "name"]):
-        if p.pid == me:
-            continue
-        try:
-            name = p.info["name"] or ""
-            if not (name.startswith(("llama-server", "nginx")) or name.startswith("python")):
-                continue
-            if p.environ().get("LLAMA_TUI_OWNER") != owner:
-                continue
-            if name.startswith("python") and SUPERVISOR_MODULE not in " ".join(p.cmdline()):
-                continue
-            found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 # --------------------------------------------------------------------------------------------- the records
@@ -232,16 +122,27 @@ class InstanceState:
     last_error: str | None = None
     host: str | None = None  # its endpoint (placement.Endpoint) once started; None: the fleet's host
     node: str | None = None  # the node it runs on ("local": this machine)
+    retry_at: float | None = None  # wall clock of the next try of a failed instance (half-open)
 
     def local(self) -> bool:
-        """Its pid names a process on this machine (not one on another node of a Ray fleet)."""
-        return self.node in (None, "local")
+        """Its pid names a process of this machine that the fleet itself signals. An instance that a
+        remote placement runs (a Ray actor's, on any node, even this one) is not: its identity is its
+        actor, and only its placement stops it."""
+        return self.node in (None, LOCAL_NODE)
 
-    def ref(self) -> ProcRef | None:
-        return ProcRef(self.pid, self.pid_started, True, "llama-server") if self.pid and self.local() else None
+    def ref(self, owner: str) -> ProcRef | None:
+        if not self.pid or not self.local():
+            return None
+        return ProcRef(self.pid, self.pid_started, True, "llama-server", owner, tuple(self.cmd))
 
-    def alive(self) -> bool:
-        return self.local() and alive(self.pid, self.pid_started)
+    def alive(self, owner: str | None = None) -> bool:
+        """It runs here (and, given the fleet's `owner` marker, is the fleet's process)."""
+        if not self.local():
+            return False
+        if owner is None:
+            return alive(self.pid, self.pid_started)
+        ref = self.ref(owner)
+        return ref is not None and ref.alive()
 
 
 @dataclass
@@ -259,16 +160,21 @@ class NginxState:
     error_log: str | None = None
     access_log: str | None = None
 
-    def ref(self) -> ProcRef | None:
-        return ProcRef(self.pid, self.pid_started, True, "nginx") if self.pid else None
+    def ref(self, owner: str) -> ProcRef | None:
+        return ProcRef(self.pid, self.pid_started, True, "nginx", owner) if self.pid else None
 
-    def alive(self) -> bool:
-        return alive(self.pid, self.pid_started)
+    def alive(self, owner: str | None = None) -> bool:
+        """It runs (and, given the fleet's `owner` marker, is the fleet's NGINX)."""
+        if owner is None:
+            return alive(self.pid, self.pid_started)
+        ref = self.ref(owner)
+        return ref is not None and ref.alive()
 
 
 @dataclass
 class FleetState:
-    """The content of fleet.json. `supervisor_alive` is computed when the file is read, never stored."""
+    """The content of fleet.json. `supervisor_alive` and `owner` (the owner marker of the state dir it
+    was read from) are computed when the file is read, never stored."""
 
     state_dir: str
     spec: dict[str, Any]
@@ -285,6 +191,7 @@ class FleetState:
     updated_at: float = field(default_factory=time.time)
     schema: int = SCHEMA
     supervisor_alive: bool = False
+    owner: str = ""
 
     # ---- what other modules ask of a fleet
 
@@ -306,19 +213,18 @@ class FleetState:
         return base_url(host, self.nginx.port)
 
     def refs(self) -> list[ProcRef]:
-        out = [r for r in (i.ref() for i in self.instances) if r is not None]
-        if self.nginx is not None and self.nginx.ref() is not None:
-            out.append(self.nginx.ref())  # type: ignore[arg-type]
-        return out
+        out = [r for r in (i.ref(self.owner) for i in self.instances) if r is not None]
+        ng = self.nginx.ref(self.owner) if self.nginx is not None else None
+        return out + ([ng] if ng is not None else [])
 
     def supervisor_ref(self) -> ProcRef | None:
         if not self.supervisor_pid:
             return None
-        return ProcRef(self.supervisor_pid, self.supervisor_started, False, "supervisor")
+        return ProcRef(self.supervisor_pid, self.supervisor_started, False, "supervisor", self.owner)
 
     def anything_alive(self) -> bool:
-        if self.spec.get("engine") == "ray" and any(i.state in MEMBER_STATES for i in self.instances):
-            return True  # its instances run on Ray nodes, out of sight: only `fleet down` ends such a fleet
+        if placed_remotely(self.spec) and any(i.state in MEMBER_STATES for i in self.instances):
+            return True  # its instances run out of this machine's sight: only `fleet down` ends such a fleet
         return self.supervisor_alive or any(r.alive() for r in self.refs())
 
     # ---- (de)serialisation
@@ -326,6 +232,7 @@ class FleetState:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("supervisor_alive", None)
+        d.pop("owner", None)
         return d
 
     @classmethod
@@ -334,22 +241,96 @@ class FleetState:
         d["instances"] = [_from_dict(InstanceState, i) for i in d.get("instances") or []]
         d["nginx"] = _from_dict(NginxState, d["nginx"]) if d.get("nginx") else None
         d.pop("supervisor_alive", None)
+        d.pop("owner", None)
         return _from_dict(cls, d)
 
 
+class StateDamaged(UserError):
+    """fleet.json cannot be read or makes no sense. Nothing in it is used: `fleet down` finds the
+    fleet's processes by their owner marker instead."""
+
+    def __init__(self, state_dir: Path, what: str) -> None:
+        super().__init__(f"fleet state damaged: {state_dir / STATE_FILE}: {what}",
+                         f"llama-tui fleet down{state_dir_arg(state_dir)} (it stops whatever still runs, "
+                         "found by its owner marker)")
+
+
+def state_dir_arg(state_dir: Path) -> str:
+    """` --state-dir DIR` for a command a message suggests, when DIR is not the default."""
+    return "" if resolve_dir(state_dir) == resolve_dir(None) else f" --state-dir '{state_dir}'"
+
+
+def refuse_strays(state_dir: Path) -> None:
+    """Raise when processes of a fleet run in `state_dir` although no fleet state describes them (the
+    file was deleted, or they outlived it): nothing should start there, and nothing should say that
+    no fleet runs."""
+    strays = owned_processes(state_dir)
+    if strays:
+        raise UserError(f"{len(strays)} process(es) of a fleet run in {resolve_dir(state_dir)} without a fleet "
+                        f"state ({describe(strays)})", f"stop them with `llama-tui fleet down{state_dir_arg(state_dir)}`")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What makes a decoded fleet.json unusable, or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if not isinstance(data.get("spec"), dict):
+        return "no fleet spec"
+    if not (data.get("supervisor_pid") is None or _is_int(data["supervisor_pid"])) or not _is_time(
+            data.get("supervisor_started")):
+        return "bad supervisor pid"
+    insts = data.get("instances", [])
+    if not isinstance(insts, list):
+        return "instances is not a list"
+    for k, i in enumerate(insts):
+        if not isinstance(i, dict) or not all(_is_int(i.get(f)) for f in ("index", "port", "threads")):
+            return f"instance record {k} is incomplete"
+        if not (i.get("pid") is None or _is_int(i["pid"])) or not _is_time(i.get("pid_started")):
+            return f"instance record {k} has a bad pid"
+        if not isinstance(i.get("cmd", []), list) or not isinstance(i.get("state", ""), str):
+            return f"instance record {k} is malformed"
+    ng = data.get("nginx")
+    if ng is not None and (not isinstance(ng, dict) or not _is_int(ng.get("port"))
+                           or not (ng.get("pid") is None or _is_int(ng["pid"])) or not _is_time(ng.get("pid_started"))):
+        return "the nginx record is malformed"
+    return None
+
+
 def read_state(state_dir: Path | str | None = None) -> FleetState | None:
-    """fleet.json as written, without judging it (None when absent or unreadable)."""
-    path = resolve_dir(state_dir) / STATE_FILE
+    """fleet.json as written (None when there is none). Raises StateDamaged when it cannot be read or
+    makes no sense, and UserError when the state dir is not one we can trust."""
+    d = resolve_dir(state_dir)
+    paths.check_private_dir(d)
+    path = d / STATE_FILE
     try:
-        data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, orjson.JSONDecodeError):
-        return None  # a torn write cannot happen (atomic rename); an unreadable file is treated as absent
-    if not isinstance(data, dict) or "spec" not in data:
-        return None
-    st = FleetState.from_dict(data)
-    st.supervisor_alive = alive(st.supervisor_pid, st.supervisor_started)
+    except OSError as exc:
+        raise StateDamaged(d, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StateDamaged(d, f"not valid JSON ({len(raw)} bytes: {exc})") from None
+    problem = _shape_problem(data)
+    if problem is None:
+        try:
+            st = FleetState.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            problem = f"malformed ({exc})"
+    if problem is not None:
+        raise StateDamaged(d, problem)
+    st.owner = paths.owner_marker(d)
+    ref = st.supervisor_ref()
+    st.supervisor_alive = ref is not None and ref.alive()
     return st
 
 
@@ -359,22 +340,21 @@ def write_state(state_dir: Path, st: FleetState) -> None:
                         orjson.dumps(st.to_dict(), option=orjson.OPT_INDENT_2))
 
 
-def remove_runtime_files(state_dir: Path, control: str | None = None) -> None:
-    """Remove what describes a running fleet (the logs stay)."""
+def remove_runtime_files(state_dir: Path) -> None:
+    """Remove what describes a running fleet (the logs stay). Only paths computed from the state dir
+    are removed, never one a file names."""
     d = resolve_dir(state_dir)
     for name in (STATE_FILE, SPEC_FILE, UPSTREAM_FILE, *REMOTE_FILES):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
-    for sock in {control_path(d), Path(control) if control else None}:
-        if sock is not None:
-            with contextlib.suppress(FileNotFoundError, OSError):
-                sock.unlink()
+    with contextlib.suppress(FileNotFoundError, OSError):
+        control_path(d).unlink()
 
 
 def load_state(state_dir: Path | str | None = None) -> FleetState | None:
     """The running fleet in `state_dir`, or None. Stale state (every process gone) is removed, not
-    trusted. A fleet whose supervisor died but whose instances or NGINX still run is returned with
-    `supervisor_alive=False` (`fleet up` adopts it)."""
+    trusted; damaged state raises StateDamaged. A fleet whose supervisor died but whose instances or
+    NGINX still run is returned with `supervisor_alive=False` (`fleet up` adopts it)."""
     d = resolve_dir(state_dir)
     st = read_state(d)
     if st is None:
@@ -386,7 +366,7 @@ def load_state(state_dir: Path | str | None = None) -> FleetState | None:
         if got:
             again = read_state(d)
             if again is not None and not again.anything_alive():
-                remove_runtime_files(d, again.control)
+                remove_runtime_files(d)
     return None
 
 

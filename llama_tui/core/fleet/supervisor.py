@@ -36,11 +36,11 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
 from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
-from llama_tui.core.fleet import keys, placement
 from llama_tui.core.fleet.operations import Operations
 from llama_tui.core.fleet.published import Publisher
 from llama_tui.core.fleet.spec import FleetSpec
@@ -58,6 +58,7 @@ class Supervisor:
         self.term_requested = False
         self.shutting_down = False
         self.spec: FleetSpec
+        self.internal_key: str | None = None  # every instance requires it; NGINX sends it
         self.state: FleetState
         self.door: DoorKeeper
         self.instances = Instances(self)
@@ -67,6 +68,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._control: ControlServer | None = None
         self.internal_key: str | None = None  # instances require it (see _use_placement)
+        self.metrics: Any = None  # metrics_server.MetricsListener with --metrics-listen
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -91,11 +93,12 @@ class Supervisor:
         self.spec = FleetSpec.from_dict(payload["spec"])
         self.state = FleetState(
             state_dir=str(self.dir), spec=self.spec.to_dict(), status="starting",
-            supervisor_pid=os.getpid(), supervisor_started=st_mod.process_start_time(os.getpid()),
+            supervisor_pid=os.getpid(), supervisor_started=processes.process_start_time(os.getpid()),
             control=str(st_mod.control_path(self.dir)), llama_server=payload["llama_server"],
             nginx_bin=payload["nginx_bin"], nginx=DoorKeeper.nginx_state(self.spec, self.dir),
         )
-        self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / st_mod.NGINX_DIR)
+        self.state.owner = paths.owner_marker(self.dir)
+        self.door = DoorKeeper(self, Path(payload["nginx_bin"]), prefix=self.dir / processes.NGINX_DIR)
         self._use_placement()
         access_log = self.door.door.access_log
         if access_log.exists():  # an earlier fleet's requests do not count for this one
@@ -116,14 +119,22 @@ class Supervisor:
             raise UserError(f"no fleet state to adopt in {self.dir}", "start a fleet with `llama-tui fleet up`")
         self.spec = FleetSpec.from_dict(old.spec)
         old.supervisor_pid = os.getpid()
-        old.supervisor_started = st_mod.process_start_time(os.getpid())
+        old.supervisor_started = processes.process_start_time(os.getpid())
         old.control = str(st_mod.control_path(self.dir))
         old.status = "starting"
         old.error = None
+        # Paths are computed from the state dir, never taken from the file (a log path in it would be
+        # rotated, i.e. truncated; a prefix would get NGINX's files).
+        fresh = DoorKeeper.nginx_state(self.spec, self.dir)
         if old.nginx is None:
-            old.nginx = DoorKeeper.nginx_state(self.spec, self.dir)
+            old.nginx = fresh
+        else:
+            for name in ("prefix", "config_path", "error_log", "access_log"):
+                setattr(old.nginx, name, getattr(fresh, name))
+        for rec in old.instances:
+            rec.log_path = str(st_mod.instance_log_path(self.dir, rec.index))
         self.state = old
-        self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(old.nginx.prefix))
+        self.door = DoorKeeper(self, Path(old.nginx_bin or "nginx"), prefix=Path(fresh.prefix))
         self._use_placement()
         now = time.monotonic()
         leftover: list[Instance] = []
@@ -134,7 +145,9 @@ class Supervisor:
                     inst.held = True
                     leftover.append(inst)
                     continue
-                if rec.state in ("failed", "stopped"):
+                if rec.state == "failed":
+                    inst.resume_retry(now)
+                elif rec.state == "stopped":
                     pass
                 elif inst.handle is not None:
                     log(f"adopted instance {rec.index} (pid {rec.pid}, port {rec.port}, {rec.state})")
@@ -145,15 +158,16 @@ class Supervisor:
                     inst.next_start = now
                 self.instances.items.append(inst)
             self.state.instances = [i.rec for i in self.instances.items]
-            if old.nginx.alive():
-                self.door.adopt(old.nginx.pid)  # type: ignore[arg-type]
+            ng = old.nginx.ref(old.owner)
+            if ng is not None and ng.alive():  # its pid names our NGINX, started when recorded
+                self.door.adopt(ng)
             self.save()
         self.instances.stop(leftover)
 
     def _use_placement(self) -> None:
-        """Instances through the placement of the fleet's engine. A Ray fleet's instances serve on
-        other machines: they require the fleet's internal key, which NGINX and the probes send."""
-        self.internal_key = keys.ensure_internal_key(self.dir) if self.spec.engine == "ray" else None
+        """Instances through the placement of the fleet's engine, each requiring the fleet's internal key
+        (in its environment), which NGINX and the probes send."""
+        self.internal_key = keys.ensure_internal_key(self.dir)
         self.instances.use(placement.for_fleet(self.spec, self.dir, self.internal_key), api_key=self.internal_key)
 
     # ------------------------------------------------------------------------------------ state file
@@ -240,7 +254,7 @@ class Supervisor:
             if keep_state:
                 self.save()
             else:
-                st_mod.remove_runtime_files(self.dir, self.state.control)
+                st_mod.remove_runtime_files(self.dir)
         log("fleet stopped")
 
     # ------------------------------------------------------------------------------------ main loop
@@ -250,7 +264,7 @@ class Supervisor:
         self.exit_event.set()
 
     def _start_serving(self) -> None:
-        self._control = ControlServer(Path(self.state.control or st_mod.control_path(self.dir)), self.ops.dispatch,
+        self._control = ControlServer(st_mod.control_path(self.dir), self.ops.dispatch,
                                       self.exit_event, lambda: self.exit_after_reply,
                                       str(st_mod.supervisor_log_path(self.dir)))
         self._control.open()
@@ -259,6 +273,20 @@ class Supervisor:
         if self.instances.placement.starts_in_background:  # remote instances: clients read what we see
             threading.Thread(target=Publisher(self.instances, self.dir).run, args=(self.exit_event,),
                              name="publisher", daemon=True).start()
+        if self.spec.metrics_listen:
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        """The Prometheus listener; a fleet whose metrics address is taken keeps serving without it."""
+        from llama_tui.core.fleet.metrics_server import MetricsListener  # (imports prometheus_client)
+
+        listener = MetricsListener(self.dir, self.spec.metrics_listen, lambda: self.door.totals,
+                                   public=self.spec.metrics_public)
+        try:
+            listener.start()
+            self.metrics = listener
+        except OSError as exc:
+            log(f"cannot serve metrics on {self.spec.metrics_listen}: {exc}; the fleet runs without them")
 
     def run(self) -> int:
         paths.ensure_private_dir(self.dir)
@@ -299,6 +327,8 @@ class Supervisor:
             self.exit_event.wait(0.1 if busy else 0.5)
         if self._control is not None:
             self._control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.instances.close()
         return code
 

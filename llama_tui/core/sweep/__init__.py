@@ -15,9 +15,9 @@ commands/ and ui/ use the names exported here (`from llama_tui.core import sweep
 
 from llama_tui.core.sweep.best import (BestShape, ShapeGrid, best_point, best_shape, fleet_settings_for,
                                        grid_from_rows, shape_grid)
-from llama_tui.core.sweep.child import SweepProcess, install_stop_handlers, spawn, summary
+from llama_tui.core.sweep.child import SweepProcess, spawn, summary
 from llama_tui.core.sweep.config import OPTIONS, SweepConfig, build_config, command_line
-from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, run
+from llama_tui.core.sweep.orchestrator import Sweep, SweepResult, out_lock, run
 from llama_tui.core.sweep.planner import Ramp, Shape, ShapePlanner, ramp_start
 from llama_tui.core.sweep.report import heatmap, recommended_command, render_table, report
 from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, PeakSampler, ShapeRunner
@@ -25,6 +25,6 @@ from llama_tui.core.sweep.runner import FleetRunner, LaunchFailed, LaunchInfo, P
 __all__ = [
     "OPTIONS", "BestShape", "FleetRunner", "LaunchFailed", "LaunchInfo", "PeakSampler", "Ramp", "Shape", "ShapeGrid",
     "ShapePlanner", "ShapeRunner", "Sweep", "SweepConfig", "SweepProcess", "SweepResult", "best_point", "best_shape",
-    "build_config", "command_line", "fleet_settings_for", "grid_from_rows", "heatmap", "install_stop_handlers",
+    "build_config", "command_line", "fleet_settings_for", "grid_from_rows", "heatmap", "out_lock",
     "ramp_start", "recommended_command", "render_table", "report", "run", "shape_grid", "spawn", "summary",
 ]

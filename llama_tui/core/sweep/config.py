@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from llama_tui.core import paths
 from llama_tui.core.errors import UserError
 
 FLEET_STATE = "fleet-state"
@@ -65,9 +66,14 @@ class SweepConfig:
                                 f"write --{name.replace('_', '-')} as e.g. 1,2,4")
         if self.repeats < 1 or self.duration <= 0 or self.warmup < 0:
             raise UserError("--repeats must be >= 1, --duration > 0 and --warmup >= 0", "correct those values")
-        if self.budget_min is not None and self.budget_min <= 0:
-            raise UserError(f"--budget must be a positive number of minutes, got {self.budget_min}",
+        if self.budget_min is not None and not 0 < self.budget_min <= 7 * 24 * 60:  # (nan and inf too)
+            raise UserError(f"--budget must be a positive number of minutes (a week at most), got {self.budget_min}",
                             "write --budget 10")
+        paths.check_private_dir(self.out_dir)  # not a link, ours, writable by no one else
+        from llama_tui.core.fleet import frontdoor, spec  # refused now, not at every cell's fleet
+
+        spec.check_unsafe_args(spec.parse_extra_args(self.extra_args), allow=False)
+        frontdoor.conf_path(self.fleet_state_dir() / "nginx")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -20,7 +20,9 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from llama_tui.core import gguf_header
 
 MIB = 1 << 20
 # Bytes per element of llama-server's KV cache types (--cache-type-k / --cache-type-v); quantised
@@ -55,49 +57,20 @@ class ModelFacts:
         return int(per_token * ctx_per_slot)
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.get_field(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except Exception:
-        return None
-
-
-def _first_int(v: Any) -> int | None:
-    """Scalars as they are; per-layer arrays (some architectures) by their largest value."""
-    if isinstance(v, (list, tuple)):
-        v = max((int(x) for x in v), default=None)
-    try:
-        return int(v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def read_model_facts(model: Path) -> ModelFacts:
-    """Read what the estimate needs from a GGUF file's header (memory-mapped, nothing loaded)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(model))
-    arch = _field(reader, "general.architecture")
-    arch = str(arch) if arch else None
-    p = f"{arch}." if arch else ""
-    n_layers = _first_int(_field(reader, p + "block_count")) or 0
-    n_embd = _first_int(_field(reader, p + "embedding_length")) or 0
-    n_head = _first_int(_field(reader, p + "attention.head_count")) or 1
-    n_head_kv = _first_int(_field(reader, p + "attention.head_count_kv")) or n_head
+    """Read what the estimate needs from a GGUF file's header (`gguf_header`: the header alone, nothing
+    loaded; 0.05-0.13 s for Gemma 3 270M where gguf's GGUFReader took 17 s on a loaded box)."""
+    h = gguf_header.read_header(model)
+    n_embd = h.arch_int("embedding_length") or 0
+    n_head = h.arch_int("attention.head_count") or 1
     default_hd = n_embd // n_head if n_head else 0
-    head_k = _first_int(_field(reader, p + "attention.key_length")) or default_hd
-    head_v = _first_int(_field(reader, p + "attention.value_length")) or default_hd
-    tokens = reader.get_field("tokenizer.ggml.tokens")
-    n_vocab = _first_int(_field(reader, p + "vocab_size")) or (len(tokens.data) if tokens is not None else 0)
-    name = _field(reader, "general.name")
-    weights = sum(int(t.n_bytes) for t in reader.tensors)
     return ModelFacts(
-        arch=arch, name=str(name) if name else None, n_layers=n_layers, n_embd=n_embd, n_head=n_head,
-        n_head_kv=n_head_kv, head_dim_k=head_k, head_dim_v=head_v, n_vocab=n_vocab,
-        n_ctx_train=_first_int(_field(reader, p + "context_length")), weights_bytes=weights,
+        arch=h.architecture, name=h.name, n_layers=h.arch_int("block_count") or 0, n_embd=n_embd, n_head=n_head,
+        n_head_kv=h.arch_int("attention.head_count_kv") or n_head,
+        head_dim_k=h.arch_int("attention.key_length") or default_hd,
+        head_dim_v=h.arch_int("attention.value_length") or default_hd,
+        n_vocab=h.arch_int("vocab_size") or h.array_length("tokenizer.ggml.tokens") or 0,
+        n_ctx_train=h.context_length, weights_bytes=h.weights_bytes or 0,
     )
 
 

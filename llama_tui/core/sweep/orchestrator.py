@@ -15,12 +15,13 @@ engine (steady-state windows, warm-up excluded), append one row per cell to `OUT
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
@@ -369,8 +370,28 @@ def read_existing(out: Path) -> bool:
     return (Path(out) / results.RESULTS).is_file() and bool((Path(out) / results.RESULTS).stat().st_size)
 
 
+OUT_LOCK = "sweep.lock"  # held (flock) by the sweep that runs in an output directory
+
+
+@contextlib.contextmanager
+def out_lock(out: Path | str) -> Iterator[Path]:
+    """Held while a sweep runs in `out` (made private if new); raises UserError when another sweep holds
+    it: two sweeps in one directory would stop each other's fleets."""
+    from llama_tui.core import paths
+    from llama_tui.core.fleet.state import try_lock
+
+    out = paths.ensure_private_dir(Path(out))
+    with try_lock(out / OUT_LOCK) as got:
+        if not got:
+            raise UserError(f"another sweep is running with --out {out}",
+                            "wait for it to finish, or pass another --out directory")
+        yield out
+
+
 def run(config: SweepConfig, on_event: Callable[[SweepProgress], None] | None = None,
         stop: threading.Event | None = None, runner: ShapeRunner | None = None) -> SweepResult:
-    """Run (or resume) a sweep. Raises UserError for bad input; returns how it ended."""
-    return Sweep(config, runner or FleetRunner(config), on_event, stop).run()
-
+    """Run (or resume) a sweep. Raises UserError for bad input, or when another sweep runs in the same
+    output directory; returns how it ended."""
+    sweep = Sweep(config, runner or FleetRunner(config), on_event, stop)
+    with out_lock(config.out_dir):
+        return sweep.run()

@@ -1,8 +1,8 @@
 """The fleet/bench side of a sweep, behind the small `ShapeRunner` interface.
 
 The bookkeeping, ordering and knee logic (orchestrator, planner) are tested against fake runners
-without processes; `FleetRunner` is the real one: core/fleet.py brings each shape up in the sweep's
-own state dir (`OUT/fleet-state`, so a user's running fleet is never touched) and core/bench.py
+without processes; `FleetRunner` is the real one: core/fleet/ brings each shape up in the sweep's
+own state dir (`OUT/fleet-state`, so a user's running fleet is never touched) and core/bench/
 measures it through NGINX while `PeakSampler` keeps the memory peaks.
 """
 
@@ -98,7 +98,7 @@ _STEP_FIELDS = ("output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_
 
 
 def row_from_step(step: Mapping[str, Any]) -> dict[str, Any]:
-    """The row fields of one bench step (see core/bench.py for the step's own definitions)."""
+    """The row fields of one bench step (see core/bench/ for the step's own definitions)."""
     out = {k: step.get(k) for k in _STEP_FIELDS}
     out["errors"] = int(out["errors"] or 0)
     out["requests_ok"] = int(out["requests_ok"] or 0)
@@ -107,7 +107,7 @@ def row_from_step(step: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class FleetRunner:
-    """The real shape runner: core/fleet.py brings each shape up in `OUT/fleet-state`, core/bench.py
+    """The real shape runner: core/fleet/ brings each shape up in `OUT/fleet-state`, core/bench/
     measures it through NGINX, the fleet monitor samples memory peaks."""
 
     def __init__(self, cfg: SweepConfig) -> None:
@@ -119,7 +119,7 @@ class FleetRunner:
     def cleanup_stale(self) -> list[str]:
         """Stop a fleet that a killed sweep left behind in this output directory."""
         from llama_tui.core import fleet
-        from llama_tui.core.fleet import state
+        from llama_tui.core.fleet import processes, state
 
         notes = []
         st = state.read_state(self.state_dir)
@@ -127,7 +127,7 @@ class FleetRunner:
             fleet.down(state_dir=self.state_dir)
             n = len(st.instances)
             notes.append(f"stopped the fleet an interrupted sweep left running ({n} instance{'' if n == 1 else 's'})")
-        stray = state.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
+        stray = processes.owned_processes(self.state_dir)  # belt and braces: anything still carrying its marker
         if stray:
             for p in stray:
                 try:
@@ -179,7 +179,9 @@ class FleetRunner:
         build_info = None
         urls = st.instance_urls()
         if urls:
-            with probe.Probe() as pr:
+            from llama_tui.core.fleet import keys
+
+            with probe.Probe(api_key=keys.read_internal_key(self.state_dir)) as pr:
                 props = pr.props(urls[0]) or {}
             build_info = props.get("build_info")
         return LaunchInfo(tuple(commands), str(build_info) if build_info else None, self.pids)

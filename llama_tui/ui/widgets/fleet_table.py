@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
@@ -205,5 +206,6 @@ class FleetPane(Vertical):
         show_text(self.query_one("#system-line", Static), system_lines(snap))
         problems = [f"instance {i.index} :{i.port} {i.state}: {i.last_error or 'no error recorded'}" for i in failed]
         problems += list(snap.warnings)
-        show_text(self.query_one("#fleet-problems", Static), "\n".join(problems))
+        # Text, not markup: an instance's error quotes its log (a prompt's "[/INST]" is no markup tag)
+        show_text(self.query_one("#fleet-problems", Static), Text("\n".join(problems)))
         self.query_one("#fleet-problems", Static).display = bool(problems)

@@ -19,9 +19,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from llama_tui.core.snapshots import BenchSample
+from llama_tui.core.snapshots import BenchSample, StepVerdict
 from llama_tui.ui import units
-from llama_tui.ui.controller import StepVerdict
 from llama_tui.ui.widgets.redraw import show_text
 
 BLOCKS = " ▁▂▃▄▅▆▇█"

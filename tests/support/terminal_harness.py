@@ -1,7 +1,8 @@
 """Runs llama-tui in a pseudo-terminal, as a user's terminal would: for the end-to-end tests and
 `benchmarks/tui_cost.py` (which measures the TUI's CPU while it draws to a real terminal).
 
-Not used by the app itself.
+Not used by the app itself. A `python_code` child finds `tests.support` (scripted content) through the
+repository root, added at the end of its PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 import termios
 import threading
 import time
+from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]")
 
 
@@ -35,6 +38,8 @@ class Terminal:
                 # run had put COLUMNS=80 there), and COLUMNS/LINES would override the pty's real size.
                 child_env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
                 child_env.update(env or {})
+                if python_code:  # it may import tests.support
+                    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (child_env.get("PYTHONPATH"), str(REPO)) if p)
                 child_env["TERM"] = "xterm-256color"
                 os.execve(sys.executable, argv, child_env)
             finally:

@@ -1,7 +1,7 @@
 """Write the README screenshot: the demo fleet running with a benchmark ramp under way, 120x40.
 
-    .venv/bin/python -m llama_tui.ui.screenshot docs/screenshot.svg            # real demo fleet
-    .venv/bin/python -m llama_tui.ui.screenshot docs/screenshot.svg --scripted # fixed content, no processes
+    .venv/bin/python -m tests.support.screenshot docs/screenshot.svg            # real demo fleet
+    .venv/bin/python -m tests.support.screenshot docs/screenshot.svg --scripted # fixed content, no processes
 
 The real run starts the demo preset's fleet (llama-server + NGINX, tiny model) in a temporary state
 dir, on the preset's ports when they are free (else free ones), opens the TUI headless at 120x40,
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llama_tui.ui.scripted import wait_for
+from tests.support.scripted import wait_for
 
 SIZE = (120, 40)
 
@@ -42,7 +42,7 @@ async def _shoot(app, out: Path, press_bench: bool, step: int, timeout: float) -
 
 
 def scripted_app():
-    from llama_tui.ui import scripted
+    from tests.support import scripted
     from llama_tui.ui.app import make_app
 
     samples = scripted.bench_ramp(until_t=17.0)

@@ -1,0 +1,55 @@
+"""What every bench figure means, written into each result's metadata and `llama-tui bench --help`."""
+
+from __future__ import annotations
+
+import time
+
+ERROR_CLASSES = ("connect", "timeout", "truncated", "bad_response", "server_error")  # plus http_<status>
+# How every reported figure is measured: written into each result's metadata and `bench --help`.
+DEFINITIONS = {
+    "ttft_ms": "time to first token: from the request's intended start (closed loop: when it was sent; open loop: "
+               "its scheduled arrival) to the first event carrying a token (chat: the first content delta)",
+    "itl_ms": "inter-token latency: each gap between consecutive token-carrying events of a request whose later "
+              "event arrived inside the window; an event carrying k tokens gives k samples of gap/k "
+              "(chat: per content chunk). Events that arrive in one socket read share a timestamp, so their "
+              "gap is 0: ITL is resolved only to the client's read granularity (sub-ms tiny-model tokens "
+              "often show p50 0.00)",
+    "tpot_ms": "time per output token: (E2E - TTFT) / (n - 1) per request with n >= 2 tokens (vLLM's definition)",
+    "e2e_ms": "end-to-end latency: from the intended start to the final event (last token) of the response",
+    "output_tok_s": "tokens completed inside the window / window length. Tokens come from the server: the native "
+                    "stream's cumulative tokens_predicted (an event may carry several), the stop event's "
+                    "timings.predicted_n, the chat API's usage.completion_tokens (spread over its content chunks); "
+                    "a request in flight at the window's end counts the tokens it received inside the window. "
+                    "--no-stream: tokens of requests that completed inside the window",
+    "latency_population": "closed loop: requests that finished inside the window; open loop: requests whose "
+                          "intended start lies inside the window (all awaited, so slow ones are not dropped)",
+    "requests_ok": "requests of the latency population that completed without error",
+    "errors_by_class": "http_<status>, timeout (nothing received for --timeout s, or not finished within the "
+                       "drain time), truncated (the stream ended before its final event), connect (no "
+                       "connection or no response even after one retry), bad_response (not HTTP/SSE/JSON), "
+                       "server_error (an error event)",
+    "reconnects": "requests that failed before any response byte and succeeded on a fresh connection",
+    "prompt_tokens": "prompt tokens the server processed (timings.prompt_n, excluding cached ones) of requests "
+                     "that completed OK in the population; cache_n: prompt tokens served from llama-server's "
+                     "prompt cache for the same requests",
+    "server_output_tok_s": "delta of llamacpp:tokens_predicted_total summed over the instances behind the target, "
+                           "read at the window's start and end, / the time between the reads. llama-server adds a "
+                           "request's tokens when its slot is released, so it moves in steps of whole requests",
+    "token_agreement_pct": "(tokens the client received during the whole step - the servers' counter delta over "
+                           "the step) / that delta, in percent",
+    "client_cpu_percent": "CPU time of the load generator's event-loop thread(s) inside the window / window "
+                          "length (100 = one core)",
+    "loop_lag_p99_ms": "p99 of how late a 10 ms timer fired on the load generator's event loop(s)",
+    "valid": "false when the throughput may be the client's rather than the servers': a worker above 70% of its "
+             "calibrated ceiling (events/s), a worker's CPU above 90% of a core, or a mean event-loop lag, beyond "
+             "the probe's 1 ms resolution, above 5% of the mean request (requests started late, so the offered "
+             "load fell short)",
+    "latency_valid": "false when the client's event-loop lag p99 exceeds 25 ms: the latency percentiles then "
+                     "include client scheduling delay (typically other processes, such as the fleet, holding the "
+                     "cores); throughput is judged by `valid`",
+}
+
+
+def iso_now() -> str:
+    """The local time with its UTC offset, as every bench result and calibration records it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,52 @@
+"""How one step's load is shared among load workers: how many workers, and each one's `StepPlan`."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from llama_tui.core import hardware
+from llama_tui.core.bench.step import StepPlan
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` shares that differ by at most one, the larger first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def auto_workers(mode: str, concurrency: int, rate: float, n_predict: int, ceiling: float | None) -> int:
+    """Worker processes for a step: one per 128 streams (closed) or per half a ceiling of expected events
+    (open), at most half the logical cores, so the servers on the same machine keep theirs."""
+    cap = max(1, hardware.logical_cores() // 2)
+    if mode == "open":
+        expected = rate * n_predict
+        want = math.ceil(expected / (0.5 * ceiling)) if ceiling else 1
+    else:
+        want = math.ceil(concurrency / 128)
+    return max(1, min(cap, want))
+
+
+def worker_plans(mode: str, concurrency: int | None, rate: float | None, n_workers: int, *, warmup: float,
+                 duration: float, drain: float, seed: int, index: int) -> list[StepPlan]:
+    """Each worker's share of step `index`, all on one clock: load starts shortly (later with worker
+    processes, which get their plans over a pipe), `warmup` seconds are thrown away, then `duration`
+    seconds are measured. Concurrency is split exactly, a rate evenly; each worker and step gets its own
+    arrival seed."""
+    lead = 0.05 if n_workers == 1 else 0.4
+    t_start = time.monotonic() + lead
+    t_window = t_start + warmup
+    t_end = t_window + duration
+    plans = []
+    for w in range(n_workers):
+        worker_seed = (seed * 1000003 + index * 1009 + w) & 0xFFFFFFFF
+        if mode == "closed":
+            share = split(concurrency or 0, n_workers)[w]
+            if share == 0:
+                continue
+            plans.append(StepPlan("closed", t_start, t_window, t_end, concurrency=share, seed=worker_seed, worker=w,
+                                  target_offset=w, drain_s=drain))
+        else:
+            plans.append(StepPlan("open", t_start, t_window, t_end, rate=(rate or 0.0) / n_workers, seed=worker_seed,
+                                  worker=w, target_offset=w, drain_s=drain))
+    return plans

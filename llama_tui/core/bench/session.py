@@ -1,0 +1,261 @@
+"""A benchmark session: checks the targets, builds the prompt, finds the servers and the client ceiling
+once, then runs steps (in this process's event loop, or in load-worker processes that each take a share)
+and turns each into a step result.
+
+    run(config, on_sample=None, stop=None, on_step=None) -> dict   metadata + one dict per step
+    run_step(config, concurrency=None, rate=None, on_sample=None) -> dict   one step (the sweep's cell)
+
+A step is: load starts, `warmup` seconds are thrown away, then a `duration`-second window is measured.
+Closed loop (`concurrency`): that many streams, each sending its next request when the previous one
+ends; at the window's end requests still in flight are cancelled, and only what they received inside
+the window counts. Open loop (`rate`): Poisson arrivals at that rate; latency counts from the intended
+arrival time, and requests sent inside the window are awaited (up to `drain`) after it closes.
+
+Every step also reads `llamacpp:tokens_predicted_total` from the instances behind the target at the
+window's start and end, and reports whether the client itself was the bottleneck (`valid`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from llama_tui import __version__
+from llama_tui.core import hardware
+from llama_tui.core.bench.calibration import client_ceiling
+from llama_tui.core.bench.config import BenchConfig, planned_steps
+from llama_tui.core.bench.definitions import DEFINITIONS, iso_now
+from llama_tui.core.bench.live import LiveSamples, Sample
+from llama_tui.core.bench.plans import auto_workers, worker_plans
+from llama_tui.core.bench.runner import run_plan
+from llama_tui.core.bench.servers import (CounterReader, check_targets, discover_servers, read_counters,
+                                          server_probe)
+from llama_tui.core.bench.step import LiveCounters
+from llama_tui.core.bench.step_result import step_result
+from llama_tui.core.bench.target import Target
+from llama_tui.core.bench.verdicts import CEILING_FRACTION
+from llama_tui.core.bench.workers import WorkerPool
+from llama_tui.core.bench.workload import RequestShape, resolve_prompt
+from llama_tui.core.config import parse_int_list
+from llama_tui.core.errors import UserError
+
+
+class BenchSession:
+    """Checks the targets, builds the prompt, finds the servers and the client ceiling once; then runs steps."""
+
+    def __init__(self, config: BenchConfig, stop: threading.Event | None = None) -> None:
+        self.config = config.validated()
+        self.stop = stop
+        self.t0 = time.monotonic()
+        self.targets = [Target.parse(u) for u in self.config.target_urls]
+        self.health = check_targets(self.config) if self.config.check else {}
+        self.servers = discover_servers(self.config)
+        if self.servers.targets_are_instances and self.servers.api_key:  # --url straight at instances
+            self.config = replace(self.config, api_key=self.servers.api_key)
+        prompt, self.prompt_info = resolve_prompt(self.config)
+        c = self.config
+        self.shape = RequestShape(api=c.api, stream=c.stream, n_predict=c.n_predict, prompt=prompt,
+                                  nonce=not c.cache_prompt, cache_prompt=c.cache_prompt, ignore_eos=c.ignore_eos,
+                                  api_key=c.api_key, timeout_s=c.timeout)
+        self.ceiling, self.ceiling_source = client_ceiling(self.config)
+        self.seed = c.seed if c.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.pool: WorkerPool | None = None
+        self.next_workers: int | None = None  # auto: raised after a step that ran a worker hot
+        self.steps_done = 0
+        self.tokens_received_total = 0
+        self.server_tokens_total: float | None = 0.0
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __enter__(self) -> "BenchSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata
+
+    def metadata(self) -> dict[str, Any]:
+        c = self.config
+        props = None
+        with server_probe(self.servers.api_key or c.api_key) as pr:
+            for u in self.servers.urls + tuple(t.url for t in self.targets):
+                props = pr.props(u)
+                if props:
+                    break
+        st = self.servers.fleet
+        fleet_meta = nginx_meta = None
+        if st is not None:
+            spec = dict(getattr(st, "spec", {}) or {})
+            fleet_meta = {k: spec.get(k) for k in ("instances", "parallel", "ctx_per_slot", "threads", "gpu_layers",
+                                                   "gpus", "policy", "max_conns", "model")}
+            fleet_meta["state_dir"] = getattr(st, "state_dir", None)
+            fleet_meta["instances_running"] = len(st.instance_urls())
+            ng = getattr(st, "nginx", None)
+            if ng is not None:
+                nginx_meta = {"policy": getattr(ng, "policy", None), "port": getattr(ng, "port", None),
+                              "config_path": getattr(ng, "config_path", None), "config_hash": None}
+                with contextlib.suppress(OSError, TypeError, ImportError):
+                    from llama_tui.core.fleet.frontdoor import config_hash
+
+                    nginx_meta["config_hash"] = config_hash(Path(ng.config_path).read_text())
+        gpus = []
+        with contextlib.suppress(Exception):
+            from llama_tui.core import gpu
+
+            gpus = [{"index": g.index, "name": g.name, "memory_total_bytes": g.memory_total_bytes}
+                    for g in gpu.nvml().devices()]
+        total_mem, _ = hardware.memory()
+        model = (props or {}).get("model_path") or (fleet_meta or {}).get("model")
+        return {
+            "tool": "llama-tui", "version": __version__, "date": iso_now(),
+            "targets": [t.url for t in self.targets], "api": c.api,
+            "streaming": "stream" if c.stream else "no-stream",
+            "n_predict": c.n_predict, "ignore_eos": c.ignore_eos, "cache_prompt": c.cache_prompt,
+            "nonce": self.shape.nonce and not c.cache_prompt, "prompt": self.prompt_info,
+            "duration_s": c.duration, "warmup_s": c.warmup, "timeout_s": c.timeout, "seed": self.seed,
+            "workers": c.workers or "auto",
+            "load_shape": ("rate" if c.rates else "ramp" if c.ramp else "concurrency"),
+            "llama_server": {"build_info": (props or {}).get("build_info"), "total_slots": (props or {}).get("total_slots"),
+                             "model_path": (props or {}).get("model_path")} if props else None,
+            "model": model, "fleet": fleet_meta, "nginx": nginx_meta,
+            "servers": list(self.servers.urls), "servers_from": self.servers.source,
+            "host": {"cpu": hardware.cpu_model(), "physical_cores": hardware.physical_cores(),
+                     "logical_cores": hardware.logical_cores(), "memory_bytes": total_mem, "gpus": gpus,
+                     "python": platform.python_version(), "platform": platform.platform()},
+            "client_ceiling": {"events_s_per_worker": self.ceiling, "source": self.ceiling_source,
+                               "invalid_above_fraction": CEILING_FRACTION},
+            "definitions": DEFINITIONS,
+        }
+
+    # -- one step
+
+    def _workers(self, mode: str, concurrency: int, rate: float) -> int:
+        if self.config.workers:
+            return self.config.workers
+        w = auto_workers(mode, concurrency, rate, self.config.n_predict, self.ceiling)
+        if self.next_workers:
+            w = max(w, self.next_workers)
+        return min(w, concurrency) if mode == "closed" else w
+
+    def step(self, concurrency: int | None = None, rate: float | None = None, on_sample: Sample | None = None,
+             index: int | None = None, steps_total: int | None = None) -> dict[str, Any]:
+        c = self.config
+        if concurrency is None and rate is None:
+            if c.rates:
+                rate = c.rates[0]
+            else:
+                concurrency = c.concurrency[0]
+        mode = "open" if rate is not None else "closed"
+        if mode == "closed" and (not isinstance(concurrency, int) or concurrency < 1):
+            raise UserError(f"concurrency must be an integer >= 1, got {concurrency!r}", "correct --concurrency")
+        if mode == "open" and not (rate and rate > 0):
+            raise UserError(f"rate must be above 0, got {rate!r}", "correct --rate")
+        index = self.steps_done if index is None else index
+        n_workers = self._workers(mode, concurrency or 0, rate or 0.0)
+        if n_workers > 1 and (self.pool is None or len(self.pool.procs) < n_workers):
+            self.close()
+            self.pool = WorkerPool(n_workers)
+        started_at = iso_now()
+        stopped = threading.Event()
+        pr = server_probe(self.servers.api_key)
+        pre = read_counters(self.servers.urls, pr) if self.servers.urls else None
+        plans = worker_plans(mode, concurrency, rate, n_workers, warmup=c.warmup, duration=c.duration, drain=c.drain,
+                             seed=self.seed, index=index)
+        t_start, t_window, t_end = plans[0].t_start, plans[0].t_window, plans[0].t_end
+        live = LiveSamples(on_sample, self.t0, index, steps_total, concurrency, rate, t_start, t_window, t_end)
+        reader = (CounterReader(self.servers.urls, t_window, t_end, stopped, self.servers.api_key)
+                  if self.servers.urls else None)
+        if reader is not None:
+            reader.start()
+        try:
+            if n_workers == 1:
+                runner_box: dict[str, Any] = {}
+
+                def on_live(counters: LiveCounters) -> None:
+                    live.update_and_emit(counters)
+                    if self.stop is not None and self.stop.is_set() and "runner" in runner_box:
+                        runner_box["runner"].request_stop()
+
+                part = run_plan(self.targets, self.shape, plans[0], on_live,
+                                runner_ready=lambda r: runner_box.__setitem__("runner", r))
+            else:
+                assert self.pool is not None
+                part = self.pool.run(self.targets, self.shape, plans, live, self.stop)
+        finally:
+            stopped.set()
+            if reader is not None:
+                reader.join(timeout=30)
+        time.sleep(0.1 if self.servers.urls else 0)  # let the servers release the cancelled slots
+        post = read_counters(self.servers.urls, pr) if self.servers.urls else None
+        pr.close()
+        self.steps_done += 1
+        step = step_result(c, part, mode=mode, concurrency=concurrency, rate=rate, n_workers=n_workers, index=index,
+                           started_at=started_at, servers=self.servers.urls, ceiling=self.ceiling, reader=reader,
+                           pre=pre, post=post)
+        live.final(step)
+        if not c.workers:
+            per_worker = step.get("client_events_s_per_worker") or 0
+            if self.ceiling and per_worker > 0.5 * self.ceiling:
+                self.next_workers = min(max(1, hardware.logical_cores() // 2), n_workers * 2)
+        return step
+
+
+def run_step(config: BenchConfig, concurrency: int | None = None, rate: float | None = None,
+             on_sample: Sample | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """One measured step (what the sweep runs per cell). Blocks; safe to call from plain synchronous code."""
+    with BenchSession(config, stop) as session:
+        return session.step(concurrency=concurrency, rate=rate, on_sample=on_sample, steps_total=1)
+
+
+def run(config: BenchConfig, on_sample: Sample | None = None, stop: threading.Event | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every step of `config` (a concurrency list, a ramp, or rates). Returns {"metadata", "steps", ...}."""
+    t0 = time.monotonic()
+    with BenchSession(config, stop) as session:
+        meta = session.metadata()
+        steps: list[dict[str, Any]] = []
+        stopped = False
+
+        def do(concurrency: int | None, rate: float | None, total: int | None) -> dict[str, Any]:
+            step = session.step(concurrency=concurrency, rate=rate, on_sample=on_sample, index=len(steps),
+                                steps_total=total)
+            steps.append(step)
+            if on_step is not None:
+                on_step(step)
+            return step
+
+        if config.ramp and not config.rates:
+            c = parse_int_list(config.concurrency, "concurrency list")[0]
+            prev = None
+            while c <= config.max_concurrency:
+                step = do(c, None, None)
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                tok = step["output_tok_s"] or 0.0
+                if prev is not None and tok < prev * (1 + config.ramp_gain):
+                    break
+                prev = tok if prev is None else max(prev, tok)
+                c *= 2
+        else:
+            plan = planned_steps(config)
+            for conc, rate in plan:
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+                do(conc, rate, len(plan))
+            stopped = stopped or bool(stop is not None and stop.is_set())
+        best = max(steps, key=lambda s: s.get("output_tok_s") or 0.0) if steps else None
+    return {"metadata": meta, "steps": steps, "stopped": stopped, "wall_s": round(time.monotonic() - t0, 2),
+            "best": {"step": best["step"], "concurrency": best["concurrency"], "rate": best["rate"],
+                     "output_tok_s": best["output_tok_s"]} if best else None}
