@@ -76,12 +76,13 @@ def cluster_objects(address: str) -> tuple[list[Any], list[str]]:
 
 
 def llama_servers() -> list[psutil.Process]:
-    """This session's llama-servers (their owner marker names a state dir under its temp dir), wherever they run."""
+    """This session's llama-servers (their owner marker names a state dir under its temp dir), wherever they run
+    (a Ray instance's marker names its namespace and state dir, `ray_placement.ray_owner_marker`)."""
     out = []
     for p in psutil.process_iter(["name"]):
         try:
             if (p.info["name"] or "").startswith("llama-server") and p.status() != psutil.STATUS_ZOMBIE and \
-                    p.environ().get("LLAMA_TUI_OWNER", "").startswith(BASE[0]):
+                    BASE[0] in p.environ().get("LLAMA_TUI_OWNER", ""):
                 out.append(p)
         except psutil.Error:
             continue

@@ -178,3 +178,22 @@ def test_the_fleet_pane_gains_a_host_column_and_node_lines_for_a_multi_host_flee
     lines = system_lines(snap).splitlines()
     assert lines[0].startswith("here ") and [ln.split()[0] for ln in lines[1:]] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     assert system_lines(dataclasses.replace(snap, nodes=())).count("\n") == 0
+
+
+def test_identity_of_a_ray_instance_goes_through_its_placement(tmp_path):
+    from llama_tui.core import paths
+    from llama_tui.core.fleet import keys, placement
+    from llama_tui.core.fleet.ray_placement import ray_owner_marker
+
+    marker = ray_owner_marker("llama-tui-0a1b2c3d", tmp_path)
+    # never a state dir: no local fleet's owner scan (on any node: the same path may exist on every box) claims it
+    assert marker != paths.owner_marker(tmp_path) and not marker.startswith("/") and str(tmp_path) in marker
+    assert placement.placed_remotely({"engine": "ray"}) and not placement.placed_remotely({"engine": "local"})
+    assert not placement.placed_remotely({})  # state written before engines: local
+    assert placement.clear_remote({"engine": "local"}) == 0
+    # a namespace `fleet up` did not make is never cleared (nothing is asked of any cluster)
+    assert placement.clear_remote({"engine": "ray", "ray_address": "127.0.0.1:1", "ray_namespace": "default"}) == 0
+    assert ray_cluster.is_fleet_namespace(ray_cluster.new_namespace()) and not ray_cluster.is_fleet_namespace("x")
+    env = keys.inherited_env({"PATH": "/bin", "LLAMA_ARG_PORT": "1", keys.INSTANCE_KEY_ENV: "old",
+                              paths.OWNER_ENV: "/elsewhere"})
+    assert env == {"PATH": "/bin"}  # the placement sets the key and the owner marker itself

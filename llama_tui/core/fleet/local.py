@@ -86,8 +86,7 @@ class LocalPlacement:
     def start(self, rec: InstanceState, restart: bool = False) -> InstanceHandle:
         if self.state_dir is None:
             raise PlacementError("this placement has no state dir to start instances in")
-        env = {k: v for k, v in paths.owner_env(self.state_dir).items()
-               if not k.startswith("LLAMA_ARG_") and k != keys.INSTANCE_KEY_ENV}
+        env = paths.owner_env(self.state_dir, keys.inherited_env(os.environ))
         if self.internal_key:
             env = keys.instance_env(self.internal_key, env)
         if rec.gpu is not None:

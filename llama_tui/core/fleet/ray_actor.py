@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llama_tui.core.fleet import keys
 from llama_tui.core.fleet.processes import holds_port
 
 # Runs before llama-server in the same process (exec keeps the pid). argv: parent pid, program, args.
@@ -138,7 +139,7 @@ class InstanceActor:
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         started = threading.Event()
         failed: list[BaseException] = []
-        child_env = {**os.environ, **env}
+        child_env = {**keys.inherited_env(os.environ), **env}
 
         def keeper() -> None:
             # Spawned from this thread: the kernel's parent-death signal follows the thread that forked, and

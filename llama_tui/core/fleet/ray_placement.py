@@ -16,9 +16,9 @@ placement seam, see `placement.py`; the node side is `ray_actor.py`).
 - `poll` also copies the instance's log home, to the same `rec.log_path` a local instance writes, so
   `fleet logs`, crash summaries and rotation work unchanged.
 - An instance's identity is its actor, not a pid: nothing on any machine signals a Ray instance's
-  llama-server by pid (`InstanceState.local` is false for it), and `listens` asks the actor whether its
-  own llama-server holds the port. Like a local one, it requires the fleet's internal key (in its
-  environment, never its command line).
+  llama-server by pid (`InstanceState.local` is false for it), its owner marker names no state dir
+  (`ray_owner_marker`), and `listens` asks the actor whether its own llama-server holds the port.
+  Like a local one, it requires the fleet's internal key (in its environment, never its command line).
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class _Tracked:
     listening: bool = False  # its llama-server was seen holding its port
     last: ExitStatus | None = None
     gone: bool = False
+
+
+def ray_owner_marker(namespace: str, state_dir: Path | None) -> str:
+    """The owner marker (LLAMA_TUI_OWNER) of a Ray instance: its fleet's namespace and state dir. It is
+    never a state dir itself, so no local fleet's owner scan, on any node (the same state dir path may
+    exist on every box), takes a Ray instance for one of its own processes: a Ray instance is its actor's,
+    and only the placement (or `fleet down` clearing the namespace) stops it."""
+    return f"ray:{namespace}:{paths.owner_marker(state_dir) if state_dir is not None else ''}"
 
 
 class RayPlacement:
@@ -163,7 +171,7 @@ class RayPlacement:
             pass  # a full disk loses the banner, not the instance
 
     def _env(self) -> dict[str, str]:
-        env = {paths.OWNER_ENV: paths.owner_marker(self.dir)} if self.dir is not None else {}
+        env = {paths.OWNER_ENV: ray_owner_marker(self.ns, self.dir)}
         return keys.instance_env(self.key, env) if self.key else env
 
     def _kill_actor(self, actor: Any) -> None:
