@@ -159,7 +159,8 @@ def test_a_sweep_runs_its_fleets_on_ray(cluster: LocalRayCluster, tmp_path: Path
 def fleet(cluster: LocalRayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     sd = tmp_path_factory.mktemp("ray-fleet") / "state"
     t0 = time.monotonic()
-    proc = cli(*up_args(cluster.address, "--model", "tiny", "--instances", "3", "--placement", "spread"), state_dir=sd)
+    proc = cli(*up_args(cluster.address, "--model", "tiny", "--instances", "3", "--placement", "spread",
+                        "--metrics-listen", f"127.0.0.1:{free_port()}"), state_dir=sd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"fleet of 3 up in {time.monotonic() - t0:.1f}s")
     try:
@@ -228,6 +229,33 @@ def test_a_streamed_bench_through_nginx_has_no_errors(fleet: Path, tmp_path: Pat
     step = bench(fleet, tmp_path / "b.json", "--concurrency", "6", "--duration", "4")
     assert step["errors"] == 0 and step["errors_outside_window"] == 0 and step["requests_ok"] > 20, step
     assert len(step["per_upstream"]) == 3  # every node served
+    # the servers' own count: bench found the instances on the nodes and sent them the fleet's internal key
+    assert step["server_output_tok_s"] and step["server_output_tok_s"] > 0, step
+
+
+def test_prometheus_metrics_label_each_instance_with_its_host_and_node(fleet: Path, cluster: LocalRayCluster) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = status(fleet)["metrics_url"]
+
+    def scraped() -> dict[str, list[Any]] | None:
+        text = httpx.get(url, timeout=10).text
+        out: dict[str, list[Any]] = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                out.setdefault(smp.name, []).append((smp.labels, smp.value))
+        ready = [ls for ls, v in out.get("llama_tui_instance_state", []) if ls["state"] == "ready" and v == 1]
+        return out if len(ready) == 3 and len(out.get("llama_tui_node_cpu_ratio", [])) == 3 else None
+
+    m = wait_for(scraped, 30, "the metrics of 3 ready instances on 3 nodes")
+    insts = {i["index"]: i for i in status(fleet)["instances"]}
+    ready = [ls for ls, v in m["llama_tui_instance_state"] if ls["state"] == "ready" and v == 1]
+    assert sorted((ls["host"], ls["node"], ls["port"]) for ls in ready) == sorted(
+        (i["host"], i["node_id"], str(i["port"])) for i in insts.values())
+    assert sorted(ls["host"] for ls in ready) == cluster.ips
+    assert {ls["host"] for ls, _ in m["llama_tui_node_memory_total_bytes"]} == set(cluster.ips)
+    slots = {ls["host"]: v for ls, v in m["llama_tui_instance_slots_total"]}  # read with the internal key
+    assert slots == {ip: PARALLEL for ip in cluster.ips}
 
 
 def test_an_instance_answers_only_with_the_internal_key(fleet: Path) -> None:

@@ -180,6 +180,30 @@ def test_the_fleet_pane_gains_a_host_column_and_node_lines_for_a_multi_host_flee
     assert system_lines(dataclasses.replace(snap, nodes=())).count("\n") == 0
 
 
+def test_prometheus_labels_instances_by_host_and_node_and_exports_each_nodes_numbers():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llama_tui.core.fleet.prometheus import FleetCollector, MetricsSample
+
+    snap = _multi_host_snapshot()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(lambda: MetricsSample(taken_at=0.0, duration_s=0.1, snapshot=snap, access=None,
+                                                           samples=1)))
+    samples = [s for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples]
+    ready = [s.labels for s in samples if s.name == "llama_tui_instance_state" and s.labels["state"] == "ready"
+             and s.value == 1]
+    assert sorted((ls["host"], ls["node"]) for ls in ready) == [(f"10.0.0.{i + 1}", f"node{i}") for i in range(3)]
+    cpu = {(s.labels["node"], s.labels["host"]): s.value for s in samples if s.name == "llama_tui_node_cpu_ratio"}
+    assert cpu == {(f"node{i}", f"10.0.0.{i + 1}"): 0.5 for i in range(3)}
+    assert [s.value for s in samples if s.name == "llama_tui_system_cpu_ratio"] == [0.5]
+    local = dataclasses.replace(snap, nodes=())  # a local fleet: no node series at all
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(lambda: MetricsSample(taken_at=0.0, duration_s=0.1, snapshot=local, access=None,
+                                                           samples=1)))
+    assert b"llama_tui_node_" not in generate_latest(registry)
+
+
 def test_identity_of_a_ray_instance_goes_through_its_placement(tmp_path):
     from llama_tui.core import paths
     from llama_tui.core.fleet import keys, placement
