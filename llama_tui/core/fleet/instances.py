@@ -424,7 +424,7 @@ class Instances:
 
     def _check_started(self, inst: Instance, now: float) -> bool:
         rec = inst.rec
-        code = health(*self._probe_address(inst), timeout=0.5)
+        code = health(*self.probe_address(inst), timeout=0.5)
         if code == 200 and inst.handle is not None and not self.placement.listens(inst.handle):
             if not inst.squatted_noted:  # someone else's process answers on its port: not ready, ever
                 inst.squatted_noted = True
@@ -454,51 +454,13 @@ class Instances:
         self._fail(inst, f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}", now)
         return True
 
-    def check_liveness(self) -> None:
-        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
-        sup = self.sup
-        with sup.lock:
-            if sup.shutting_down:
-                return
-            targets = [(i, i.handle) for i in self.items if i.rec.state == "ready" and not i.held and i.handle]
-        timeout = min(2.0, HANG_S / 3)
-        for inst, handle in targets:
-            assert handle is not None
-            answered = health(*self._probe_address(inst), timeout=timeout) is not None
-            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
-            if verdict is None:
-                continue
-            kind, waited, used = verdict
-            if kind == "busy":
-                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
-                    "busy, not hung (its HTTP threads are taken by streams); left running")
-                continue
-            with sup.lock:
-                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
-                    continue
-                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
-                                  "killed by the supervisor")
-                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
-                self.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
-
-    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
-        st = self.placement.stats([handle]).get(handle)
-        return st.cpu_seconds if st is not None else None
-
-    def _probe_address(self, inst: Instance) -> tuple[str, int]:
+    def probe_address(self, inst: Instance) -> tuple[str, int]:
         """Where to probe an instance: its endpoint ("localhost" probed on 127.0.0.1)."""
         ep = self.endpoint(inst)
         return ("127.0.0.1" if ep.host == "localhost" else ep.host), ep.port
 
     def endpoint(self, inst: Instance) -> Endpoint:
         return inst.handle.endpoint if inst.handle is not None else endpoint_of(inst.rec, self.sup.spec.host)
-
-    def liveness_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(min(2.0, HANG_S / 3)):
-            try:
-                self.check_liveness()
-            except Exception:
-                log(f"liveness check error:\n{traceback.format_exc()}")
 
     def rotate_logs(self) -> None:
         for inst in list(self.items):
@@ -521,10 +483,57 @@ class Instances:
 
     def busy(self, inst: Instance) -> bool:
         assert self._mon is not None
-        host, port = self._probe_address(inst)
+        host, port = self.probe_address(inst)
         ep = Endpoint(host, port)
         s = self._mon.servers([ep]).get(ep)
         if s is None or not s.reachable:
             return False
         return bool(s.requests_processing or s.requests_deferred or s.slots_busy)
 
+
+class HangWatch:
+    """The supervisor's hang check, in a thread of its own: every few seconds it probes each ready
+    instance's /health (outside the lock) and kills one that is hung (see `Liveness`); the watch loop then
+    restarts it like a crash."""
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+
+    def check(self) -> None:
+        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
+        sup = self.instances.sup
+        with sup.lock:
+            if sup.shutting_down:
+                return
+            targets = [(i, i.handle) for i in self.instances.items
+                       if i.rec.state == "ready" and not i.held and i.handle]
+        timeout = min(2.0, HANG_S / 3)
+        for inst, handle in targets:
+            assert handle is not None
+            answered = health(*self.instances.probe_address(inst), timeout=timeout) is not None
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
+            if verdict is None:
+                continue
+            kind, waited, used = verdict
+            if kind == "busy":
+                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
+                    "busy, not hung (its HTTP threads are taken by streams); left running")
+                continue
+            with sup.lock:
+                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
+                    continue
+                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
+                                  "killed by the supervisor")
+                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
+                self.instances.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
+
+    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
+        st = self.instances.placement.stats([handle]).get(handle)
+        return st.cpu_seconds if st is not None else None
+
+    def loop(self, stop: threading.Event) -> None:
+        while not stop.wait(min(2.0, HANG_S / 3)):
+            try:
+                self.check()
+            except Exception:
+                log(f"liveness check error:\n{traceback.format_exc()}")

@@ -40,7 +40,7 @@ from llama_tui.core.fleet import keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
-from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
+from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, HangWatch, Instance, Instances
 from llama_tui.core.fleet.operations import Operations
 from llama_tui.core.fleet.published import Publisher
 from llama_tui.core.fleet.spec import FleetSpec
@@ -268,7 +268,7 @@ class Supervisor:
                                       self.exit_event, lambda: self.exit_after_reply,
                                       str(st_mod.supervisor_log_path(self.dir)))
         self._control.open()
-        threading.Thread(target=self.instances.liveness_loop, args=(self.exit_event,), name="liveness",
+        threading.Thread(target=HangWatch(self.instances).loop, args=(self.exit_event,), name="liveness",
                          daemon=True).start()
         if self.instances.placement.starts_in_background:  # remote instances: clients read what we see
             threading.Thread(target=Publisher(self.instances, self.dir).run, args=(self.exit_event,),
