@@ -203,7 +203,7 @@ def test_the_tui_shows_the_three_hosts_and_a_line_per_node(fleet: Path, cluster:
     from llama_tui import cli as cli_mod
     from llama_tui.ui.app import make_app
     from llama_tui.ui.controller import CoreController
-    from llama_tui.ui.scripted import wait_for as ui_wait_for
+    from tests.support.scripted import wait_for as ui_wait_for
     from llama_tui.ui.widgets.fleet_table import FleetTable
 
     monkeypatch.setenv("LLAMA_TUI_STATE_DIR", str(fleet))
