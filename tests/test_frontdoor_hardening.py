@@ -104,6 +104,14 @@ def test_listen_must_be_a_plain_ip(listen, tmp_path):
     assert "--listen must be an IP address" in exc.value.cause and exc.value.fix
 
 
+@pytest.mark.parametrize("listen", ["::ffff:127.0.0.1", "::ffff:235.193.103.203"])
+def test_an_ipv4_mapped_listen_address_is_refused_with_its_ipv4_form(listen, tmp_path):
+    # (the fuzz test found it: Python binds such an address, NGINX's IPv6-only socket fails with EINVAL)
+    with pytest.raises(UserError) as exc:
+        conf(tmp_path, listen=listen)
+    assert "IPv4 address written as IPv6" in exc.value.cause and exc.value.fix == f"write it as IPv4: --listen {listen[7:]}"
+
+
 def test_paths_are_quoted_or_refused(nginx_bin, tmp_path):
     spaced = tmp_path / "my runs" / "state {x}; #1" / "nginx"
     text = render(FrontDoorSpec(port=18999, backends=BACKENDS), spaced)

@@ -17,6 +17,7 @@ from llama_tui.core.snapshots import (
     FrozenMap,
     GpuSample,
     InstanceSnapshot,
+    NodeSample,
     StepVerdict,
     SweepCellResult,
     SweepProgress,
@@ -34,9 +35,10 @@ UPSTREAM = UpstreamSnapshot(port=18000, pid=4000, policy="least_conn", upstreams
                             stub_status={"active": 3, "writing": 2})
 SYSTEM = SystemSample(cpu_percent=12.0, cores=2, memory_used_bytes=1, memory_total_bytes=2,
                       gpus=[GPU])  # type: ignore[arg-type]
+NODE = NodeSample(node="3f2a9c", host="10.0.0.7", system=SYSTEM)
 FLEET = FleetSnapshot(taken_at=1.0, running=True, supervisor_pid=3900, supervisor_alive=True, model="m.gguf",
                       parallel=2, instances=[INSTANCE], nginx=UPSTREAM, system=SYSTEM,  # type: ignore[arg-type]
-                      warnings=["one warning"])  # type: ignore[arg-type]
+                      warnings=["one warning"], nodes=[NODE])  # type: ignore[arg-type]
 SAMPLE = BenchSample(t=0.5, step=0, concurrency=2, rate=None, tok_s=100.0, inflight=2, requests_done=4,
                      ttft_p50_ms=12.0, errors=0)
 VERDICT = StepVerdict.from_step({"step": 1, "concurrency": 4, "output_tok_s": 90.5, "valid": True})
@@ -45,7 +47,7 @@ ROW = {"instances": 1, "parallel": 2, "concurrency": 4, "gpus": [{"index": 0, "n
        "metadata": {"build": {"number": 1}, "flags": ["-t", "1"]}}
 PROGRESS = SweepProgress(t=3.0, cell=1, cells_total=4, results=[CELL], row=ROW)  # type: ignore[arg-type]
 
-EVERY = (GPU, INSTANCE, STAT, UPSTREAM, SYSTEM, FLEET, SAMPLE, VERDICT, CELL, PROGRESS)
+EVERY = (GPU, INSTANCE, STAT, UPSTREAM, SYSTEM, NODE, FLEET, SAMPLE, VERDICT, CELL, PROGRESS)
 
 
 def _containers(value, path="value"):

@@ -57,6 +57,19 @@ def add_fleet_options(parser: argparse.ArgumentParser, for_tui: bool = False) ->
                    help="the supervisor serves Prometheus metrics here (off by default; loopback only)")
     g.add_argument("--metrics-public", dest="metrics_public", action=argparse.BooleanOptionalAction, default=None,
                    help="allow a --metrics-listen address that is not loopback")
+    add_engine_options(parser)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where instances run: local processes (default) or Ray actors across a cluster (`fleet up`, `sweep`)."""
+    g = parser.add_argument_group("engine (instances on several machines through a Ray cluster)")
+    g.add_argument("--engine", help="local (default): processes on this machine; ray: actors across a Ray cluster")
+    g.add_argument("--ray-address", dest="ray_address", metavar="ADDR",
+                   help="ray: the cluster's HOST:PORT (default: $RAY_ADDRESS)")
+    g.add_argument("--placement", help="ray: spread (default) instances over nodes, or pack them onto few")
+    g.add_argument("--gpus-per-instance", dest="gpus_per_instance", metavar="G", help="ray: GPUs each instance reserves")
+    g.add_argument("--node-resource", dest="node_resource", metavar="NAME",
+                   help="ray: only nodes that have this custom resource (`ray start --resources`) get instances")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -136,7 +149,8 @@ def run_up(args: argparse.Namespace) -> int:
     spec = fleet.FleetSpec.from_settings(settings_from_args(args))
     warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     threads = spec.threads_for(spec.instances)
-    for warning in (fleet.oversubscription(spec.instances, threads), fleet.exposure_warning(spec),
+    local = spec.engine == "local"  # (Ray budgets each node's CPUs itself)
+    for warning in (fleet.oversubscription(spec.instances, threads) if local else None, fleet.exposure_warning(spec),
                     fleet.unsafe_args_warning(spec)):
         if warning:
             info(f"WARNING: {warning}")
@@ -204,6 +218,13 @@ def _fmt_uptime(s: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _system_text(sysm) -> str:  # sysm: SystemSample
+    gpus = ", ".join(f"gpu{g.index} {_fmt_bytes(g.memory_used_bytes)}/{_fmt_bytes(g.memory_total_bytes)} "
+                     f"{_fmt(g.util_percent, '%')}" for g in sysm.gpus) or "no GPU"
+    return (f"cpu {_fmt(sysm.cpu_percent, '%', 0)} of {sysm.cores} cores, ram "
+            f"{_fmt_bytes(sysm.memory_used_bytes)}/{_fmt_bytes(sysm.memory_total_bytes)}; {gpus}")
+
+
 def render_status(snap) -> str:  # snap: FleetSnapshot
     if not snap.running:
         return "no fleet running"
@@ -226,9 +247,12 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
     for i in snap.instances:
         slots = f"{_fmt(i.slots_busy)}/{_fmt(i.slots_total)}"
         procdef = f"{_fmt(i.requests_processing)}/{_fmt(i.requests_deferred)}"
-        rows.append((f"  {i.index}", str(i.port), _fmt(i.pid), i.state, str(i.restarts), _fmt_uptime(i.uptime_s),
+        rows.append((f"  {i.index}", str(i.port or "n/a"), _fmt(i.pid), i.state, str(i.restarts), _fmt_uptime(i.uptime_s),
                      _fmt(i.threads), slots, procdef, _fmt(i.server_tok_s), _fmt(i.cpu_percent, digits=1),
                      _fmt_bytes(i.rss_bytes), _fmt_bytes(i.gpu_memory_bytes), _fmt(i.gpu_util_percent)))
+    if any(i.node not in (None, "local") for i in snap.instances):  # on other machines: where each one serves
+        rows = [r[:2] + (h,) + r[2:] for r, h in zip(rows, ["host"] + [i.host or "n/a" for i in snap.instances])]
+        header = rows[0]
     if any(i.cpus for i in snap.instances):  # pinned (--pin-cpus): which CPUs each instance runs on
         from llama_tui.core.hardware import format_cpus
 
@@ -241,12 +265,10 @@ def render_status(snap) -> str:  # snap: FleetSnapshot
         if i.state in ("failed", "restarting") and i.last_error:
             retry = f" (next try in {i.retry_in_s:.0f}s)" if i.retry_in_s is not None else ""
             lines.append(f"  instance {i.index}: {i.last_error}{retry}")
-    sysm = snap.system
-    if sysm is not None:
-        gpus = ", ".join(f"gpu{g.index} {_fmt_bytes(g.memory_used_bytes)}/{_fmt_bytes(g.memory_total_bytes)} "
-                         f"{_fmt(g.util_percent, '%')}" for g in sysm.gpus) or "no GPU"
-        lines.append(f"system: cpu {_fmt(sysm.cpu_percent, '%', 0)} of {sysm.cores} cores, ram "
-                     f"{_fmt_bytes(sysm.memory_used_bytes)}/{_fmt_bytes(sysm.memory_total_bytes)}; {gpus}")
+    if snap.system is not None:
+        lines.append(f"system: {_system_text(snap.system)}")
+    for node in snap.nodes:  # a fleet on several machines: each node's own numbers
+        lines.append(f"node {node.host} ({node.node[:8]}): {_system_text(node.system) if node.system else 'n/a'}")
     for w in snap.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

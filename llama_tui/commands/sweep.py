@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llama_tui.commands.fleet import add_engine_options
 from llama_tui.commands.output import info, print_json
 
 
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after this many minutes of sweeping with the best found so far")
     p.add_argument("--apply", action="store_true", help="afterwards, start the fleet with the best shape")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_engine_options(p)
     p.set_defaults(func=run_sweep)
     ssub = p.add_subparsers(dest="sweep_command", metavar="report")
     r = ssub.add_parser("report", help="print a sweep's table, heatmap, frontier and recommended command")

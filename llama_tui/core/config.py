@@ -27,6 +27,8 @@ from llama_tui.core import paths, resources
 from llama_tui.core.errors import ConfigError, UserError
 
 POLICIES = ("round_robin", "least_conn", "random_two_least_conn", "hash")
+ENGINES = ("local", "ray")  # where a fleet's instances run
+PLACEMENTS = ("spread", "pack")  # how the ray engine places them over nodes
 APIS = ("completion", "chat")
 
 
@@ -201,6 +203,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "ready_timeout": (lambda v: _as_float(v, 1, DAY_S), 120.0, "seconds an instance may take to answer /health"),
         "metrics_listen": (_opt(str), None, "IP:PORT where the supervisor serves Prometheus metrics (off by default)"),
         "metrics_public": (_as_bool, False, "allow a --metrics-listen address that is not loopback"),
+        "engine": (_one_of(ENGINES), "local", "where instances run: local processes, or ray (actors across a Ray cluster)"),
+        "ray_address": (_opt(str), None, "the Ray cluster's address HOST:PORT (default: $RAY_ADDRESS)"),
+        "placement": (_one_of(PLACEMENTS), "spread", "ray: spread instances over nodes, or pack them onto few"),
+        "gpus_per_instance": (lambda v: _as_float(v, 0), 0.0, "ray: GPUs each instance reserves"),
+        "node_resource": (_opt(str), None, "ray: only place instances on nodes that have this custom resource"),
     },
     "bench": {
         "api": (_one_of(APIS), "completion", "completion (native /completion) or chat (/v1/chat/completions)"),
@@ -252,6 +259,11 @@ FLEET_OPTIONS = {
     "ready_timeout": "fleet.ready_timeout",
     "metrics_listen": "fleet.metrics_listen",
     "metrics_public": "fleet.metrics_public",
+    "engine": "fleet.engine",
+    "ray_address": "fleet.ray_address",
+    "placement": "fleet.placement",
+    "gpus_per_instance": "fleet.gpus_per_instance",
+    "node_resource": "fleet.node_resource",
 }
 
 

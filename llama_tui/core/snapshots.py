@@ -124,6 +124,15 @@ class SystemSample(_Snapshot):
 
 
 @dataclass(frozen=True)
+class NodeSample(_Snapshot):
+    """One node of a fleet spread over machines (a Ray node): its id, its IP and its own numbers."""
+
+    node: str
+    host: str
+    system: SystemSample | None = None
+
+
+@dataclass(frozen=True)
 class InstanceSnapshot(_Snapshot):
     index: int
     port: int
@@ -190,6 +199,7 @@ class FleetSnapshot(_Snapshot):
     nginx: UpstreamSnapshot | None = None
     system: SystemSample | None = None
     warnings: tuple[str, ...] = ()
+    nodes: tuple[NodeSample, ...] = ()  # a multi-host fleet's nodes, each with its own numbers
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ The modules, one job each:
     processes.py       which processes are the fleet's (owner marker, start time), signals, the owner scan
     placement.py       the placement seam: start/stop an instance, its Endpoint (host, port, node), its process stats
     local.py           LocalPlacement: instances as local processes (the first placement)
+    ray_placement.py   RayPlacement: instances as detached Ray actors across a cluster (--engine ray)
+    ray_actor.py       the Ray engine's node side: the actor that runs one llama-server on its node
+    ray_cluster.py     the Ray cluster: connect, the check before anything is placed, clearing a fleet's namespace
+    published.py       what a remote fleet's supervisor publishes for clients (placement.json)
+    keys.py            the per-fleet internal key the instances require
     process_stats.py   CPU, RSS, GPU of local processes (psutil, NVML)
     monitor.py         per-instance process and server numbers, the machine
     frontdoor.py       NGINX: render, validate, start, reload

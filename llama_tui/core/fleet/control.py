@@ -35,7 +35,7 @@ import orjson
 
 from llama_tui.core import binaries, config, paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor, keys, processes
+from llama_tui.core.fleet import frontdoor, keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.ports import check_ports
 from llama_tui.core.fleet.snapshot import snapshot
@@ -81,7 +81,8 @@ def _wait_registered(sd: Path, proc: subprocess.Popen, timeout: float = 30.0) ->
 
 
 def _describe(inst: st_mod.InstanceState) -> str:
-    return f"instance {inst.index} (port {inst.port}, {inst.threads} threads)"
+    where = f"port {inst.port}" if inst.port else "port not known yet"
+    return f"instance {inst.index} ({where}, {inst.threads} threads)"
 
 
 def _wait_running(sd: Path, proc: subprocess.Popen, timeout: float, on_progress: Progress | None) -> FleetState:
@@ -155,10 +156,16 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
                 validate_extra_args(spec.extra_args, llama_server, spec.allow_unsafe_args)
             for sock in (st_mod.control_path(sd), frontdoor.status_socket(sd / processes.NGINX_DIR)):
                 paths.ensure_private_dir(sock.parent)  # a socket dir someone else made first is refused now
+            where = f"on ports {spec.base_port}-{spec.port_of(spec.instances - 1)}"
+            if spec.engine == "ray":  # the cluster can host it, every node has the model: else nothing is placed
+                from llama_tui.core.fleet import ray_cluster
+
+                spec = ray_cluster.prepare(spec, str(llama_server))
+                where = f"on the Ray cluster at {spec.ray_address} ({spec.placement}, namespace {spec.ray_namespace})"
             if on_progress:
                 on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
-                            f"{spec.threads_for(spec.instances)} threads each) on ports {spec.base_port}-"
-                            f"{spec.port_of(spec.instances - 1)}, nginx on {spec.listen}:{spec.nginx_port}")
+                            f"{spec.threads_for(spec.instances)} threads each) {where}, "
+                            f"nginx on {spec.listen}:{spec.nginx_port}")
             if spec.api_key:  # the state names a private key file, never the key
                 spec = dataclasses.replace(spec, api_key=None, api_key_file=str(keys.store_api_key(sd, spec.api_key)))
             payload = {"spec": spec.to_dict(), "llama_server": str(llama_server), "nginx_bin": str(nginx_bin)}
@@ -322,8 +329,32 @@ def down(state_dir: Path | None = None, timeout: float = 10.0) -> bool:
             if s.nginx is not None:
                 processes.kill_group_remnants(s.nginx.ref(s.owner))  # workers of a killed master
         leftovers = _stop_owned(sd, timeout)
+        removed = _clear_remote(sd, s)  # what a Ray fleet left on its cluster (the supervisor stopped what it knew of)
         st_mod.remove_runtime_files(sd)
-        return anything or bool(leftovers)
+        return anything or bool(leftovers) or bool(removed)
+
+
+def _clear_remote(sd: Path, s: FleetState | None) -> int:
+    """Remove what a remotely placed fleet left out of this machine's sight (`placement.clear_remote`: a
+    Ray fleet's actors and placement groups in its namespace). A damaged fleet.json names nothing: the
+    spec `fleet up` wrote (spec.json) says where the fleet was placed. The state stays when the cluster
+    cannot be reached, so that a later `fleet down` can finish the job."""
+    spec = s.spec if s is not None else _written_spec(sd)
+    try:
+        return placement.clear_remote(spec)
+    except UserError as exc:
+        raise UserError(f"{exc.cause}: the fleet's instances (namespace {spec.get('ray_namespace')}) may still run "
+                        "there", "run `llama-tui fleet down` again once the cluster answers (if it is gone for good, "
+                        f"remove {sd / st_mod.STATE_FILE})") from None
+
+
+def _written_spec(sd: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads((sd / st_mod.SPEC_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    spec = data.get("spec") if isinstance(data, dict) else None
+    return spec if isinstance(spec, dict) else {}
 
 
 def _stop_owned(sd: Path, timeout: float) -> list[int]:

@@ -55,7 +55,9 @@ class DoorKeeper:
     def spec(self) -> FrontDoorSpec:
         """NGINX in front of the instances that are in the upstream, with the current policy (the same
         builder `llama-tui nginx render` uses, so it prints exactly the live config)."""
-        members = [self.sup.instances.endpoint(i) for i in self.sup.instances.sorted() if i.rec.in_upstream]
+        insts = self.sup.instances
+        remote = insts.placement.starts_in_background  # a restarted remote instance comes back elsewhere
+        members = [insts.endpoint(i) for i in insts.sorted() if i.rec.in_upstream and (i.handle or not remote)]
         return FrontDoorSpec.for_fleet(self.sup.spec, members, policy=self.sup.state.nginx.policy,  # type: ignore[union-attr]
                                        internal_key=self.sup.internal_key)
 
@@ -134,6 +136,15 @@ class DoorKeeper:
             log(f"nginx reload failed, previous config kept: {check.error}")
         self.record()
         return check.ok
+
+    def follow(self) -> None:
+        """Reload when the members' endpoints changed: a remote (Ray) instance that crashed or lost its
+        node leaves the upstream, and comes back at the endpoint of its new placement. Under the lock."""
+        if self.door.pid is None or self.door.spec is None:
+            return
+        if self.spec().backends != self.door.spec.backends:
+            log("nginx follows the instances' endpoints")
+            self.reload()
 
     def tick(self, now: float) -> bool:
         """Start NGINX again when it died (after its backoff). Under the lock; returns whether anything changed."""

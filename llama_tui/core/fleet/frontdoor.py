@@ -168,6 +168,10 @@ def parse_listen(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     if ip is None or not isinstance(value, str) or getattr(ip, "scope_id", None) or "%" in value:
         raise UserError(f"--listen must be an IP address (plain: no host name, no %scope), got {value!r}",
                         "use 127.0.0.1 (default), 0.0.0.0 for every interface, or an address of this machine")
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:  # NGINX's IPv6-only listening socket cannot bind it (EINVAL), though Python's can
+        raise UserError(f"--listen {value} is an IPv4 address written as IPv6, which NGINX cannot listen on",
+                        f"write it as IPv4: --listen {mapped}")
     return ip
 
 

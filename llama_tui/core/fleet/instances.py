@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,6 +122,7 @@ class Instance:
         self.rejoin = False  # joins NGINX's upstream once ready (it left it when it failed)
         self.squatted_noted = False
         self.held = False  # an operation (scale, restart, down) controls it; the watch loop keeps off
+        self.pending: Future[InstanceHandle] | None = None  # a start in a worker thread (a remote placement)
         self.liveness = Liveness()
         self.hung_note: str | None = None  # why the supervisor killed it, for the restart's last_error
 
@@ -143,6 +145,55 @@ class Instance:
         self.retry_at = now + max(0.0, min(left, FAILED_COOLDOWN_MAX_S))
 
 
+class BackgroundStarts:
+    """The starts of a placement that starts in the background (a remote one): each in a worker thread,
+    off the supervisor's lock; `Instances.tick` collects them."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, placement: Placement, inst: Instance, restart: bool) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llama-tui-start")
+        inst.spawned = time.monotonic()
+        inst.pending = self._pool.submit(placement.start, inst.rec, restart)
+
+    @staticmethod
+    def result(inst: Instance) -> InstanceHandle | PlacementError | None:
+        """The started instance's handle, or why it did not start; None while it is starting."""
+        pending = inst.pending
+        if pending is None or not pending.done():
+            return None
+        inst.pending = None
+        try:
+            return pending.result()
+        except PlacementError as exc:
+            return exc
+        except Exception as exc:  # a bug or a lost cluster: the instance cannot start
+            return PlacementError(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def abandon(placement: Placement, insts: list[Instance], timeout: float) -> list[InstanceHandle]:
+        """Cancel the starts still in progress; the handles of those that finished anyway (to stop)."""
+        pending = [i for i in insts if i.pending is not None]
+        cancel = getattr(placement, "cancel", None)
+        for i in pending:
+            if cancel is not None:
+                cancel(i.rec.index)
+        out = []
+        for i in pending:
+            fut, i.pending = i.pending, None
+            try:
+                out.append(fut.result(timeout=timeout))  # type: ignore[union-attr]
+            except Exception:
+                pass  # it did not start: nothing to stop
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Instances:
     """Every instance of the fleet (`items`), as the supervisor's watch loop and operations see them.
     `placement` starts, watches and stops them (set once the supervisor knows its spec)."""
@@ -152,6 +203,7 @@ class Instances:
         self.items: list[Instance] = []
         self.placement: Placement
         self._mon: Monitor | None = None
+        self._starts = BackgroundStarts()
 
     def use(self, placement: Placement, api_key: str | None = None) -> None:
         """`api_key`: the fleet's internal key, for /slots and /metrics (`busy`)."""
@@ -159,6 +211,7 @@ class Instances:
         self._mon = Monitor(http_timeout=1.0, placement=placement, api_key=api_key)
 
     def close(self) -> None:
+        self._starts.close()
         if self._mon is not None:  # (set with the placement)
             self._mon.close()
             self.placement.close()
@@ -185,7 +238,8 @@ class Instances:
                                     f"{free} of {len(hardware.core_groups())} are free",
                                     "scale to fewer instances, or restart the fleet without --pin-cpus")
                 taken.update(cpus)
-            rec = InstanceState(index=index, port=spec.port_of(index), threads=threads,
+            port = 0 if self.placement.starts_in_background else spec.port_of(index)  # 0: its node picks one
+            rec = InstanceState(index=index, port=port, threads=threads,
                                 log_path=str(st_mod.instance_log_path(self.sup.dir, index)), gpu=spec.gpu_of(index),
                                 cpus=list(cpus) if cpus else None,
                                 cmd=spec.command(self.sup.state.llama_server or "llama-server", index, threads))
@@ -197,22 +251,7 @@ class Instances:
     def spawn(self, inst: Instance, restart: bool = False) -> None:
         rec = inst.rec
         rec.cmd = self.sup.spec.command(self.sup.state.llama_server or "llama-server", rec.index, rec.threads)
-        try:
-            handle = self.placement.start(rec, restart=restart)
-        except PlacementError as exc:
-            rec.state = "failed"
-            rec.last_error = str(exc)
-            rec.pid = None
-            log(f"instance {rec.index}: {rec.last_error}")
-            return
-        inst.handle = handle
-        inst.spawned = time.monotonic()
         inst.next_start = None
-        rec.pid = handle.pid
-        rec.pid_started = handle.started
-        rec.host = handle.endpoint.host
-        rec.node = handle.endpoint.node
-        rec.started_at = time.time()
         rec.ready_at = None
         rec.exit_code = None
         if restart:
@@ -220,6 +259,47 @@ class Instances:
             rec.state = "restarting"
         else:
             rec.state = "starting"
+        if self.placement.starts_in_background:  # `tick` collects the handle (or the error) when it comes
+            self._starts.submit(self.placement, inst, restart)
+            return
+        try:
+            handle = self.placement.start(rec, restart=restart)
+        except PlacementError as exc:
+            self._start_failed(inst, exc)
+            return
+        self._started(inst, handle)
+
+    def _started(self, inst: Instance, handle: InstanceHandle) -> None:
+        rec = inst.rec
+        inst.handle = handle
+        inst.spawned = time.monotonic()
+        rec.pid = handle.pid
+        rec.pid_started = handle.started
+        rec.host = handle.endpoint.host
+        rec.port = handle.endpoint.port  # a remote placement picks the port on its node
+        rec.node = handle.endpoint.node
+        rec.started_at = time.time()
+
+    def _start_failed(self, inst: Instance, exc: PlacementError) -> None:
+        rec = inst.rec
+        rec.state = "failed"
+        rec.last_error = str(exc)
+        rec.pid = None
+        log(f"instance {rec.index}: {rec.last_error}")
+        self._leave_upstream(rec)
+
+    def _collect(self, inst: Instance) -> bool:
+        """Take the result of a start that ran in the background, once it is there."""
+        got = self._starts.result(inst)
+        if got is None:
+            return False
+        if isinstance(got, PlacementError):
+            self._start_failed(inst, got)
+            return True
+        self._started(inst, got)
+        log(f"instance {inst.rec.index} placed at {got.endpoint.host}:{got.endpoint.port} "
+            f"(node {got.endpoint.node}, pid {got.pid})")
+        return True
 
     def _release(self, inst: Instance, timeout: float) -> None:
         """Stop what is left of `inst` (nothing, after a crash) and forget its handle."""
@@ -290,6 +370,8 @@ class Instances:
             # bind it and would receive requests (with the fleet's internal key).
             inst.rejoin = True
             self._leave_upstream(rec)
+        elif self.placement.starts_in_background:
+            self.sup.door.follow()  # its endpoint is gone (it comes back elsewhere): NGINX stops trying it
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (len(inst.crashes) - 1))
         rec.state = "restarting"
         rec.last_error = how if how.startswith("hung") else f"{how}: {tail}"  # a hung one's log says nothing
@@ -297,7 +379,8 @@ class Instances:
         log(f"instance {rec.index} {how}; restarting on port {rec.port} in {delay:.1f}s")
 
     def stop(self, insts: list[Instance], timeout: float = STOP_TIMEOUT_S) -> None:
-        self.placement.stop([i.handle for i in insts if i.handle is not None], timeout=timeout)
+        started_anyway = self._starts.abandon(self.placement, insts, timeout)
+        self.placement.stop([i.handle for i in insts if i.handle is not None] + started_anyway, timeout=timeout)
         with self.sup.lock:
             for i in insts:
                 i.handle = None
@@ -322,6 +405,9 @@ class Instances:
                 continue
             if inst.held or rec.state in ("failed", "stopped"):
                 continue
+            if inst.pending is not None:
+                changed |= self._collect(inst)
+                continue
             if inst.next_start is not None:
                 if now >= inst.next_start:
                     self.spawn(inst, restart=True)
@@ -338,7 +424,7 @@ class Instances:
 
     def _check_started(self, inst: Instance, now: float) -> bool:
         rec = inst.rec
-        code = health(*self._probe_address(inst), timeout=0.5)
+        code = health(*self.probe_address(inst), timeout=0.5)
         if code == 200 and inst.handle is not None and not self.placement.listens(inst.handle):
             if not inst.squatted_noted:  # someone else's process answers on its port: not ready, ever
                 inst.squatted_noted = True
@@ -358,6 +444,8 @@ class Instances:
                 inst.rejoin = False
                 rec.in_upstream = True
                 self.sup.door.reload()
+            else:
+                self.sup.door.follow()  # a re-placed remote instance serves elsewhere now
             return True
         ready_timeout = self.sup.spec.ready_timeout
         if now - inst.spawned <= ready_timeout:
@@ -366,51 +454,13 @@ class Instances:
         self._fail(inst, f"not ready within {ready_timeout:.0f}s: {st_mod.error_summary(rec.log_path)}", now)
         return True
 
-    def check_liveness(self) -> None:
-        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
-        sup = self.sup
-        with sup.lock:
-            if sup.shutting_down:
-                return
-            targets = [(i, i.handle) for i in self.items if i.rec.state == "ready" and not i.held and i.handle]
-        timeout = min(2.0, HANG_S / 3)
-        for inst, handle in targets:
-            assert handle is not None
-            answered = health(*self._probe_address(inst), timeout=timeout) is not None
-            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
-            if verdict is None:
-                continue
-            kind, waited, used = verdict
-            if kind == "busy":
-                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
-                    "busy, not hung (its HTTP threads are taken by streams); left running")
-                continue
-            with sup.lock:
-                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
-                    continue
-                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
-                                  "killed by the supervisor")
-                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
-                self.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
-
-    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
-        st = self.placement.stats([handle]).get(handle)
-        return st.cpu_seconds if st is not None else None
-
-    def _probe_address(self, inst: Instance) -> tuple[str, int]:
+    def probe_address(self, inst: Instance) -> tuple[str, int]:
         """Where to probe an instance: its endpoint ("localhost" probed on 127.0.0.1)."""
         ep = self.endpoint(inst)
         return ("127.0.0.1" if ep.host == "localhost" else ep.host), ep.port
 
     def endpoint(self, inst: Instance) -> Endpoint:
         return inst.handle.endpoint if inst.handle is not None else endpoint_of(inst.rec, self.sup.spec.host)
-
-    def liveness_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(min(2.0, HANG_S / 3)):
-            try:
-                self.check_liveness()
-            except Exception:
-                log(f"liveness check error:\n{traceback.format_exc()}")
 
     def rotate_logs(self) -> None:
         for inst in list(self.items):
@@ -433,9 +483,57 @@ class Instances:
 
     def busy(self, inst: Instance) -> bool:
         assert self._mon is not None
-        host, port = self._probe_address(inst)
+        host, port = self.probe_address(inst)
         ep = Endpoint(host, port)
         s = self._mon.servers([ep]).get(ep)
         if s is None or not s.reachable:
             return False
         return bool(s.requests_processing or s.requests_deferred or s.slots_busy)
+
+
+class HangWatch:
+    """The supervisor's hang check, in a thread of its own: every few seconds it probes each ready
+    instance's /health (outside the lock) and kills one that is hung (see `Liveness`); the watch loop then
+    restarts it like a crash."""
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+
+    def check(self) -> None:
+        """Probe every ready instance's /health (outside the lock); kill one that is hung (see Liveness)."""
+        sup = self.instances.sup
+        with sup.lock:
+            if sup.shutting_down:
+                return
+            targets = [(i, i.handle) for i in self.instances.items
+                       if i.rec.state == "ready" and not i.held and i.handle]
+        timeout = min(2.0, HANG_S / 3)
+        for inst, handle in targets:
+            assert handle is not None
+            answered = health(*self.instances.probe_address(inst), timeout=timeout) is not None
+            verdict = inst.liveness.observe(time.monotonic(), answered, None if answered else self._cpu_seconds(handle))
+            if verdict is None:
+                continue
+            kind, waited, used = verdict
+            if kind == "busy":
+                log(f"instance {inst.rec.index} answered no /health for {waited:.0f}s but used {used:.1f}s of CPU: "
+                    "busy, not hung (its HTTP threads are taken by streams); left running")
+                continue
+            with sup.lock:
+                if inst.handle != handle or inst.rec.state != "ready" or inst.held or sup.shutting_down:
+                    continue
+                inst.hung_note = (f"hung (no /health answer for {waited:.0f}s, {used:.2f}s of CPU meanwhile), "
+                                  "killed by the supervisor")
+                log(f"instance {inst.rec.index} (pid {handle.pid}) is {inst.hung_note}")
+                self.instances.placement.kill(handle)  # the watch loop sees the exit and restarts it like a crash
+
+    def _cpu_seconds(self, handle: InstanceHandle) -> float | None:
+        st = self.instances.placement.stats([handle]).get(handle)
+        return st.cpu_seconds if st is not None else None
+
+    def loop(self, stop: threading.Event) -> None:
+        while not stop.wait(min(2.0, HANG_S / 3)):
+            try:
+                self.check()
+            except Exception:
+                log(f"liveness check error:\n{traceback.format_exc()}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Mapping
 
 from llama_tui.core import paths
 
@@ -46,6 +47,14 @@ def ensure_internal_key(state_dir: Path | str | None) -> str:
 def instance_env(key: str, base: dict[str, str]) -> dict[str, str]:
     """An instance's environment carrying the internal key."""
     return {**base, INSTANCE_KEY_ENV: key}
+
+
+def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What an instance inherits of its starter's environment (`environ`): no LLAMA_ARG_* (its recorded
+    command line is all its configuration), no inherited internal key and no inherited owner marker
+    (the placement sets both)."""
+    return {k: v for k, v in environ.items()
+            if not k.startswith("LLAMA_ARG_") and k not in (INSTANCE_KEY_ENV, paths.OWNER_ENV)}
 
 
 API_KEY_FILE = "api.key"  # the public key, when it was given as a value (--api-key, a config file)

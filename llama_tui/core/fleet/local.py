@@ -23,15 +23,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import psutil
-
 from llama_tui.core import hardware, paths
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import keys
 from llama_tui.core.fleet.placement import (LOCAL_NODE, Endpoint, ExitStatus, InstanceHandle, PlacementError,
                                             ProcessStats, endpoint_of)
 from llama_tui.core.fleet.process_stats import ProcessSampler
-from llama_tui.core.fleet.processes import ProcRef, alive, process_start_time, terminate
+from llama_tui.core.fleet.processes import ProcRef, alive, holds_port, process_start_time, terminate
 from llama_tui.core.fleet.state import InstanceState, log
 
 # Runs before llama-server in the same process (exec keeps the pid): sets the CPU affinity every thread
@@ -53,6 +51,14 @@ class LocalPlacement:
     """Instances as local processes. `state_dir` (where they run, whose owner marker they carry) is
     needed to start them; `host` is the loopback address they bind (the fleet's --host);
     `internal_key` is the key they require (None: keyless instances)."""
+
+    starts_in_background = False  # a Popen is quick
+
+    def reserve(self, indices: Sequence[int]) -> None:
+        pass  # the machine is there already
+
+    def release(self, indices: Sequence[int]) -> None:
+        pass
 
     def __init__(self, state_dir: Path | None = None, host: str = "127.0.0.1",
                  sampler: ProcessSampler | None = None, internal_key: str | None = None) -> None:
@@ -80,8 +86,7 @@ class LocalPlacement:
     def start(self, rec: InstanceState, restart: bool = False) -> InstanceHandle:
         if self.state_dir is None:
             raise PlacementError("this placement has no state dir to start instances in")
-        env = {k: v for k, v in paths.owner_env(self.state_dir).items()
-               if not k.startswith("LLAMA_ARG_") and k != keys.INSTANCE_KEY_ENV}
+        env = paths.owner_env(self.state_dir, keys.inherited_env(os.environ))
         if self.internal_key:
             env = keys.instance_env(self.internal_key, env)
         if rec.gpu is not None:
@@ -139,16 +144,7 @@ class LocalPlacement:
 
     def listens(self, handle: InstanceHandle) -> bool:
         """Its process (or one of its children) holds the listening socket of its port."""
-        try:
-            root = psutil.Process(handle.pid)
-            for p in [root, *root.children(recursive=True)]:
-                conns = p.net_connections(kind="inet") if hasattr(p, "net_connections") else p.connections("inet")
-                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == handle.endpoint.port
-                       for c in conns):
-                    return True
-        except (psutil.Error, ValueError):
-            return False
-        return False
+        return bool(handle.pid) and holds_port(handle.pid, handle.endpoint.port)  # type: ignore[arg-type]
 
     def stats(self, handles: Sequence[InstanceHandle]) -> dict[InstanceHandle, ProcessStats]:
         with self._stats_lock:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import orjson
 import psutil
@@ -28,7 +29,10 @@ from llama_tui.core.fleet.placement import Endpoint, InstanceHandle, Placement, 
 from llama_tui.core.fleet.process_stats import ProcessSampler
 from llama_tui.core.probe import (REQUESTS_DEFERRED, REQUESTS_PROCESSING, TOKENS_PREDICTED_TOTAL, Probe,
                                   parse_prometheus, summarize_slots)
-from llama_tui.core.snapshots import GpuSample, SystemSample
+from llama_tui.core.snapshots import GpuSample, NodeSample, SystemSample
+
+if TYPE_CHECKING:
+    from llama_tui.core.fleet.spec import FleetSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class MonitorSample:
     processes: tuple[tuple[InstanceHandle, ProcessStats], ...]
     servers: tuple[tuple[Endpoint, ServerSample], ...]
     system: SystemSample
+    nodes: tuple[NodeSample, ...] = ()  # the nodes of a multi-host placement, with their own numbers
 
     def process(self, handle: InstanceHandle | None) -> ProcessStats | None:
         return dict(self.processes).get(handle) if handle is not None else None
@@ -74,6 +79,31 @@ class Monitor:
         self._pool: ThreadPoolExecutor | None = None
         # keep-alive, one connection per server; `api_key` for instances that require one
         self._probe = Probe(timeout=http_timeout, connect_timeout=None, api_key=api_key)
+        self._fleet: tuple[str, str, str | None] | None = None  # (source, state dir, namespace) followed
+
+    def use_fleet(self, spec: "FleetSpec | None", state_dir: Path) -> None:
+        """Sample the fleet in `state_dir` (`spec`: its spec, None when it cannot be read) through its
+        engine's placement, with its internal key. A local fleet's placement attaches only to processes
+        of that state dir (`LocalPlacement` with its owner marker); a Ray fleet's process numbers come
+        from what its supervisor publishes while that is fresh, else from the cluster itself (this
+        process then joins it as a driver)."""
+        from llama_tui.core.fleet import keys, placement, published
+
+        self.use_key(keys.read_internal_key(state_dir))
+        source = spec.engine if spec is not None else "local"
+        if source == "ray":
+            source = "published" if published.fresh(state_dir) else "ray"
+        fleet = (source, str(state_dir), spec.ray_namespace if spec is not None else None)
+        if fleet == self._fleet:
+            return
+        if source == "published":
+            self.placement = published.PublishedPlacement(state_dir)  # type: ignore[assignment]
+        elif source == "ray":
+            self.placement = placement.for_fleet(spec, state_dir)  # type: ignore[arg-type]
+        else:
+            self.placement = LocalPlacement(state_dir, spec.host if spec is not None else "127.0.0.1",
+                                            sampler=self._local)
+        self._fleet = fleet
 
     def use_key(self, api_key: str | None) -> None:
         """The key the servers require from now on (a fleet's internal key, `keys.read_internal_key`)."""
@@ -159,4 +189,6 @@ class Monitor:
                http: bool = True) -> MonitorSample:
         procs = self.instances(handles)
         servers = self.servers(endpoints) if http else {}
-        return MonitorSample(time.time(), tuple(procs.items()), tuple(servers.items()), self.system())
+        node_systems = getattr(self.placement, "node_systems", None)
+        nodes = node_systems() if node_systems is not None else ()
+        return MonitorSample(time.time(), tuple(procs.items()), tuple(servers.items()), self.system(), nodes)

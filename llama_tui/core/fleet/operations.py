@@ -84,6 +84,7 @@ class Operations:
             result = self.drain_and_stop(leaving, sup.spec.drain_timeout)
             with sup.lock:
                 sup.instances.items = [i for i in sup.instances.items if i not in leaving]
+                sup.instances.placement.release([i.rec.index for i in leaving])
                 self._set_instances(n)
                 sup.save()
             log(f"scale {have} -> {n}: done ({result})")
@@ -98,6 +99,7 @@ class Operations:
         with sup.lock:
             new = sup.instances.new(indices, threads)
             sup.instances.items.extend(new)
+            sup.instances.placement.reserve(indices)
             for inst in new:
                 sup.instances.spawn(inst)
             sup.save()
@@ -112,6 +114,7 @@ class Operations:
             sup.instances.stop(new)
             with sup.lock:
                 sup.instances.items = [i for i in sup.instances.items if i not in new]
+                sup.instances.placement.release(list(indices))
                 sup.save()
             raise UserError(f"scale to {n} failed: instance {bad.index} (port {bad.port}) did not start: {err}",
                             f"the fleet stays at {have}; see {bad.log_path}")

@@ -10,18 +10,24 @@ Everything above the seam (the supervisor, the monitor, NGINX rendering, the sna
 handles and endpoints. A pid in a handle is informational (it is what `fleet.json` records and
 `fleet status` shows): it names a process on the handle's node, not necessarily on this machine.
 
-`local.LocalPlacement` (local processes) is the first implementation; a multi-host engine (e.g. Ray
-actors on other nodes) implements the same protocol.
+`local.LocalPlacement` (local processes) is the first implementation; `ray_placement.RayPlacement`
+(detached Ray actors on the nodes of a cluster) the second. `for_fleet` picks one for a fleet's
+engine. A placement whose `start` is slow (remote) sets `starts_in_background`: the supervisor then
+calls `start` in a worker thread, off its lock, and `cancel(index)` aborts one in progress.
+`reserve` and `release` tell it which instances join the fleet and which left it for good (Ray
+reserves room for them in placement groups; locally they are no-ops).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from llama_tui.core.probe import base_url
 
 if TYPE_CHECKING:
+    from llama_tui.core.fleet.spec import FleetSpec
     from llama_tui.core.fleet.state import InstanceState
 
 LOCAL_NODE = "local"  # the node name of an instance on this machine
@@ -76,6 +82,16 @@ class PlacementError(Exception):
 
 
 class Placement(Protocol):
+    starts_in_background: bool  # start() may take seconds: call it off the supervisor's lock
+
+    def reserve(self, indices: Sequence[int]) -> None:
+        """Instances `indices` join the fleet (room is reserved for them before they start)."""
+        ...
+
+    def release(self, indices: Sequence[int]) -> None:
+        """Instances `indices` left the fleet for good (their room is given back)."""
+        ...
+
     def start(self, rec: "InstanceState", restart: bool = False) -> InstanceHandle:
         """Start the instance that `rec` describes; raises PlacementError when it cannot start."""
         ...
@@ -115,3 +131,37 @@ def endpoint_of(rec: "InstanceState", default_host: str = "127.0.0.1") -> Endpoi
     """The endpoint an instance record names (records written before endpoints were recorded have
     only a port: the fleet's host and this machine)."""
     return Endpoint(rec.host or default_host, rec.port, rec.node or LOCAL_NODE)
+
+
+def for_fleet(spec: "FleetSpec", state_dir: Path | None = None, key: str | None = None) -> Placement:
+    """The placement of a fleet's engine: local processes, or Ray actors (`key`: the fleet's internal
+    key, which every instance gets in its environment; None: a placement that only reads)."""
+    if spec.engine == "ray":
+        from llama_tui.core.fleet.ray_placement import RayPlacement
+
+        return RayPlacement(spec, state_dir, key)
+    from llama_tui.core.fleet.local import LocalPlacement
+
+    return LocalPlacement(state_dir, spec.host, internal_key=key)
+
+
+def placed_remotely(spec: Mapping[str, Any]) -> bool:
+    """Whether a fleet (its recorded spec) runs its instances where this machine's process table does not
+    see them (Ray actors, on any node): their pids are never signalled or judged here; the placement
+    (the actors in the fleet's namespace) is their identity."""
+    return spec.get("engine", "local") != "local"
+
+
+def clear_remote(spec: Mapping[str, Any]) -> int:
+    """Remove whatever a remotely placed fleet left out of this machine's sight (a Ray fleet: every actor
+    in its namespace, with its llama-server, and its placement groups). Returns how many instances were
+    removed; 0 for local processes (an owner scan finds those). Raises UserError when the cluster
+    cannot be reached."""
+    if not placed_remotely(spec):
+        return 0
+    from llama_tui.core.fleet import ray_cluster
+
+    address, namespace = spec.get("ray_address"), spec.get("ray_namespace")
+    if not isinstance(address, str) or not ray_cluster.is_fleet_namespace(namespace):
+        return 0
+    return ray_cluster.clear(address, namespace)

@@ -55,6 +55,8 @@ def free_port_block(n: int, host: str = "127.0.0.1", lo: int = 10000, hi: int | 
 def check_ports(spec: FleetSpec, indices: range | None = None, nginx: bool = True) -> None:
     """Every port the fleet needs is free, checked before anything starts."""
     indices = range(spec.instances) if indices is None else indices
+    if spec.engine == "ray":
+        indices = range(0)  # each instance takes a free port on the node Ray places it on
     host = "127.0.0.1" if spec.host == "localhost" else spec.host
     for i in indices:
         if not port_free(host, spec.port_of(i)):

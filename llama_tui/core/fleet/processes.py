@@ -60,6 +60,20 @@ def running_process(pid: int | None, started: float | None) -> psutil.Process | 
         return None
 
 
+def holds_port(pid: int, port: int) -> bool:
+    """Whether process `pid` (or one of its children) holds the listening TCP socket of `port`: an
+    instance serves its endpoint itself, not another process that took the port while it was down."""
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            conns = p.net_connections(kind="inet") if hasattr(p, "net_connections") else p.connections("inet")
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+                return True
+    except (psutil.Error, ValueError):
+        return False
+    return False
+
+
 def nginx_prefix(owner: str) -> str:
     return str(Path(owner) / NGINX_DIR)
 

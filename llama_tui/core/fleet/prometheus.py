@@ -11,6 +11,8 @@ fleet's load unchanged.
                                 port): requests, errors by status, aborted, response and header time histograms
     llama_tui_frontdoor_*       NGINX: up, config valid, requests by client status, connections (stub_status)
     llama_tui_system_*, llama_tui_gpu_*   the supervisor's machine
+    llama_tui_node_*            each node of a fleet on several machines (Ray; labels node, host): CPU,
+                                memory, GPU memory and utilisation
     llama_tui_metrics_*         the sampler: samples taken, the latest one's time and duration
 """
 
@@ -25,10 +27,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from llama_tui import __version__
 from llama_tui.core.fleet.accesslog import LATENCY_BUCKETS, AccessTotals, Histogram
 from llama_tui.core.fleet.frontdoor import Backend
-from llama_tui.core.snapshots import INSTANCE_STATES, FleetSnapshot, InstanceSnapshot
+from llama_tui.core.snapshots import INSTANCE_STATES, FleetSnapshot, InstanceSnapshot, SystemSample
 
 INSTANCE_LABELS = ("index", "host", "node", "port")
 BACKEND_LABELS = ("backend", *INSTANCE_LABELS)
+NODE_LABELS = ("node", "host")
 
 
 @dataclass(frozen=True)
@@ -148,29 +151,41 @@ def frontdoor_families(snap: FleetSnapshot, access: AccessTotals | None) -> list
     return [up, valid, conns, requests]
 
 
-def system_families(snap: FleetSnapshot) -> list[Metric]:
-    cpu = _gauge("llama_tui_system_cpu_ratio", "CPU busy on the supervisor's machine, 0-1")
-    used = _gauge("llama_tui_system_memory_used", "Memory in use on the supervisor's machine", unit="bytes")
-    total = _gauge("llama_tui_system_memory_total", "Memory of the supervisor's machine", unit="bytes")
-    gpu_labels = ("gpu", "name")
-    gpu_used = _gauge("llama_tui_gpu_memory_used", "GPU memory in use (NVML)", gpu_labels, "bytes")
-    gpu_total = _gauge("llama_tui_gpu_memory_total", "GPU memory (NVML)", gpu_labels, "bytes")
-    gpu_util = _gauge("llama_tui_gpu_utilization_ratio", "GPU utilisation, 0-1 (NVML)", gpu_labels)
-    s = snap.system
-    if s is not None:
-        if s.cpu_percent is not None:
-            cpu.add_metric([], s.cpu_percent / 100.0)
-        if s.memory_used_bytes is not None:
-            used.add_metric([], float(s.memory_used_bytes))
-        if s.memory_total_bytes is not None:
-            total.add_metric([], float(s.memory_total_bytes))
+def _machine_families(prefix: str, whose: str, labels: tuple[str, ...],
+                      machines: list[tuple[list[str], SystemSample]]) -> list[Metric]:
+    """CPU, memory and GPUs of each machine in `machines` (label values, its SystemSample)."""
+    cpu = _gauge(f"{prefix}_cpu_ratio", f"CPU busy on {whose}, 0-1", labels)
+    used = _gauge(f"{prefix}_memory_used", f"Memory in use on {whose}", labels, "bytes")
+    total = _gauge(f"{prefix}_memory_total", f"Memory of {whose}", labels, "bytes")
+    gpu_labels = (*labels, "gpu", "name")
+    gpu = "llama_tui_gpu" if prefix == "llama_tui_system" else f"{prefix}_gpu"
+    gpu_used = _gauge(f"{gpu}_memory_used", f"GPU memory in use on {whose} (NVML)", gpu_labels, "bytes")
+    gpu_total = _gauge(f"{gpu}_memory_total", f"GPU memory of {whose} (NVML)", gpu_labels, "bytes")
+    gpu_util = _gauge(f"{gpu}_utilization_ratio", f"GPU utilisation on {whose}, 0-1 (NVML)", gpu_labels)
+    for values, s in machines:
+        for fam, v in ((cpu, None if s.cpu_percent is None else s.cpu_percent / 100.0),
+                       (used, s.memory_used_bytes), (total, s.memory_total_bytes)):
+            if v is not None:
+                fam.add_metric(values, float(v))
         for g in s.gpus:
-            labels = [str(g.index), g.name or ""]
+            glabels = [*values, str(g.index), g.name or ""]
             for fam, v in ((gpu_used, g.memory_used_bytes), (gpu_total, g.memory_total_bytes),
                            (gpu_util, None if g.util_percent is None else g.util_percent / 100.0)):
                 if v is not None:
-                    fam.add_metric(labels, float(v))
+                    fam.add_metric(glabels, float(v))
     return [cpu, used, total, gpu_used, gpu_total, gpu_util]
+
+
+def system_families(snap: FleetSnapshot) -> list[Metric]:
+    """The supervisor's machine."""
+    machines = [([], snap.system)] if snap.system is not None else []
+    return _machine_families("llama_tui_system", "the supervisor's machine", (), machines)
+
+
+def node_families(snap: FleetSnapshot) -> list[Metric]:
+    """Each node of a fleet placed over several machines (Ray), with its own numbers; none for a local fleet."""
+    machines = [([n.node, n.host], n.system) for n in snap.nodes if n.system is not None]
+    return _machine_families("llama_tui_node", "the node", NODE_LABELS, machines) if snap.nodes else []
 
 
 def families(sample: MetricsSample | None, now: float | None = None) -> list[Metric]:
@@ -199,6 +214,7 @@ def families(sample: MetricsSample | None, now: float | None = None) -> list[Met
     out += backend_families(snap, sample.access)
     out += frontdoor_families(snap, sample.access)
     out += system_families(snap)
+    out += node_families(snap)
     return out
 
 

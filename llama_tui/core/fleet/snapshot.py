@@ -12,10 +12,10 @@ import orjson
 
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor, keys
+from llama_tui.core.fleet import frontdoor
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
-from llama_tui.core.fleet.placement import endpoint_of
+from llama_tui.core.fleet.placement import PlacementError, endpoint_of
 from llama_tui.core.fleet.processes import NGINX_DIR
 from llama_tui.core.fleet.spec import FleetSpec, exposure_warning, metrics_url
 from llama_tui.core.fleet.state import load_state, read_state
@@ -65,10 +65,20 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 mon.system()
                 time.sleep(min(interval, 0.2))
             return FleetSnapshot(taken_at=time.time(), running=False, system=mon.system())
-        mon.use_key(keys.read_internal_key(sd))  # the instances answer /slots and /metrics only with it
         host = s.spec.get("host", "127.0.0.1")
-        # None: not running, or its pid names a process that is not the fleet's any more
-        handles = {i.index: mon.placement.attach(i) if i.alive(s.owner) else None for i in s.instances}
+        warnings = []
+        try:
+            fleet_spec: FleetSpec | None = FleetSpec.from_dict(s.spec)
+        except (TypeError, KeyError, ValueError):
+            fleet_spec = None
+        try:
+            # Through its engine's placement (local: the state dir's owner; Ray: the fleet's namespace), with
+            # its internal key. None: not running, or its pid names a process that is not the fleet's any more.
+            mon.use_fleet(fleet_spec, sd)
+            handles = {i.index: mon.placement.attach(i) for i in s.instances}
+        except (UserError, PlacementError) as exc:  # e.g. the Ray cluster cannot be reached from here
+            warnings.append(exc.one_line().removeprefix("error: ") if isinstance(exc, UserError) else str(exc))
+            handles = {i.index: None for i in s.instances}
         endpoints = {i.index: endpoint_of(i, host) for i in s.instances}
         live = [h for h in handles.values() if h is not None]
         eps = [endpoints[h.index] for h in live]
@@ -114,28 +124,23 @@ def snapshot(state_dir: Path | None = None, monitor: Any = None, interval: float
                 config_path=str(prefix / "nginx.conf"), config_valid=n.config_valid, config_error=n.config_error,
                 upstreams=_read_upstreams(sd), stub_status=_stub_status(str(prefix)),
             )
-        warnings = []
         if not s.supervisor_alive:
             warnings.append(f"the fleet supervisor (pid {s.supervisor_pid}) is gone: instances and NGINX keep "
                             "serving but nothing restarts them (fix: `llama-tui fleet up` adopts the fleet)")
-        if threads_total > hardware.physical_cores():
+        if threads_total > hardware.physical_cores() and (fleet_spec is None or fleet_spec.engine == "local"):
             n_inst = sum(1 for x in instances if x.state not in ("failed", "stopped"))
             warnings.append(f"{n_inst} instances use {threads_total} threads on {hardware.physical_cores()} "
                             "physical cores: llama.cpp's spinning threads collapse throughput when oversubscribed "
                             "(fix: restart the fleet with fewer --threads)")
         if s.nginx is not None and s.nginx.config_error:
             warnings.append(f"nginx kept its previous config: {s.nginx.config_error}")
-        try:
-            spec = FleetSpec.from_dict(s.spec)
-            expo = exposure_warning(spec)
-            if expo:
-                warnings.append(expo)
-        except (TypeError, KeyError):
-            pass
+        expo = exposure_warning(fleet_spec) if fleet_spec is not None else None
+        if expo:
+            warnings.append(expo)
         return FleetSnapshot(
             taken_at=now, running=True, supervisor_pid=s.supervisor_pid, supervisor_alive=s.supervisor_alive,
             model=s.spec.get("model"), parallel=s.spec.get("parallel"), instances=tuple(instances),
-            nginx=ng, system=sample.system, warnings=tuple(warnings),
+            nginx=ng, system=sample.system, warnings=tuple(warnings), nodes=sample.nodes,
         )
     finally:
         if own:
@@ -155,11 +160,15 @@ def status_json(snap: FleetSnapshot, state_dir: Path | None = None) -> dict[str,
     data["nginx_url"] = s.nginx_url() if s else None
     data["metrics_url"] = metrics_url(s.spec["metrics_listen"]) if s and s.spec.get("metrics_listen") else None
     data["spec"] = FleetSpec.from_dict(s.spec).public_dict() if s else None
+    data["engine"] = s.spec.get("engine", "local") if s else None
+    if s is not None and data["engine"] == "ray":
+        data["ray"] = {"address": s.spec.get("ray_address"), "namespace": s.spec.get("ray_namespace")}
     by_index = {i.index: i for i in (s.instances if s else [])}
     host = s.spec.get("host", "127.0.0.1") if s else "127.0.0.1"
     for inst in data["instances"]:
         rec = by_index.get(inst["index"])
         inst["url"] = base_url(inst.get("host") or host, inst["port"])
+        inst["node_id"] = inst.get("node")  # the node it runs on ("local", or a Ray node id)
         inst["cmd"] = rec.cmd if rec else None
         inst["in_upstream"] = rec.in_upstream if rec else None
         inst["gpu"] = rec.gpu if rec else None
@@ -185,7 +194,7 @@ def doctor_check(data: dict[str, Any]) -> None:
     cores = hardware.physical_cores()
     data["fleet"] = {"running": True, "instances": len(members), "threads": threads, "physical_cores": cores,
                      "supervisor_alive": s.supervisor_alive, "state_dir": s.state_dir}
-    if threads > cores:
+    if threads > cores and s.spec.get("engine", "local") == "local":  # (a Ray fleet's threads are on its nodes)
         data["warnings"].append(
             f"the running fleet uses {len(members)} instances x their threads = {threads} threads on {cores} "
             "physical cores: throughput collapses when oversubscribed (fix: `llama-tui fleet down`, then "

@@ -90,6 +90,15 @@ class FleetSpec:
     upstream_header: bool | None = None  # X-Upstream; None: on for a loopback listener only
     conn_limit: int | None = None  # requests per remote client address; None: frontdoor's default, 0: none
     allow_unsafe_args: bool = False  # --extra-args may publish files, tools or proxies (UNSAFE_FLAGS)
+    # Where instances run: "local" processes, or "ray" actors across the cluster at `ray_address`, in the
+    # fleet's own namespace (made by `fleet up`), placed by `placement` (spread | pack) with
+    # `gpus_per_instance` GPUs each, on nodes that have `node_resource` when it is set.
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_namespace: str | None = None
+    placement: str = "spread"
+    gpus_per_instance: float = 0.0
+    node_resource: str | None = None
 
     @classmethod
     def from_settings(cls, settings: config.Settings, check_extra_args: bool = True,
@@ -119,6 +128,8 @@ class FleetSpec:
             metrics_listen=f["metrics_listen"], metrics_public=f["metrics_public"],
             insecure_public=bool(f.get("insecure_public")), upstream_header=f.get("upstream_header"),
             conn_limit=f.get("conn_limit"), allow_unsafe_args=allow_unsafe,
+            engine=f["engine"], ray_address=f["ray_address"], placement=f["placement"],
+            gpus_per_instance=f["gpus_per_instance"], node_resource=f["node_resource"],
         )
         spec.validate()
         return spec
@@ -143,6 +154,29 @@ class FleetSpec:
             raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
         if self.metrics_listen is not None:
             parse_metrics_listen(self.metrics_listen, self.metrics_public)
+        self.check_engine()
+
+    def check_engine(self) -> None:
+        """The engine's options: the ray engine's only with it, and none it cannot honour."""
+        if self.engine not in config.ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}", f"use one of: {', '.join(config.ENGINES)}")
+        if self.placement not in config.PLACEMENTS:
+            raise UserError(f"unknown placement {self.placement!r}", f"use one of: {', '.join(config.PLACEMENTS)}")
+        if self.engine == "local":
+            ray_only = [flag for flag, v in (("--gpus-per-instance", self.gpus_per_instance),
+                                              ("--node-resource", self.node_resource)) if v]
+            if ray_only:
+                raise UserError(f"{ray_only[0]} places instances on Ray nodes", "add --engine ray, or drop it")
+            return
+        if self.pin_cpus:
+            raise UserError("--pin-cpus pins local processes; Ray places the instances of --engine ray",
+                            "drop --pin-cpus (Ray reserves --threads CPUs per instance)")
+        if self.gpus:
+            raise UserError("--gpus picks local GPUs; Ray assigns them with --engine ray",
+                            "use --gpus-per-instance G instead")
+        if self.gpus_per_instance < 0:
+            raise UserError(f"--gpus-per-instance must be 0 or more, got {self.gpus_per_instance:g}",
+                            "pass e.g. --gpus-per-instance 1")
 
     def check_port_range(self, instances: int) -> None:
         for name, port in (("--base-port", self.base_port), ("--nginx-port", self.nginx_port)):

@@ -37,11 +37,13 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet.placement import LOCAL_NODE, placed_remotely
 from llama_tui.core.fleet.processes import ProcRef, alive, describe, owned_processes
 
 STATE_FILE = "fleet.json"
 SPEC_FILE = "spec.json"
 UPSTREAM_FILE = "upstream.json"
+REMOTE_FILES = ("placement.json", "ray.json")  # a remote fleet's published stats, its Ray placement groups
 SUPERVISOR_LOCK = "supervisor.lock"
 CLIENT_LOCK = "fleet.lock"
 LOG_DIR = "logs"
@@ -122,11 +124,21 @@ class InstanceState:
     node: str | None = None  # the node it runs on ("local": this machine)
     retry_at: float | None = None  # wall clock of the next try of a failed instance (half-open)
 
+    def local(self) -> bool:
+        """Its pid names a process of this machine that the fleet itself signals. An instance that a
+        remote placement runs (a Ray actor's, on any node, even this one) is not: its identity is its
+        actor, and only its placement stops it."""
+        return self.node in (None, LOCAL_NODE)
+
     def ref(self, owner: str) -> ProcRef | None:
-        return ProcRef(self.pid, self.pid_started, True, "llama-server", owner, tuple(self.cmd)) if self.pid else None
+        if not self.pid or not self.local():
+            return None
+        return ProcRef(self.pid, self.pid_started, True, "llama-server", owner, tuple(self.cmd))
 
     def alive(self, owner: str | None = None) -> bool:
-        """It runs (and, given the fleet's `owner` marker, is the fleet's process)."""
+        """It runs here (and, given the fleet's `owner` marker, is the fleet's process)."""
+        if not self.local():
+            return False
         if owner is None:
             return alive(self.pid, self.pid_started)
         ref = self.ref(owner)
@@ -211,6 +223,8 @@ class FleetState:
         return ProcRef(self.supervisor_pid, self.supervisor_started, False, "supervisor", self.owner)
 
     def anything_alive(self) -> bool:
+        if placed_remotely(self.spec) and any(i.state in MEMBER_STATES for i in self.instances):
+            return True  # its instances run out of this machine's sight: only `fleet down` ends such a fleet
         return self.supervisor_alive or any(r.alive() for r in self.refs())
 
     # ---- (de)serialisation
@@ -330,7 +344,7 @@ def remove_runtime_files(state_dir: Path) -> None:
     """Remove what describes a running fleet (the logs stay). Only paths computed from the state dir
     are removed, never one a file names."""
     d = resolve_dir(state_dir)
-    for name in (STATE_FILE, SPEC_FILE, UPSTREAM_FILE):
+    for name in (STATE_FILE, SPEC_FILE, UPSTREAM_FILE, *REMOTE_FILES):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
     with contextlib.suppress(FileNotFoundError, OSError):

@@ -36,13 +36,13 @@ import orjson
 
 from llama_tui.core import paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import keys, processes
+from llama_tui.core.fleet import keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.control_server import ControlServer
 from llama_tui.core.fleet.door_keeper import DoorKeeper
-from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, Instance, Instances
-from llama_tui.core.fleet.local import LocalPlacement
+from llama_tui.core.fleet.instances import LOG_MAX_BYTES, STOP_TIMEOUT_S, HangWatch, Instance, Instances
 from llama_tui.core.fleet.operations import Operations
+from llama_tui.core.fleet.published import Publisher
 from llama_tui.core.fleet.spec import FleetSpec
 from llama_tui.core.fleet.state import FleetState, log
 
@@ -67,6 +67,7 @@ class Supervisor:
         self._last_housekeeping = 0.0
         self._lock_fd: int | None = None
         self._control: ControlServer | None = None
+        self.internal_key: str | None = None  # instances require it (see _use_placement)
         self.metrics: Any = None  # metrics_server.MetricsListener with --metrics-listen
 
     # ------------------------------------------------------------------------------------ setup
@@ -105,6 +106,7 @@ class Supervisor:
         threads = self.spec.threads_for(self.spec.instances)
         with self.lock:
             self.instances.items = self.instances.new(range(self.spec.instances), threads)
+            self.instances.placement.reserve(range(self.spec.instances))
             self.save()
             for inst in self.instances.items:  # all at once: they load in parallel
                 self.instances.spawn(inst)
@@ -163,10 +165,10 @@ class Supervisor:
         self.instances.stop(leftover)
 
     def _use_placement(self) -> None:
-        """Instances as local processes, each requiring the fleet's internal key (in its environment)."""
+        """Instances through the placement of the fleet's engine, each requiring the fleet's internal key
+        (in its environment), which NGINX and the probes send."""
         self.internal_key = keys.ensure_internal_key(self.dir)
-        self.instances.use(LocalPlacement(self.dir, self.spec.host, internal_key=self.internal_key),
-                           api_key=self.internal_key)
+        self.instances.use(placement.for_fleet(self.spec, self.dir, self.internal_key), api_key=self.internal_key)
 
     # ------------------------------------------------------------------------------------ state file
 
@@ -244,6 +246,10 @@ class Supervisor:
         with self.lock:
             self.door.stop(timeout)
         self.instances.stop(list(self.instances.items), timeout=timeout)
+        try:  # what the instances held (Ray placement groups) goes with them
+            self.instances.placement.release([i.rec.index for i in self.instances.items])
+        except Exception as exc:  # the cluster is gone: `fleet down` clears what it can reach
+            log(f"could not release the fleet's placement: {type(exc).__name__}: {exc}")
         with self.lock:
             if keep_state:
                 self.save()
@@ -262,8 +268,11 @@ class Supervisor:
                                       self.exit_event, lambda: self.exit_after_reply,
                                       str(st_mod.supervisor_log_path(self.dir)))
         self._control.open()
-        threading.Thread(target=self.instances.liveness_loop, args=(self.exit_event,), name="liveness",
+        threading.Thread(target=HangWatch(self.instances).loop, args=(self.exit_event,), name="liveness",
                          daemon=True).start()
+        if self.instances.placement.starts_in_background:  # remote instances: clients read what we see
+            threading.Thread(target=Publisher(self.instances, self.dir).run, args=(self.exit_event,),
+                             name="publisher", daemon=True).start()
         if self.spec.metrics_listen:
             self._start_metrics()
 

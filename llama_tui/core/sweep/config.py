@@ -47,6 +47,12 @@ class SweepConfig:
     budget_min: float | None = None
     cores: int | None = None  # for the thread budget; None: this machine's physical cores
     command: tuple[str, ...] = ()  # the command line that started the sweep (for the metadata)
+    # Where each shape's fleet runs (FleetSpec's fields of the same names): local, or a Ray cluster.
+    engine: str = "local"
+    ray_address: str | None = None
+    placement: str = "spread"
+    gpus_per_instance: float = 0.0
+    node_resource: str | None = None
 
     def validate(self) -> None:
         if isinstance(self.concurrency, str) and self.concurrency != "auto":
@@ -116,7 +122,9 @@ class SweepConfig:
             ctx_per_slot=fl["ctx_per_slot"], duration=sw["duration"], warmup=sw["warmup"], repeats=sw["repeats"],
             policy=fl["policy"], host=fl["host"], n_predict=(be["n_predict"],), prompt_tokens=be["prompt_tokens"],
             api=be["api"], stream=be["stream"], gpu_layers=fl["gpu_layers"], gpus=tuple(fl["gpus"] or ()),
-            extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"], ready_timeout=fl["ready_timeout"])
+            extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"], ready_timeout=fl["ready_timeout"],
+            engine=fl["engine"], ray_address=fl["ray_address"], placement=fl["placement"],
+            gpus_per_instance=fl["gpus_per_instance"], node_resource=fl["node_resource"])
         kw.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**kw)
         cfg.validate()
@@ -151,6 +159,11 @@ SETTINGS_OPTIONS = {
     "extra_args": "fleet.extra_args",
     "prompt_tokens": "bench.prompt_tokens",
     "api": "bench.api",
+    "engine": "fleet.engine",
+    "ray_address": "fleet.ray_address",
+    "placement": "fleet.placement",
+    "gpus_per_instance": "fleet.gpus_per_instance",
+    "node_resource": "fleet.node_resource",
 }
 # Options that are no setting: they set SweepConfig fields directly (lists as "1,2,4" or sequences).
 LIST_OPTIONS = ("threads", "batch", "ubatch", "n_predict")

@@ -154,7 +154,8 @@ class FleetRunner:
             host=cfg.host, base_port=cfg.base_port, nginx_port=cfg.nginx_port, listen=cfg.host, policy=cfg.policy,
             max_conns=False, max_concurrency=max(cands + [cfg.max_concurrency if cfg.concurrency == "auto" else 1]),
             extra_args=shape.server_args() + tuple(shlex.split(cfg.extra_args or "")), api_key=None,
-            expose_admin=False, ready_timeout=cfg.ready_timeout)
+            expose_admin=False, ready_timeout=cfg.ready_timeout, engine=cfg.engine, ray_address=cfg.ray_address,
+            placement=cfg.placement, gpus_per_instance=cfg.gpus_per_instance, node_resource=cfg.node_resource)
         fleet.check_ports(spec)  # busy ports are the user's to fix: a UserError ends the sweep
         try:
             fleet.up(spec, state_dir=self.state_dir)
@@ -166,7 +167,7 @@ class FleetRunner:
             raise LaunchFailed("the fleet came up but left no state file", memory=False)
         self.nginx_url = st.nginx_url()
         insts = sorted(st.instances, key=lambda i: i.index)
-        self.pids = tuple(i.pid for i in insts if i.pid)
+        self.pids = tuple(i.pid for i in insts if i.pid and i.local())  # (peaks of Ray instances: not sampled)
         commands = [shlex.join(i.cmd) for i in insts if i.cmd]
         if st.nginx is not None and st.nginx.pid:
             try:

@@ -1,4 +1,5 @@
-"""The Fleet pane: one row per instance (keyed by port, updated in place), a totals row, a system line."""
+"""The Fleet pane: one row per instance (keyed by port, updated in place), a totals row, a system line
+(one per node too, when the instances run on several machines)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from llama_tui.ui.widgets.keyed_table import Cell, Col, KeyedTable
 from llama_tui.ui.widgets.redraw import show_text
 
 TOTAL_KEY = "total"
-LEFT_ALIGNED = {"state", "slots", "req", "index", "port", "pid", "uptime"}
+LEFT_ALIGNED = {"state", "slots", "req", "index", "port", "host", "pid", "uptime"}
 STATES = ("starting", "ready", "restarting", "failed", "stopped", "draining")
 
 
@@ -37,7 +38,8 @@ def _gpu_mem(i: InstanceSnapshot) -> str:
 
 COLUMNS: tuple[Column, ...] = (
     Column("index", "#", 2, True, lambda i: str(i.index)),
-    Column("port", "port", 5, True, lambda i: str(i.port)),
+    Column("port", "port", 5, True, lambda i: str(i.port) if i.port else "n/a"),  # 0: its node picks it
+    Column("host", "host", 15, True, lambda i: i.host or "n/a", 11),  # only when instances run on other machines
     Column("pid", "pid", 7, False, lambda i: units.num(i.pid).replace(",", "")),
     Column("state", "state", 10, True, lambda i: i.state, 8),
     Column("slots", "slots", 5, True, lambda i: units.ratio(i.slots_busy, i.slots_total)),
@@ -63,7 +65,7 @@ def totals(snap: FleetSnapshot) -> dict[str, str]:
     insts = snap.instances
     ready = sum(1 for i in insts if i.state == "ready")
     return {
-        "index": "Σ", "port": "", "pid": "", "state": f"{ready}/{len(insts)} up",  # fits the narrow width too
+        "index": "Σ", "port": "", "host": "", "pid": "", "state": f"{ready}/{len(insts)} up",  # fits the narrow width too
         "slots": units.ratio(_sum([i.slots_busy for i in insts]), _sum([i.slots_total for i in insts])),
         "req": units.ratio(_sum([i.requests_processing for i in insts]), _sum([i.requests_deferred for i in insts])),
         "tok_s": units.num(_sum([i.server_tok_s for i in insts])),
@@ -91,21 +93,37 @@ def system_line(sysm: SystemSample | None) -> str:
     return "  ·  ".join(parts)
 
 
+def multi_host(snap: FleetSnapshot) -> bool:
+    """The fleet's instances run on other machines (Ray nodes), not only on this one."""
+    return any(i.node not in (None, "local") for i in snap.instances)
+
+
+def system_lines(snap: FleetSnapshot) -> str:
+    """This machine's line; for a fleet on several machines, one line per node after it."""
+    if not snap.nodes:
+        return system_line(snap.system)
+    lines = [f"here  {system_line(snap.system)}"]
+    lines += [f"{n.host}  {system_line(n.system)}" for n in snap.nodes]
+    return "\n".join(lines)
+
+
 class FleetTable(KeyedTable):
-    """Instances keyed by port, then the totals row. Rows change in place; the cursor stays on its row."""
+    """Instances keyed by port (see `row_key`), then the totals row. Rows change in place; the cursor stays on
+    its row."""
 
     COMPONENT_CLASSES = {f"fleet-table--{s}" for s in STATES} | {"fleet-table--total"}
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(pin_last=True, **kw)
         self.narrow = False
+        self.multi_host = False  # show the host column
         self._last: FleetSnapshot | None = None
 
     def on_mount(self) -> None:
         self.set_columns(self._cols())
 
     def columns_shown(self) -> tuple[Column, ...]:
-        return tuple(c for c in COLUMNS if c.narrow or not self.narrow)
+        return tuple(c for c in COLUMNS if (c.narrow or not self.narrow) and (c.key != "host" or self.multi_host))
 
     def _cols(self) -> list[Col]:
         out = []
@@ -127,7 +145,14 @@ class FleetTable(KeyedTable):
 
     def selected_port(self) -> int | None:
         key = self.cursor_key()
-        return None if key in (None, TOTAL_KEY) else int(key)
+        port = key.rsplit(":", 1)[-1] if key not in (None, TOTAL_KEY) else ""
+        return int(port) if port.isdigit() else None
+
+    def row_key(self, i: InstanceSnapshot) -> str:
+        """The port; on several machines HOST:PORT (ports repeat across nodes), or #INDEX before it has one."""
+        if not self.multi_host:
+            return str(i.port)
+        return f"{i.host}:{i.port}" if i.port else f"#{i.index}"
 
     def _cell(self, key: str, value: str, state: str | None) -> Cell:
         if key == "state" and state:
@@ -136,9 +161,12 @@ class FleetTable(KeyedTable):
 
     def show(self, snap: FleetSnapshot) -> None:
         self._last = snap
+        if multi_host(snap) != self.multi_host:
+            self.multi_host = not self.multi_host
+            self.set_columns(self._cols())
         cols = self.columns_shown()
         rows: list[tuple[str, list[Cell]]] = [
-            (str(i.port), [self._cell(c.key, c.cell(i), i.state) for c in cols]) for i in snap.instances]
+            (self.row_key(i), [self._cell(c.key, c.cell(i), i.state) for c in cols]) for i in snap.instances]
         if snap.instances:
             tot = totals(snap)
             rows.append((TOTAL_KEY, [(tot[c.key], "fleet-table--total") for c in cols]))
@@ -175,7 +203,7 @@ class FleetPane(Vertical):
         if titles != (self.border_title, self.border_subtitle):  # setting them repaints the pane, even unchanged
             self.border_title, self.border_subtitle = titles
         show_text(self.query_one("#fleet-empty", Static), idle_hint)
-        show_text(self.query_one("#system-line", Static), system_line(snap.system))
+        show_text(self.query_one("#system-line", Static), system_lines(snap))
         problems = [f"instance {i.index} :{i.port} {i.state}: {i.last_error or 'no error recorded'}" for i in failed]
         problems += list(snap.warnings)
         # Text, not markup: an instance's error quotes its log (a prompt's "[/INST]" is no markup tag)
