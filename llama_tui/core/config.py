@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from llama_tui.core import paths, resources
 from llama_tui.core.errors import ConfigError, UserError
 
-POLICIES = ("round_robin", "least_conn", "random_two_least_conn", "hash")
+POLICIES = ("round_robin", "least_conn", "random_two_least_conn", "hash", "prefix")  # prefix: NGINX's Lua module
 APIS = ("completion", "chat")
 
 
