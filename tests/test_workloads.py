@@ -223,7 +223,9 @@ def test_the_window_opens_after_the_warmup_in_flight_target_and_a_lifetime():
     gate = steady.WarmupGate("closed", 4, t_start=100.0, warmup=2.0, duration=12.0, lead=0.05)
     gate.update(counters(0, 2, []))
     assert gate.decide(101.0) is None
-    gate.update(counters(1, 2, [5.0, 7.0]))  # both workers at their share, lifetimes seen: median 6 s
+    gate.update(counters(1, 2, [5.0, 7.0]))  # both workers at their share, but 2 of the first 4 ended
+    assert gate.decide(103.0) is None
+    gate.update(counters(0, 2, [5.0, 7.0]))  # every stream's first request ended: median lifetime 6 s
     assert gate.decide(104.0) == (106.0, 118.0)  # not before t_start + one lifetime
     assert gate.decide(107.0) is None  # once
     assert gate.fields() == {"warmup_s": 6.0, "warmup_note": None}
@@ -235,7 +237,7 @@ def test_a_warmup_that_never_settles_ends_at_its_cap_and_says_why():
     assert gate.decide(30.0) is None
     window = gate.decide(1.0 + steady.WARMUP_CAP_S)
     assert window is not None and window[0] >= 1.0 + steady.WARMUP_CAP_S
-    assert "in flight reached 3 of 8" in gate.note and "no request ended" in gate.note
+    assert "in flight reached 3 of 8" in gate.note and "0 of the first 8 requests ended" in gate.note
 
 
 def test_a_window_shorter_than_three_lifetimes_is_too_short():

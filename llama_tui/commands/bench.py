@@ -258,6 +258,12 @@ def _notes(result: dict[str, Any]) -> list[str]:
     wl = (meta.get("workload") or {}).get("name", "unique")
     lines = [f"({meta['streaming']}, api {meta['api']}, workload {wl}, n_predict {n}, latencies in ms; cache_n: "
              f"prompt tokens from the cache per request; definitions: llama-tui bench --help)"]
+    swa = meta.get("model_sliding_window")
+    low = [st for st in result["steps"] if (st.get("cache_hit_pct") or 0) < 20]
+    if swa and wl in ("shared-prefix", "sessions") and low:
+        lines.append(f"cache_n is low and the model attends through a sliding window ({swa} tokens): llama-server "
+                     "then reuses a cached prompt only up to the checkpoint near the end of the last one; start the "
+                     "fleet with --extra-args=--swa-full to reuse shared prefixes")
     bases = {st.get("server_rate_basis") for st in result["steps"]} - {None}
     if "completions" in bases:
         lines.append("server tok/s here counts completed requests only (no /slots to read in-flight tokens), "

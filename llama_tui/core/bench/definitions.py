@@ -39,11 +39,13 @@ DEFINITIONS = {
                            "read as /metrics, /slots, /metrics until the counter held still between them; the load "
                            "stays on until the end read. server_rate_basis 'decoded' means that; 'completions' "
                            "means /slots was not readable and the figure is the counter alone, which moves in "
-                           "steps of whole requests. server_rate_agreement_pct: (server - client) / client rate",
+                           "steps of whole requests. server_rate_agreement_pct: (server - client) / client rate; "
+                           "server_counter_tok_s: the counter's delta alone over the same reads, for comparison",
     "token_agreement_pct": "(tokens the client received during the whole step - the tokens the servers decoded "
                            "over the step) / the latter, in percent",
     "warmup": "warmup_s: from the load's start to the window's: at least --warmup, and until the requests in flight "
-              "reached the step's concurrency and a request lifetime (the median E2E so far) had passed (--warmup "
+              "reached the step's concurrency and a request lifetime had passed (every stream's first request ended, "
+              "and at least the median E2E so far) (--warmup "
               "0: no wait). A window that held fewer than 3 request lifetimes (E2E p50) makes the step invalid",
     "client_cpu_percent": "CPU time of the load generator's event-loop thread(s) inside the window / window "
                           "length (100 = one core)",

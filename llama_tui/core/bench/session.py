@@ -152,7 +152,7 @@ class BenchSession:
             "load_shape": ("rate" if c.rates else "ramp" if c.ramp else "concurrency"),
             "llama_server": {"build_info": (props or {}).get("build_info"), "total_slots": (props or {}).get("total_slots"),
                              "model_path": (props or {}).get("model_path")} if props else None,
-            "model": model, "fleet": fleet_meta, "nginx": nginx_meta,
+            "model": model, "model_sliding_window": sliding_window(model), "fleet": fleet_meta, "nginx": nginx_meta,
             "servers": list(self.servers.urls), "servers_from": self.servers.source,
             "host": {"cpu": hardware.cpu_model(), "physical_cores": hardware.physical_cores(),
                      "logical_cores": hardware.logical_cores(), "memory_bytes": total_mem, "gpus": gpus,
@@ -248,6 +248,19 @@ class BenchSession:
             if self.ceiling and per_worker > 0.5 * self.ceiling:
                 self.next_workers = min(max(1, hardware.logical_cores() // 2), n_workers * 2)
         return step
+
+
+def sliding_window(model: str | None) -> int | None:
+    """The model's attention window when it slides (Gemma 2/3 ...), from its GGUF header: llama-server then
+    reuses a cached prompt only up to its checkpoints, unless started with --swa-full."""
+    if not model:
+        return None
+    from llama_tui.core import gguf_header
+
+    try:
+        return gguf_header.read_header(Path(model)).arch_int("attention.sliding_window")
+    except (OSError, gguf_header.GGUFHeaderError):
+        return None
 
 
 def build_shape(config: BenchConfig) -> tuple[RequestShape, dict[str, Any], dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 Warm-up lasts at least --warmup seconds, and (unless --warmup is 0: the window opens with the load) until
 - the requests in flight have reached the step's target (closed loop: its concurrency), and
-- at least one request lifetime has passed: a request has ended, and the load has run for at least
-  the median lifetime (E2E) of the requests ended so far.
+- at least one request lifetime has passed: as many requests have ended as the target (closed loop:
+  every stream's first request, the ones that started together; open loop: one), and the load has
+  run for at least the median lifetime (E2E) of the requests ended so far.
 A warm-up that has not got there after `WARMUP_CAP_S` more seconds opens the window anyway and says
 why (`warmup_note`). The window is --duration seconds; a window that held fewer than `MIN_LIFETIMES`
 request lifetimes (the window's E2E p50) is too short: the step is not valid, with the reason.
@@ -49,7 +50,7 @@ class WarmupGate:
 
     def _steady_from(self) -> float | None:
         """The earliest time the warm-up conditions allow, or None while they do not hold yet."""
-        if sum(self.peaks.values()) < self.target or not self.e2e:
+        if sum(self.peaks.values()) < self.target or len(self.e2e) < max(1, self.target):
             return None
         return max(self.t_min, self.t_start + statistics.median(self.e2e))
 
@@ -71,8 +72,8 @@ class WarmupGate:
         reasons = []
         if sum(self.peaks.values()) < self.target:
             reasons.append(f"in flight reached {sum(self.peaks.values())} of {self.target}")
-        if not self.e2e:
-            reasons.append("no request ended")
+        if len(self.e2e) < max(1, self.target):
+            reasons.append(f"{len(self.e2e)} of the first {max(1, self.target)} requests ended")
         return (f"warm-up ended at its cap ({self.t_cap - self.t_start:.0f} s) before a steady state: "
                 + ", ".join(reasons or ["a request lifetime had not passed"]))
 

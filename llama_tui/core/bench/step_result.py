@@ -59,17 +59,19 @@ def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrenc
             step[f"{name}_{k}_ms"] = summary[k]
     step["samples_n"] = {name: len(getattr(part, name)) for name in LATENCIES}
     # The servers' own count over the same window: tokens decoded between its edges.
-    server_tokens = server_rate = server_window = basis = consistent = None
+    server_tokens = server_rate = server_window = basis = consistent = counter_rate = None
     start, end = (reader.start_read, reader.end_read) if reader is not None else (None, None)
     if start and end:
         server_tokens = end["tokens"] - start["tokens"]
         server_window = end["t"] - start["t"]
         server_rate = server_tokens / server_window if server_window > 0 else None
+        counter_rate = (end["counter"] - start["counter"]) / server_window if server_window > 0 else None
         basis = "decoded" if start["basis"] == end["basis"] == "decoded" else "completions"
         consistent = bool(start["consistent"] and end["consistent"])
     step["server_output_tokens"] = int(server_tokens) if server_tokens is not None else None
     step["server_output_tok_s"] = _r(server_rate)
     step["server_window_s"] = _r(server_window, 3)
+    step["server_counter_tok_s"] = _r(counter_rate)  # the completion counter alone: jumps with completions
     step["server_rate_basis"] = basis
     step["server_reads_consistent"] = consistent
     client_rate = part.output_tokens / w if w > 0 else None
