@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--n-predict", dest="n_predict", type=int, default=64)
     ap.add_argument("--duration", type=float, default=12.0)
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--max-window", dest="max_window", type=float, default=None,
+                    help="let windows stretch for long requests up to this (default: --duration, fixed windows)")
     ap.add_argument("--json", help="also write the bench result here")
     args = ap.parse_args()
 
@@ -53,7 +55,8 @@ def main() -> int:
         fleet.up(spec, state_dir=state)
         st = fleet.load_state(state)
         cfg = bench.BenchConfig(url=st.nginx_url(), concurrency=concurrency, duration=args.duration,
-                                warmup=args.warmup, n_predict=args.n_predict, state_dir=str(state))
+                                warmup=args.warmup, n_predict=args.n_predict, state_dir=str(state),
+                                max_window=args.max_window or args.duration)
         result = bench.run(cfg)
     finally:
         fleet.down(state_dir=state)

@@ -272,15 +272,16 @@ def test_real_two_cell_sweep_writes_best(real_model, tmp_path):
     out = tmp_path / "sweep"
     base = free_port_block(3)
     proc = run_cli("sweep", "--model", str(real_model), "--instances", "1", "--parallel", "1,2", "--concurrency", "2",
-                   "--threads", "2", "--duration", "5", "--warmup", "2", "--n-predict", "8", "--prompt-tokens", "16",
+                   "--threads", "2", "--duration", "5", "--warmup", "2", "--n-predict", "4", "--prompt-tokens", "16",
                    "--ctx-per-slot", "256", "--nginx-port", str(base), "--base-port", str(base + 1),
                    NO_REPACK, "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stderr
     rows = [orjson.loads(line) for line in (out / "results.jsonl").read_bytes().splitlines()]
     assert sorted((r["instances"], r["parallel"]) for r in rows) == [(1, 1), (1, 2)]
     assert all(r["errors"] == 0 and r["output_tok_s"] > 0 for r in rows), rows
-    # 8-token requests, so that several finish inside each 5 s window even on a loaded 2-core box:
-    # best.json only takes cells with completed requests.
+    # 4-token requests, so that several finish inside each window even on a loaded 2-core box (a window
+    # stretches to hold 3 request lifetimes, up to 4 x 5 s): best.json only takes valid cells with
+    # completed requests.
     good = [r for r in rows if r["valid"] and r["requests_ok"] > 0]
     best = orjson.loads((out / "best.json").read_bytes())["best"]
     assert good and best is not None, rows

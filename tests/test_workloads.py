@@ -226,9 +226,25 @@ def test_the_window_opens_after_the_warmup_in_flight_target_and_a_lifetime():
     gate.update(counters(1, 2, [5.0, 7.0]))  # both workers at their share, but 2 of the first 4 ended
     assert gate.decide(103.0) is None
     gate.update(counters(0, 2, [5.0, 7.0]))  # every stream's first request ended: median lifetime 6 s
-    assert gate.decide(104.0) == (106.0, 118.0)  # not before t_start + one lifetime
+    assert gate.decide(104.0) == (106.0, 124.0)  # not before t_start + one lifetime; 3 lifetimes long
     assert gate.decide(107.0) is None  # once
-    assert gate.fields() == {"warmup_s": 6.0, "warmup_note": None}
+    fields = gate.fields()
+    assert fields["warmup_s"] == 6.0 and fields["warmup_note"] is None
+    assert fields["window_note"].startswith("window stretched from 12 s to 18.0 s")
+
+
+def test_a_window_stretches_to_hold_three_lifetimes_up_to_its_limit():
+    def window(lifetimes: list[float], duration: float = 10.0, max_window: float | None = None):
+        gate = steady.WarmupGate("closed", 1, 0.0, 1.0, duration, 0.05, max_window)
+        gate.update(counters(0, 1, lifetimes))
+        tw, te = gate.decide(50.0)
+        return round(te - tw, 3), gate.window_note
+
+    assert window([2.0]) == (10.0, None)  # 3 lifetimes fit in --duration
+    length, note = window([5.0])
+    assert length == 15.0 and "stretched from 10 s to 15.0 s" in note
+    assert window([20.0])[0] == 40.0  # at most 4 x --duration by default
+    assert window([20.0], max_window=10.0) == (10.0, None)  # --max-window = --duration: fixed
 
 
 def test_a_warmup_that_never_settles_ends_at_its_cap_and_says_why():
@@ -243,8 +259,10 @@ def test_a_warmup_that_never_settles_ends_at_its_cap_and_says_why():
 def test_a_window_shorter_than_three_lifetimes_is_too_short():
     assert steady.window_verdict(12.0, 3000.0, 10, 0) is None
     short = steady.window_verdict(12.0, 5000.0, 10, 0)
-    assert "2.4 request lifetimes" in short and "--duration 15" in short
+    assert "2.4 request lifetimes" in short and "--max-window 15" in short
     assert "no request completed" in steady.window_verdict(12.0, None, 0, 0)
+    with pytest.raises(UserError, match="--max-window 5 is below --duration 10"):
+        BenchConfig(url="http://x:1", duration=10.0, max_window=5.0).validated()
     assert steady.window_verdict(12.0, None, 0, 3) is None  # errors say enough already
 
 

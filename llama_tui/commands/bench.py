@@ -72,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="where --ramp stops (default 1024)")
     tm = p.add_argument_group("timing")
     tm.add_argument("--duration", metavar="S", help="measured seconds per step (default 10)")
-    tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2)")
+    tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2; longer "
+                    "until the load is steady: in flight at the concurrency and a request lifetime passed)")
+    tm.add_argument("--max-window", dest="max_window", type=float, metavar="S",
+                    help="how long a window may stretch to hold 3 request lifetimes (default 4 x --duration; "
+                    "--duration's value keeps windows fixed)")
     tm.add_argument("--timeout", type=float, metavar="S",
                     help="a request that receives nothing for this long is a timeout (default 120)")
     tm.add_argument("--drain", type=float, metavar="S",
@@ -176,6 +180,7 @@ def build_config(args: argparse.Namespace):
         "timeout": args.timeout, "drain": args.drain, "max_concurrency": args.max_concurrency, "seed": args.seed,
         "workload": workload, "dataset": dataset, "n_predict_max": n_max, "prefix_tokens": args.prefix_tokens,
         "prefix_groups": args.prefix_groups, "sessions": args.sessions, "turns": args.turns,
+        "max_window": args.max_window,
     }
     if args.ramp and args.concurrency is None:
         overrides["concurrency"] = (1,)
@@ -248,6 +253,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"NO  step {st['step'] + 1}: {st['invalid_reason']}")
         if st.get("latency_note"):
             lines.append(f"*   step {st['step'] + 1}: {st['latency_note']}")
+        if st.get("window_note"):
+            lines.append(f"~   step {st['step'] + 1}: {st['window_note']}")
     return "\n".join(lines)
 
 

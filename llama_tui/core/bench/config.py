@@ -72,6 +72,7 @@ class BenchConfig:
     sessions: int | None = None  # sessions: N
     turns: int | None = None  # sessions: T
     n_predict_max: int | None = None  # --n-predict MIN:MAX: drawn uniformly per request
+    max_window: float | None = None  # how far a window may stretch for long requests (None: 4 x duration)
 
     @property
     def target_urls(self) -> tuple[str, ...]:
@@ -142,6 +143,9 @@ class BenchConfig:
                 raise UserError(f"--{name} must be >= {lo}, got {v!r}", f"correct --{name}")
         if self.n_predict < 1:
             raise UserError(f"--n-predict must be >= 1, got {self.n_predict}", "correct --n-predict")
+        if self.max_window is not None and not self.max_window >= self.duration:
+            raise UserError(f"--max-window {self.max_window:g} is below --duration {self.duration:g}",
+                            "give --max-window at least --duration (equal: fixed windows)")
         if self.prompt_tokens < 1:
             raise UserError(f"--prompt-tokens must be >= 1, got {self.prompt_tokens}", "correct --prompt-tokens")
         if self.workers is not None and self.workers < 1:

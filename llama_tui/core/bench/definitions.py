@@ -46,7 +46,9 @@ DEFINITIONS = {
     "warmup": "warmup_s: from the load's start to the window's: at least --warmup, and until the requests in flight "
               "reached the step's concurrency and a request lifetime had passed (every stream's first request ended, "
               "and at least the median E2E so far) (--warmup "
-              "0: no wait). A window that held fewer than 3 request lifetimes (E2E p50) makes the step invalid",
+              "0: no wait). The window is --duration, stretched to hold 3 request lifetimes (the warm-up's median "
+              "E2E) up to --max-window (window_note); one that still held fewer than 3 (E2E p50) makes the step "
+              "invalid",
     "client_cpu_percent": "CPU time of the load generator's event-loop thread(s) inside the window / window "
                           "length (100 = one core)",
     "loop_lag_p99_ms": "p99 of how late a 10 ms timer fired on the load generator's event loop(s)",

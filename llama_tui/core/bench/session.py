@@ -202,7 +202,7 @@ class BenchSession:
                            t_start + c.warmup + c.duration)
         live.opened = not plans[0].gated
         reader = CounterReader(self.servers.urls, stopped, self.servers.api_key) if self.servers.urls else None
-        gate = WarmupGate(mode, concurrency or 0, t_start, c.warmup, c.duration, lead_s(n_workers))
+        gate = WarmupGate(mode, concurrency or 0, t_start, c.warmup, c.duration, lead_s(n_workers), c.max_window)
         if not plans[0].gated:  # --warmup 0: the window opens with the load, no steady-state wait
             gate.window = (plans[0].t_window, plans[0].t_end)
             if reader is not None:

@@ -6,8 +6,11 @@ Warm-up lasts at least --warmup seconds, and (unless --warmup is 0: the window o
   every stream's first request, the ones that started together; open loop: one), and the load has
   run for at least the median lifetime (E2E) of the requests ended so far.
 A warm-up that has not got there after `WARMUP_CAP_S` more seconds opens the window anyway and says
-why (`warmup_note`). The window is --duration seconds; a window that held fewer than `MIN_LIFETIMES`
-request lifetimes (the window's E2E p50) is too short: the step is not valid, with the reason.
+why (`warmup_note`). The window is sized from the request lifetime: --duration seconds, stretched to
+hold `MIN_LIFETIMES` lifetimes of the warm-up's median E2E, up to --max-window (default
+`STRETCH_MAX` x --duration; `window_note` says when it stretched). A window that still held fewer
+than `MIN_LIFETIMES` request lifetimes (the window's E2E p50) is too short: the step is not valid,
+with the reason.
 """
 
 from __future__ import annotations
@@ -25,24 +28,27 @@ if TYPE_CHECKING:
 
 WARMUP_CAP_S = 60.0  # beyond --warmup
 MIN_LIFETIMES = 3.0
+STRETCH_MAX = 4.0  # default --max-window: this many times --duration
 
 
 class WarmupGate:
     """Fed the workers' live counters; says when the window opens (`decide`)."""
 
     def __init__(self, mode: str, target_inflight: int, t_start: float, warmup: float, duration: float,
-                 lead: float) -> None:
+                 lead: float, max_window: float | None = None) -> None:
         self.mode = mode
         self.target = target_inflight if mode == "closed" else 0
         self.t_start = t_start
         self.t_min = t_start + warmup
         self.t_cap = self.t_min + WARMUP_CAP_S
         self.duration = duration
+        self.max_window = max(duration, max_window if max_window is not None else STRETCH_MAX * duration)
         self.lead = lead  # how far ahead of now a window may open (the workers must hear of it first)
         self.peaks: dict[int, int] = {}
         self.e2e: list[float] = []
         self.window: tuple[float, float] | None = None
         self.note: str | None = None
+        self.window_note: str | None = None
 
     def update(self, c: LiveCounters) -> None:
         self.peaks[c.worker] = max(self.peaks.get(c.worker, 0), c.peak_inflight)
@@ -65,8 +71,19 @@ class WarmupGate:
         if at is None:
             return None
         t_window = max(at, now + self.lead)
-        self.window = (t_window, t_window + self.duration)
+        self.window = (t_window, t_window + self._length())
         return self.window
+
+    def _length(self) -> float:
+        """The window: --duration, or long enough for MIN_LIFETIMES request lifetimes, up to max_window."""
+        if not self.e2e:
+            return self.duration
+        lifetime = statistics.median(self.e2e)
+        length = min(self.max_window, max(self.duration, MIN_LIFETIMES * lifetime))
+        if length > self.duration:
+            self.window_note = (f"window stretched from {self.duration:g} s to {length:.1f} s to hold "
+                                f"{MIN_LIFETIMES:.0f} request lifetimes of about {lifetime:.1f} s")
+        return length
 
     def _why_not(self) -> str:
         reasons = []
@@ -80,7 +97,7 @@ class WarmupGate:
     def fields(self) -> dict[str, Any]:
         """The step's record of its warm-up."""
         warm = round(self.window[0] - self.t_start, 2) if self.window else None
-        return {"warmup_s": warm, "warmup_note": self.note}
+        return {"warmup_s": warm, "warmup_note": self.note, "window_note": self.window_note}
 
 
 def window_verdict(window_s: float, e2e_p50_ms: float | None, requests_ok: int, errors: int) -> str | None:
@@ -89,12 +106,12 @@ def window_verdict(window_s: float, e2e_p50_ms: float | None, requests_ok: int, 
         return None
     if not requests_ok or e2e_p50_ms is None:
         return (f"window too short: no request completed inside its {window_s:.1f} s "
-                f"(use a longer --duration)")
+                f"(allow a longer --max-window)")
     lifetime = e2e_p50_ms / 1000.0
     held = window_s / lifetime if lifetime > 0 else float("inf")
     if held < MIN_LIFETIMES:
         return (f"window too short: {window_s:.1f} s held {held:.1f} request lifetimes (E2E p50 {lifetime:.1f} s), "
-                f"fewer than {MIN_LIFETIMES:.0f}: use --duration {MIN_LIFETIMES * lifetime:.0f} or more")
+                f"fewer than {MIN_LIFETIMES:.0f}: allow --max-window {MIN_LIFETIMES * lifetime:.0f} or more")
     return None
 
 

@@ -33,7 +33,7 @@ def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrenc
     step: dict[str, Any] = {
         "step": index, "mode": mode, "concurrency": concurrency if mode == "closed" else None,
         "rate": rate if mode == "open" else None, "started_at": started_at,
-        "duration_s": round(w, 3), "warmup_s": c.warmup, "warmup_note": None,
+        "duration_s": round(w, 3), "warmup_s": c.warmup, "warmup_note": None, "window_note": None,
         **{k: v for k, v in (warmup or {}).items() if v is not None},
         "api": c.api, "stream": stream, "n_predict": c.n_predict, "n_predict_max": c.n_predict_max,
         "workload": c.workload,
