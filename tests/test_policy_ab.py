@@ -93,3 +93,21 @@ def test_the_prefix_policy_keeps_each_prompt_prefix_on_one_instance(tiny_fleet):
                 served.setdefault(agent, set()).add(r.headers["x-upstream"])
     assert all(len(ups) == 1 for ups in served.values()), served
     assert len(set.union(*served.values())) == 2  # twelve agents spread over both instances (all on one: 2**-11)
+
+
+@pytest.mark.integration
+def test_sweep_with_a_list_of_policies_sweeps_each_into_its_folder(tmp_path):
+    out = tmp_path / "sweep"
+    base = free_port_block(3)
+    proc = run_cli("sweep", "--model", "tiny", "--instances", "2", "--parallel", "1", "--concurrency", "2",
+                   "--threads", "1", "--duration", "1", "--warmup", "0.3", "--n-predict", "16", "--workload",
+                   "shared-prefix", "--prefix-tokens", "64", "--prefix-groups", "3", "--policy", "least_conn,hash",
+                   "--nginx-port", str(base), "--base-port", str(base + 1), "--out", str(out), timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "== policy least_conn" in proc.stdout and "== policy hash" in proc.stdout
+    assert "best per policy:" in proc.stdout
+    for policy in ("least_conn", "hash"):
+        [row] = [orjson.loads(line) for line in (out / policy / "results.jsonl").read_bytes().splitlines()]
+        assert row["errors"] == 0 and row["workload"] == "shared-prefix" and row["cache_n_mean"] > 0, row
+        meta = orjson.loads((out / policy / "metadata.json").read_bytes())
+        assert meta["params"]["policy"] == policy and meta["params"]["workload"]["prefix_groups"] == 3

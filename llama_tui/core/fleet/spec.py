@@ -104,8 +104,9 @@ class FleetSpec:
                             "use 127.0.0.1 (default) or 0.0.0.0 for every interface") from None
         self.check_port_range(self.instances)
         self.check_pinning(self.instances)
-        if self.policy not in config.POLICIES:
-            raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
+        from llama_tui.core.fleet.frontdoor import check_policy
+
+        check_policy(self.policy)  # unknown, or `prefix` without NGINX's Lua module: refused before anything starts
 
     def check_port_range(self, instances: int) -> None:
         for name, port in (("--base-port", self.base_port), ("--nginx-port", self.nginx_port)):
