@@ -64,13 +64,14 @@ def test_bench_policies_prints_them_side_by_side_and_restores_the_fleets_policy(
     assert proc.returncode == 0, proc.stderr
     head = next(line for line in proc.stdout.splitlines() if line.startswith("load"))
     assert head.split()[-2:] == ["hash", "least_conn"]  # the policies side by side, in the order given
-    for label in ("tok/s", "TTFT p50 ms", "cache_n mean", "cache hit %"):
+    for label in ("tok/s", "TTFT p50 ms", "cache_n mean", "cache hit %", "busiest instance %"):
         assert any(line.split("  ")[0].strip() == "" and label in line for line in proc.stdout.splitlines()), label
     result = orjson.loads(out.read_bytes())
     assert [s["policy"] for s in result["steps"]] == ["hash", "least_conn"]
     assert all(s["errors"] == 0 and s["requests_ok"] > 0 and s["cache_n"] > 0 for s in result["steps"])
     [block] = result["comparison"]
     assert block["load"] == "c=2" and set(block["policies"]) == {"hash", "least_conn"}
+    assert all(50.0 <= fig["busiest_pct"] <= 100.0 for fig in block["policies"].values())  # 2 instances
     assert [r["metadata"]["seed"] for r in result["runs"]] == [5, 5]
     assert result["metadata"]["workload"]["name"] == "sessions"
     assert fleet.load_state(tiny_fleet).nginx.policy == "least_conn"  # put back
@@ -111,3 +112,13 @@ def test_sweep_with_a_list_of_policies_sweeps_each_into_its_folder(tmp_path):
         assert row["errors"] == 0 and row["workload"] == "shared-prefix" and row["cache_n_mean"] > 0, row
         meta = orjson.loads((out / policy / "metadata.json").read_bytes())
         assert meta["params"]["policy"] == policy and meta["params"]["workload"]["prefix_groups"] == 3
+
+
+@pytest.mark.integration
+def test_a_workload_that_cannot_fit_a_slot_is_refused_before_any_load(llama_server):
+    url = llama_server(parallel=1, ctx_per_slot=256)
+    with pytest.raises(UserError) as err:
+        bench.run_step(BenchConfig(url=url, concurrency=(1,), workload="sessions", turns=20, n_predict=64,
+                                   prompt_tokens=16, duration=1.0))
+    assert "20 turns of about" in err.value.cause and "above a slot's context (256)" in err.value.cause
+    assert "--ctx-per-slot" in err.value.fix

@@ -28,7 +28,7 @@ from llama_tui.core.errors import UserError
 COMPARED = (("output_tok_s", "tok/s"), ("server_output_tok_s", "server tok/s"), ("ttft_p50_ms", "TTFT p50 ms"),
             ("ttft_p95_ms", "TTFT p95 ms"), ("e2e_p50_ms", "E2E p50 ms"), ("prompt_tok_s", "prompt tok/s"),
             ("cache_n_mean", "cache_n mean"), ("cache_hit_pct", "cache hit %"), ("requests_ok", "requests ok"),
-            ("errors", "errors"), ("valid", "valid"))
+            ("busiest_pct", "busiest instance %"), ("errors", "errors"), ("valid", "valid"))
 
 
 def parse_policies(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -123,6 +123,13 @@ def load_label(step: dict[str, Any]) -> str:
     return f"c={step['concurrency']}" if step["mode"] == "closed" else f"rate={step['rate']:g}/s"
 
 
+def busiest_share(step: dict[str, Any]) -> float | None:
+    """The share (%) of a step's completed requests that its busiest instance served: how evenly a
+    policy spread the load (routing by key trades balance for cache reuse)."""
+    counts = [e.get("requests_ok", 0) for e in (step.get("per_upstream") or {}).values()]
+    return round(100.0 * max(counts) / sum(counts), 1) if counts and sum(counts) else None
+
+
 def comparison(steps: list[dict[str, Any]], policies: Sequence[str]) -> list[dict[str, Any]]:
     """Per load step: each policy's compared figures, in the order of the steps."""
     out: list[dict[str, Any]] = []
@@ -133,7 +140,9 @@ def comparison(steps: list[dict[str, Any]], policies: Sequence[str]) -> list[dic
         if row is None:
             row = by_load[label] = {"load": label, "policies": {}}
             out.append(row)
-        row["policies"][step["policy"]] = {key: step.get(key) for key, _ in COMPARED}
+        figures = {key: step.get(key) for key, _ in COMPARED}
+        figures["busiest_pct"] = busiest_share(step)
+        row["policies"][step["policy"]] = figures
     for row in out:
         for p in policies:
             row["policies"].setdefault(p, None)

@@ -88,8 +88,8 @@ class BenchSession:
                 if isinstance(n_ctx, int):
                     break
         if isinstance(n_ctx, int) and need > n_ctx:
-            what = (f"--turns {shape.turns} turns of about {need // max(1, shape.turns)} tokens" if shape.workload
-                    == "sessions" else f"prefix, prompt and output of about {need} tokens")
+            what = (f"{shape.turns} turns of about {need // max(1, shape.turns)} tokens each" if shape.workload
+                    == "sessions" else "system prompt, user part and output")
             raise UserError(f"the workload needs up to {need} tokens per request ({what}), above a slot's context "
                             f"({n_ctx})", "lower --turns, --prefix-tokens, --prompt-tokens or --n-predict, or start "
                             "the fleet with a larger --ctx-per-slot")
