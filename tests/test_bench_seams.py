@@ -16,6 +16,7 @@ from llama_tui.core import bench
 from llama_tui.core.bench import BenchConfig, RequestShape, Source, StepPlan, Target
 from llama_tui.core.bench.client import READ_SIZE, Exchange
 from llama_tui.core.bench.live import LiveSamples
+from llama_tui.core.bench.steady import StepWindow, WarmupGate
 from llama_tui.core.bench.plans import worker_plans
 from llama_tui.core.bench.tally import Tally
 from llama_tui.core.bench.workers import WorkerPool
@@ -151,7 +152,8 @@ def test_worker_processes_merge_their_raw_samples():
         try:
             # a warm-up long enough for a worker process that starts late on a busy machine
             plans = worker_plans("closed", 4, None, 2, warmup=1.0, duration=1.0, drain=1.0, seed=1, index=0)
-            part = pool.run([Target.parse(src.url)], RequestShape(n_predict=40, nonce=False), plans, live, None)
+            window = StepWindow(WarmupGate("closed", 4, plans[0].t_start, 1.0, 1.0, 0.4), live, None)
+            part = pool.run([Target.parse(src.url)], RequestShape(n_predict=40, nonce=False), plans, window, None)
         finally:
             pool.close()
     assert not pool.procs and part.errors == 0 and part.requests_ok >= 2

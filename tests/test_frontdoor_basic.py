@@ -13,11 +13,14 @@ from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
 
+from conftest import skip_without_policy
+
 BACKENDS = (Backend("127.0.0.1", 18080, 2), Backend("127.0.0.1", 18081, 3))
 
 
 @pytest.mark.parametrize("policy,max_conns,admin", list(itertools.product(POLICIES, (False, True), (False, True))))
 def test_every_policy_and_option_passes_nginx_t(policy, max_conns, admin, nginx_bin, tmp_path):
+    skip_without_policy(policy)
     spec = FrontDoorSpec(port=18999, policy=policy, backends=BACKENDS, max_conns=max_conns, expose_admin=admin,
                          api_key="k" * 16 if admin else None)
     door = FrontDoor(nginx_bin, prefix=tmp_path / "nginx")

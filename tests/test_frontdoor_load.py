@@ -23,7 +23,7 @@ import pytest
 from llama_tui.core.fleet.accesslog import AccessLogFollower
 from llama_tui.core.config import POLICIES
 
-from conftest import free_port, free_port_block, run_cli, wait_for
+from conftest import free_port, free_port_block, run_cli, skip_without_policy, wait_for
 from frontdoor_load import LoadResult, load, run_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,6 +52,7 @@ def check_clean(res: LoadResult, door) -> AccessLogFollower:
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_sustained_streaming_load_per_policy(policy, llama_server, nginx_front):
+    skip_without_policy(policy)
     urls = [llama_server(parallel=2, threads=1), llama_server(parallel=2, threads=1)]
     door, front = nginx_front(urls, policy=policy, slots=2, max_concurrency=64)
     res = load(front, concurrency=16, duration=SECONDS, n_predict=64)  # 16 = 4x the 4 slots

@@ -18,12 +18,11 @@ SETTINGS_OPTIONS = {
     "api": "bench.api",
     "duration": "bench.duration",
     "warmup": "bench.warmup",
-    "n_predict": "bench.n_predict",
     "prompt_tokens": "bench.prompt_tokens",
 }
 
 _DEFINED = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "output_tok_s", "latency_population", "server_output_tok_s",
-            "errors_by_class", "valid")
+            "cache_n", "warmup", "errors_by_class", "valid")
 
 
 def _epilog() -> str:
@@ -35,6 +34,9 @@ def _epilog() -> str:
               "  llama-tui bench --concurrency 1,2,4,8 --json out.json      # the running fleet's NGINX",
               "  llama-tui bench --url http://127.0.0.1:18000 --ramp",
               "  llama-tui bench --url http://127.0.0.1:18080 --rate 5 --duration 30",
+              "  llama-tui bench --workload shared-prefix --prefix-tokens 256 --prefix-groups 2 --concurrency 4",
+              "  llama-tui bench --workload sessions --sessions 8 --turns 4 --policies least_conn,hash",
+              "  llama-tui bench --workload dataset:prompts.jsonl --n-predict 64:512 --seed 1",
               "  llama-tui bench --calibrate                                # the client's own ceiling"]
     return "\n".join(lines)
 
@@ -59,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sent as Authorization: Bearer KEY (visible in `ps`: prefer --api-key-file)")
     t.add_argument("--api-key-file", dest="api_key_file", metavar="FILE", help="file whose first line is the API key")
     t.add_argument("--preset", help="preset whose [bench] table gives the defaults")
+    t.add_argument("--policies", metavar="P,P...",
+                   help="policy A/B: run the same workload and seed once per NGINX policy on the running fleet "
+                   "(reloading NGINX between them, its policy restored afterwards) and print them side by side")
     shape = p.add_argument_group("load shape")
     shape.add_argument("--concurrency", metavar="LIST", help="closed loop, one step per value, e.g. 1,2,4,8")
     shape.add_argument("--ramp", action="store_true",
@@ -70,13 +75,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="where --ramp stops (default 1024)")
     tm = p.add_argument_group("timing")
     tm.add_argument("--duration", metavar="S", help="measured seconds per step (default 10)")
-    tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2)")
+    tm.add_argument("--warmup", metavar="S", help="seconds of load before each window, excluded (default 2; longer "
+                    "until the load is steady: in flight at the concurrency and a request lifetime passed)")
+    tm.add_argument("--max-window", dest="max_window", type=seconds_arg(0.1, DAY_S), metavar="S",
+                    help="how long a window may stretch to hold 3 request lifetimes (default 4 x --duration; "
+                    "--duration's value keeps windows fixed)")
     tm.add_argument("--timeout", type=seconds_arg(0.1, DAY_S), metavar="S",
                     help="a request that receives nothing for this long is a timeout (default 120)")
     tm.add_argument("--drain", type=seconds_arg(0, 3600), metavar="S",
                     help="open loop: how long requests sent inside the window may take to finish (default 60)")
     rq = p.add_argument_group("requests")
-    rq.add_argument("--n-predict", dest="n_predict", metavar="N", help="tokens per request (default 128)")
+    rq.add_argument("--n-predict", dest="n_predict", metavar="N|MIN:MAX",
+                    help="tokens per request (default 128), or drawn uniformly from MIN:MAX per request")
+    rq.add_argument("--workload", metavar="NAME",
+                    help="unique (default: a unique nonce per request), shared-prefix (G agents' system prompts "
+                    "of S tokens, plus a unique user part), sessions (N multi-turn conversations of T turns, "
+                    "each turn carrying its history), or dataset:FILE (JSONL of prompts, chat messages or "
+                    "ShareGPT conversations, drawn with --seed); all but unique send cache_prompt and, for "
+                    "shared-prefix and sessions, X-Session-Id")
+    rq.add_argument("--prefix-tokens", dest="prefix_tokens", type=int, metavar="S",
+                    help="shared-prefix: tokens of each system prompt (default 512)")
+    rq.add_argument("--prefix-groups", dest="prefix_groups", type=int, metavar="G",
+                    help="shared-prefix: how many distinct system prompts (agents; default 4)")
+    rq.add_argument("--sessions", type=int, metavar="N",
+                    help="sessions: conversations (default: the largest concurrency; at least that)")
+    rq.add_argument("--turns", type=int, metavar="T", help="sessions: turns per conversation (default 4)")
     pr = rq.add_mutually_exclusive_group()
     pr.add_argument("--prompt", metavar="TEXT", help="the prompt")
     pr.add_argument("--prompt-file", dest="prompt_file", metavar="FILE", help="read the prompt from FILE")
@@ -142,6 +165,10 @@ def build_config(args: argparse.Namespace):
                         "pick one load shape")
 
     cli = {key: getattr(args, opt, None) for opt, key in SETTINGS_OPTIONS.items()}
+    n_max = None
+    if args.n_predict is not None:
+        cli["bench.n_predict"], n_max = bench.parse_n_predict(args.n_predict)
+    workload, dataset = bench.parse_workload(args.workload) if args.workload is not None else ("unique", None)
     if args.no_stream:
         cli["bench.stream"] = False
     if args.concurrency is not None:
@@ -154,6 +181,9 @@ def build_config(args: argparse.Namespace):
         "prompt": args.prompt, "prompt_file": args.prompt_file, "cache_prompt": bool(args.cache_prompt),
         "ignore_eos": not args.no_ignore_eos, "workers": _workers(args.workers), "api_key": _api_key(args),
         "timeout": args.timeout, "drain": args.drain, "max_concurrency": args.max_concurrency, "seed": args.seed,
+        "workload": workload, "dataset": dataset, "n_predict_max": n_max, "prefix_tokens": args.prefix_tokens,
+        "prefix_groups": args.prefix_groups, "sessions": args.sessions, "turns": args.turns,
+        "max_window": args.max_window,
     }
     if args.ramp and args.concurrency is None:
         overrides["concurrency"] = (1,)
@@ -206,32 +236,82 @@ def summary_line(st: dict[str, Any]) -> str:
     valid = "valid" if st["valid"] else f"INVALID ({st['invalid_reason']})"
     if st.get("latency_note"):
         valid += f"; latency: {st['latency_note']}"
-    return (f"step {st['step'] + 1} {load}: {_fmt(st['output_tok_s'])} tok/s (server {_fmt(st['server_output_tok_s'])}), "
+    policy = f"[{st['policy']}] " if st.get("policy") else ""
+    return (f"{policy}step {st['step'] + 1} {load}: {_fmt(st['output_tok_s'])} tok/s (server "
+            f"{_fmt(st['server_output_tok_s'])}), prompt {_fmt(st.get('prompt_tok_s'))} tok/s, cache_n mean "
+            f"{_fmt(st.get('cache_n_mean'))}, "
             f"TTFT p50 {_fmt(st['ttft_p50_ms'], '.1f')} ms, E2E p50 {_fmt(st['e2e_p50_ms'], '.1f')} ms, "
             f"{st['requests_ok']} ok, {st['errors']} errors, client CPU {_fmt(st['client_cpu_percent'], '.0f')}%, {valid}")
 
 
 def table(result: dict[str, Any]) -> str:
-    head = ("load", "tok/s", "server tok/s", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "ok", "errors",
-            "client CPU", "valid")
+    head = ("load", "tok/s", "server tok/s", "prompt tok/s", "cache_n", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50",
+            "ok", "errors", "client CPU", "valid")
     rows = [head]
     for st in result["steps"]:
         rows.append((
             f"c={st['concurrency']}" if st["mode"] == "closed" else f"{st['rate']:g}/s",
-            _fmt(st["output_tok_s"]), _fmt(st["server_output_tok_s"]), _fmt(st["ttft_p50_ms"], ".1f"),
+            _fmt(st["output_tok_s"]), _fmt(st["server_output_tok_s"]), _fmt(st.get("prompt_tok_s")),
+            _fmt(st.get("cache_n_mean")), _fmt(st["ttft_p50_ms"], ".1f"),
             _fmt(st["ttft_p99_ms"], ".1f"), _fmt(st["itl_p50_ms"], ".2f"), _fmt(st["e2e_p50_ms"], ".1f"),
             str(st["requests_ok"]), str(st["errors"]), _fmt(st["client_cpu_percent"], ".0f") + "%",
             ("yes" if st["valid"] else "NO") + ("" if st.get("latency_valid", True) else "*")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
-    meta = result["metadata"]
-    lines.append(f"({meta['streaming']}, api {meta['api']}, n_predict {meta['n_predict']}, latencies in ms; "
-                 f"definitions: llama-tui bench --help)")
+    lines.extend(_notes(result))
     for st in result["steps"]:
         if not st["valid"]:
             lines.append(f"NO  step {st['step'] + 1}: {st['invalid_reason']}")
         if st.get("latency_note"):
             lines.append(f"*   step {st['step'] + 1}: {st['latency_note']}")
+        if st.get("window_note"):
+            lines.append(f"~   step {st['step'] + 1}: {st['window_note']}")
+    return "\n".join(lines)
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    """What the table's figures are: the workload, the output length, the server column's basis."""
+    meta = result["metadata"]
+    n = meta["n_predict"] if not meta.get("n_predict_max") else f"{meta['n_predict']}:{meta['n_predict_max']}"
+    wl = (meta.get("workload") or {}).get("name", "unique")
+    lines = [f"({meta['streaming']}, api {meta['api']}, workload {wl}, n_predict {n}, latencies in ms; cache_n: "
+             f"prompt tokens from the cache per request; definitions: llama-tui bench --help)"]
+    swa = meta.get("model_sliding_window")
+    low = [st for st in result["steps"] if (st.get("cache_hit_pct") or 0) < 20]
+    if swa and wl in ("shared-prefix", "sessions") and low:
+        lines.append(f"cache_n is low and the model attends through a sliding window ({swa} tokens): llama-server "
+                     "then reuses a cached prompt only up to the checkpoint near the end of the last one; start the "
+                     "fleet with --extra-args=--swa-full to reuse shared prefixes")
+    bases = {st.get("server_rate_basis") for st in result["steps"]} - {None}
+    if "completions" in bases:
+        lines.append("server tok/s here counts completed requests only (no /slots to read in-flight tokens), "
+                     "so it moves in steps of whole requests: compare it over the whole step "
+                     "(token_agreement_pct), not per window")
+    return lines
+
+
+def ab_table(result: dict[str, Any]) -> str:
+    """The policies side by side, one block of figures per load step."""
+    from llama_tui.core.bench.policy_ab import COMPARED
+
+    policies = result["policies"]
+    rows = [("load", "figure", *policies)]
+    for block in result["comparison"]:
+        for i, (key, label) in enumerate(COMPARED):
+            cells = []
+            for p in policies:
+                fig = (block["policies"].get(p) or {}).get(key)
+                spec = ".1f" if key.endswith("_ms") or key.endswith("_pct") else ",.1f" if key.endswith("_s") else ",.0f"
+                cells.append(("yes" if fig else "NO") if key == "valid" and fig is not None else _fmt(fig, spec))
+            rows.append((block["load"] if i == 0 else "", label, *cells))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(widths[i]) if i > 1 else c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    lines.append("(same workload and seed under each policy, NGINX reloaded between them; fresh ids and nonces per "
+                 f"policy; the fleet's policy {result['metadata'].get('policy_restored')} was restored)")
+    lines.extend(_notes(result))
+    for st in result["steps"]:
+        if not st["valid"]:
+            lines.append(f"NO  {st['policy']} step {st['step'] + 1}: {st['invalid_reason']}")
     return "\n".join(lines)
 
 
@@ -268,16 +348,26 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.calibrate:
         return run_calibrate(args)
     cfg = build_config(args)
+    policies = None
+    if args.policies is not None:
+        from llama_tui.core.bench import policy_ab
+
+        policies = policy_ab.parse_policies(args.policies)
+        policy_ab.check_fleet(cfg)
     warn_api_key_argv(args)  # once the input is known to be good: bad input gets one line
     live = _LiveLine()
     stop = threading.Event()
     with stop_on_signals(stop, lambda: info("\nstopping after this step's window (Ctrl-C again to abort)")):
-        result = bench.run(cfg, on_sample=live.sample, stop=stop, on_step=live.step)
+        if policies is None:
+            result = bench.run(cfg, on_sample=live.sample, stop=stop, on_step=live.step)
+        else:
+            result = policy_ab.run_policies(cfg, policies, on_sample=live.sample, stop=stop, on_step=live.step,
+                                            on_policy=lambda p: info(f"policy {p}: NGINX reloaded"))
     bench.write_outputs(result, args.json, args.csv)
     if args.json == "-":
         print_json(result)
     else:
-        print(table(result))
+        print(table(result) if policies is None else ab_table(result))
         for path in (args.json, args.csv):
             if path:
                 info(f"wrote {path}")

@@ -24,5 +24,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             info(f"{label + ':':<13} PROBLEM: {found.problem} (fix: {found.fix})")
             failed = True
+    lua = binaries.ensure_nginx_lua(info)  # optional: only the prefix policy needs it
+    info(f"{'nginx lua:':<13} {lua.path} ({lua.version})" if lua.works
+         else f"{'nginx lua:':<13} not installed, the prefix policy is unavailable ({lua.fix})")
     info(f"{'tiny model:':<13} {model.ensure_tiny_model()}")
     return 1 if failed else 0

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", dest="max_concurrency", metavar="N", help="where an auto ramp stops")
     p.add_argument("--slo", metavar="K=V,...", help="e.g. ttft_p95_ms=500,e2e_p95_ms=4000: best.json and the "
                    "report only consider cells within it; auto ramps stop when it breaks")
-    p.add_argument("--policy", help="NGINX balancing policy: round_robin, least_conn, random_two_least_conn, hash")
+    p.add_argument("--policy", help="NGINX balancing policy: round_robin, least_conn, random_two_least_conn, hash, "
+                   "prefix; a list (least_conn,hash) sweeps once per policy into OUT/POLICY and compares their bests")
     p.add_argument("--base-port", dest="base_port", type=int, metavar="PORT",
                    help="port of the sweep fleet's instance 0 (default 18180)")
     p.add_argument("--nginx-port", dest="nginx_port", type=int, metavar="PORT",
@@ -46,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-predict", dest="n_predict", metavar="LIST", help="tokens per request to sweep")
     p.add_argument("--prompt-tokens", dest="prompt_tokens", metavar="N", help="approximate prompt length")
     p.add_argument("--api", help="completion (native /completion, default) or chat")
+    p.add_argument("--workload", metavar="NAME", help="unique (default), shared-prefix, sessions or dataset:FILE "
+                   "(as in `llama-tui bench --help`)")
+    p.add_argument("--prefix-tokens", dest="prefix_tokens", metavar="S", help="shared-prefix: system prompt tokens")
+    p.add_argument("--prefix-groups", dest="prefix_groups", metavar="G", help="shared-prefix: distinct system prompts")
+    p.add_argument("--sessions", metavar="N", help="sessions: conversations (at least the concurrency)")
+    p.add_argument("--turns", metavar="T", help="sessions: turns per conversation")
     p.add_argument("--gpu-layers", dest="gpu_layers", metavar="L", help="--n-gpu-layers for every instance")
     p.add_argument("--gpus", metavar="0,1,...", help="pin instances to GPUs round-robin")
     p.add_argument("--extra-args", dest="extra_args", metavar="ARGS", help="extra llama-server arguments")
@@ -107,6 +114,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     if getattr(args, "sweep_command", None) == "report":
         return run_report(args)
+    if args.policy and "," in args.policy:
+        return run_policies(args)
     cfg, settings = build_config(args)
     stop = threading.Event()
     with sweep.out_lock(cfg.out_dir):
@@ -124,6 +133,47 @@ def run_sweep(args: argparse.Namespace) -> int:
             return 130
         if args.apply:
             apply_best(cfg.out_dir, args)
+    return 0
+
+
+def run_policies(args: argparse.Namespace) -> int:
+    """`--policy A,B`: one sweep per policy, into OUT/A and OUT/B, then their bests side by side."""
+    from llama_tui.core import sweep
+    from llama_tui.core.bench.policy_ab import parse_policies
+    from llama_tui.core.errors import UserError
+    from llama_tui.core.sweep.config import out_dir_for
+
+    policies = parse_policies(args.policy)
+    if args.apply:
+        raise UserError("--apply takes one policy's sweep", "sweep, then `llama-tui sweep report OUT/POLICY --apply`")
+    if args.resume and not args.out:
+        raise UserError("--resume with a list of policies needs the sweep's --out", "pass --out DIR as before")
+    root = Path(args.out).expanduser() if args.out else out_dir_for(None, False)
+    configs = []
+    for p in policies:  # every sweep's options checked before the first one starts
+        resume = bool(args.resume and (root / p / "results.jsonl").is_file())  # a policy not reached yet starts
+        configs.append(build_config(argparse.Namespace(**{**vars(args), "policy": p, "out": str(root / p),
+                                                          "resume": resume}))[0])
+    stop = threading.Event()
+    sweep.install_stop_handlers(stop, lambda: info("stopping: the cell in progress is dropped (Ctrl-C again to force)"))
+    bests = []
+    for p, cfg in zip(policies, configs):
+        info(f"sweep with policy {p} -> {cfg.out_dir}")
+        res = sweep.run(cfg, on_event=_print_event, stop=stop)
+        bests.append((p, res.best))
+        if res.status == "stopped":
+            info(f"stopped; continue with: llama-tui sweep --resume --out {root} (and the same options)")
+            return 130
+    if args.json:
+        print_json({"out_dir": str(root), "policies": {p: b for p, b in bests}})
+        return 0
+    for p, cfg in zip(policies, configs):
+        sys.stdout.write(f"== policy {p}\n" + sweep.report(cfg.out_dir))
+    sys.stdout.write("best per policy:\n")
+    for p, b in bests:
+        sys.stdout.write(f"  {p:<22} " + (f"{b['instances']}x{b['parallel']} c={b['concurrency']}: "
+                                           f"{b.get('output_tok_s') or 0:,.0f} tok/s, TTFT p95 "
+                                           f"{_ms(b.get('ttft_p95_ms'))}" if b else "no good cell") + "\n")
     return 0
 
 

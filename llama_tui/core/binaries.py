@@ -237,7 +237,9 @@ def _nginx_version_cached(path: str, mtime: float) -> tuple[str | None, dict, st
         return None, {"output": text.strip()[-400:]}, f"{path} -V printed no nginx version"
     args = re.search(r"configure arguments:(.*)", text)
     modules = sorted(set(re.findall(r"--with-([\w-]+?_module)", args.group(1) if args else "")))
-    detail = {"modules": modules, "stub_status": "http_stub_status_module" in modules}
+    modules_path = re.search(r"--modules-path=(\S+)", args.group(1) if args else "")
+    detail = {"modules": modules, "stub_status": "http_stub_status_module" in modules,
+              "modules_path": modules_path.group(1) if modules_path else None}
     return m.group(1), detail, None
 
 
@@ -257,24 +259,58 @@ def require_nginx() -> Path:
     return _working_path(inspect_nginx(), "nginx", nginx_install_hint())
 
 
+def _apt_install(package: str, log: Log, why: str) -> bool:
+    """`apt-get install PACKAGE` (then `apt-get update` and again) when running as root on Debian/Ubuntu."""
+    apt = shutil.which("apt-get")
+    if not (apt and hasattr(os, "geteuid") and os.geteuid() == 0):
+        return False
+    log(f"{why}: installing {package} with apt-get (running as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in ([apt, "install", "-y", "--no-install-recommends", package],
+                [apt, "update"],
+                [apt, "install", "-y", "--no-install-recommends", package]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and cmd[1] == "install":
+            return True
+    return False
+
+
 def ensure_nginx(log: Log = print) -> BinaryInfo:
     """Find nginx; install it with apt when running as root on Debian/Ubuntu; else explain how."""
     info = inspect_nginx()
     if info.works or os.environ.get("NGINX_BIN"):
         return info
-    apt = shutil.which("apt-get")
-    if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
-        log("nginx not found: installing nginx-light with apt-get (running as root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in ([apt, "install", "-y", "--no-install-recommends", "nginx-light"],
-                    [apt, "update"],
-                    [apt, "install", "-y", "--no-install-recommends", "nginx-light"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode == 0 and cmd[1] == "install":
-                break
+    if _apt_install("nginx-light", log, "nginx not found"):
         _nginx_version_cached.cache_clear()
         info = inspect_nginx()
     return info
+
+
+# NGINX's Lua module (OpenResty's lua-nginx-module, packaged by Debian), for the `prefix` policy:
+# it reads a request's body before NGINX picks a backend. Loaded in this order.
+NGINX_LUA_PACKAGE = "libnginx-mod-http-lua"
+NGINX_LUA_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
+NGINX_MODULES_DIR = "/usr/lib/nginx/modules"
+
+
+def nginx_lua_modules() -> tuple[Path, ...] | None:
+    """The Lua module's files for the nginx in use (its --modules-path), or None when not installed."""
+    info = inspect_nginx()
+    folder = Path((info.detail or {}).get("modules_path") or NGINX_MODULES_DIR)
+    found = tuple(folder / m for m in NGINX_LUA_MODULES)
+    return found if info.works and all(p.is_file() for p in found) else None
+
+
+def ensure_nginx_lua(log: Log = print) -> BinaryInfo:
+    """NGINX's Lua module (for the `prefix` policy): found, or installed with apt when running as root."""
+    found = nginx_lua_modules()
+    if found is None and inspect_nginx().works and _apt_install(NGINX_LUA_PACKAGE, log,
+                                                                            "NGINX's Lua module not found"):
+        found = nginx_lua_modules()
+    if found is not None:
+        return BinaryInfo(str(found[-1].parent), "modules", True, NGINX_LUA_PACKAGE)
+    return BinaryInfo(None, None, False, None, {}, "NGINX's Lua module is not installed (only the prefix policy "
+                      "needs it)", f"run `llama-tui setup` as root, or `apt-get install {NGINX_LUA_PACKAGE}`")
 
 
 # ---------------------------------------------------------------------------------------------- building

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from llama_tui.core import paths, resources
 from llama_tui.core.errors import ConfigError, UserError
 
-POLICIES = ("round_robin", "least_conn", "random_two_least_conn", "hash")
+POLICIES = ("round_robin", "least_conn", "random_two_least_conn", "hash", "prefix")  # prefix: NGINX's Lua module
 ENGINES = ("local", "ray")  # where a fleet's instances run
 PLACEMENTS = ("spread", "pack")  # how the ray engine places them over nodes
 APIS = ("completion", "chat")

@@ -9,7 +9,10 @@
 The modules, one job each:
     config       BenchConfig, parse_rates, planned_steps        what a benchmark is asked to do
     target       Target                                         where the load goes
-    workload     RequestShape, prompts                          what each request sends
+    workload     RequestShape, parse_workload, parse_n_predict  what each request sends; the workloads
+    prompts      build_prompt, resolve_prompt, sized_text       prompt text, sized with the server's tokenizer
+    traffic      make_traffic                                   each request's body, workload by workload
+    datasets     load (datasets.load)                           --workload dataset:FILE (JSONL prompts/chats)
     client       Exchange                                       the streaming HTTP/SSE exchange (hot path)
     tally        Tally                                          what a step counted, inside its window
     step         StepPlan, LiveCounters, StepPartial            a step's records (cross the worker pipes)
@@ -18,7 +21,9 @@ The modules, one job each:
     plans        auto_workers, worker_plans                     how a step is shared among workers
     source       Source, source entry                           the loopback SSE source
     calibration  calibrate, client_ceiling                      the client's own ceiling
-    servers      discover_servers, read_counters                the llama-servers behind the target
+    servers      discover_servers, read_counters                the llama-servers behind the target, their
+                                                                decoded tokens (counter + busy slots)
+    steady       WarmupGate, StepWindow, window_verdict         warm-up until steady; window long enough
     live         LiveSamples                                    live samples while a step runs
     verdicts     client_bottleneck, latency_note                valid / latency_valid
     step_result  step_result                                    one step's dict
@@ -37,10 +42,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BenchConfig": "config", "parse_rates": "config", "planned_steps": "config",
+    "BenchConfig": "config", "parse_rates": "config", "planned_steps": "config", "workload_options": "config",
+    "WORKLOAD_OPTIONS": "config",
     "Target": "target",
-    "RequestShape": "workload", "build_prompt": "workload", "resolve_prompt": "workload",
-    "tokenize_count": "workload",
+    "RequestShape": "workload", "parse_workload": "workload", "parse_n_predict": "workload",
+    "WORKLOADS": "workload",
+    "build_prompt": "prompts", "resolve_prompt": "prompts", "tokenize_count": "prompts", "sized_text": "prompts",
+    "make_traffic": "traffic",
     "StepPlan": "step", "LiveCounters": "step", "StepPartial": "step",
     "StepRunner": "runner", "run_plan": "runner",
     "Source": "source",
@@ -51,7 +59,7 @@ _EXPORTS = {
     "CEILING_FRACTION": "verdicts", "LOOP_LAG_LIMIT_MS": "verdicts", "client_bottleneck": "verdicts",
     "latency_note": "verdicts",
     "LATENCIES": "step_result", "QUANTILE_KEYS": "step_result",
-    "BenchSession": "session", "run": "session", "run_step": "session",
+    "BenchSession": "session", "run": "session", "run_step": "session", "build_shape": "session",
     "CSV_FIELDS": "outputs", "to_csv": "outputs", "write_outputs": "outputs", "default_result_path": "outputs",
     "BenchProcess": "child", "spawn": "child",
     "DEFINITIONS": "definitions",

@@ -264,10 +264,10 @@ class Exchange(HttpStream):
     usage and timings, counted into the step's tally."""
 
     __slots__ = ('intended', 'target_index', 't_first', 't_last', 'n', 'win_n', 'final_n', 'prompt_n', 'cache_n',
-                 'reconnects')
+                 'reconnects', 'text')
 
     def __init__(self, tally: "Tally", loop: asyncio.AbstractEventLoop, request: bytes, intended: float,
-                 target_index: int) -> None:
+                 target_index: int, keep_text: bool = False) -> None:
         super().__init__(tally, loop, request)
         self.intended = intended
         self.target_index = target_index
@@ -279,6 +279,7 @@ class Exchange(HttpStream):
         self.prompt_n: int | None = None
         self.cache_n: int | None = None
         self.reconnects = 0
+        self.text: list[str] | None = [] if keep_text else None  # the reply's text (a conversation's history)
 
     # -- SSE events
 
@@ -317,6 +318,8 @@ class Exchange(HttpStream):
 
     def _native_event(self, obj: dict, now: float) -> None:
         tp = obj.get("tokens_predicted")
+        if self.text is not None and obj.get("content"):
+            self.text.append(obj["content"])
         if obj.get("stop"):
             timings = obj.get("timings") or {}
             final = timings.get("predicted_n", tp)
@@ -344,6 +347,8 @@ class Exchange(HttpStream):
             delta = choices[0].get("delta") or {}
             if delta.get("content") or delta.get("reasoning_content"):
                 self.tally.add_tokens(self, 1, now)
+                if self.text is not None and delta.get("content"):
+                    self.text.append(delta["content"])
         usage = obj.get("usage")
         if usage:
             self._usage(obj, usage)
@@ -385,7 +390,11 @@ class Exchange(HttpStream):
                 return
             if self.tally.chat:
                 self._usage(obj, obj.get("usage") or {})
+                if self.text is not None:
+                    self.text.append(str(((obj.get("choices") or [{}])[0].get("message") or {}).get("content") or ""))
             else:
+                if self.text is not None:
+                    self.text.append(str(obj.get("content") or ""))
                 timings = obj.get("timings") or {}
                 n = timings.get("predicted_n", obj.get("tokens_predicted"))
                 self.final_n = n if isinstance(n, int) else None

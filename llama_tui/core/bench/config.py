@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from llama_tui.core.bench import workload as wl
 from llama_tui.core.bench.target import Target
 from llama_tui.core.config import APIS, parse_int_list
 from llama_tui.core.errors import UserError
@@ -64,6 +65,14 @@ class BenchConfig:
     json_path: str | None = None  # spawn(): where the child writes its result
     csv_path: str | None = None
     check: bool = True  # check that every target answers before starting
+    workload: str = "unique"  # unique, shared-prefix, sessions, dataset (core/bench/workload.py)
+    dataset: str | None = None  # --workload dataset:FILE
+    prefix_tokens: int | None = None  # shared-prefix: S (None: the default)
+    prefix_groups: int | None = None  # shared-prefix: G
+    sessions: int | None = None  # sessions: N
+    turns: int | None = None  # sessions: T
+    n_predict_max: int | None = None  # --n-predict MIN:MAX: drawn uniformly per request
+    max_window: float | None = None  # how far a window may stretch for long requests (None: 4 x duration)
 
     @property
     def target_urls(self) -> tuple[str, ...]:
@@ -72,6 +81,49 @@ class BenchConfig:
     @property
     def rate(self) -> float | None:
         return self.rates[0] if self.rates else None
+
+    def workload_params(self) -> dict[str, int]:
+        """The workload's S, G (shared-prefix) or N, T (sessions), defaults filled in."""
+        if self.workload == "shared-prefix":
+            return {"prefix_tokens": self.prefix_tokens or wl.DEFAULTS["prefix_tokens"],
+                    "prefix_groups": self.prefix_groups or wl.DEFAULTS["prefix_groups"]}
+        if self.workload == "sessions":
+            most = 16 if self.rates or self.ramp else max(parse_int_list(self.concurrency, "concurrency list"))
+            return {"sessions": self.sessions or most, "turns": self.turns or wl.DEFAULTS["turns"]}
+        return {}
+
+    def _check_workload(self) -> "BenchConfig":
+        """The workload's own checks; returns the config with a "dataset:FILE" workload split."""
+        cfg = self
+        if self.dataset is None and self.workload not in ("unique", "shared-prefix", "sessions", "dataset"):
+            name, path = wl.parse_workload(self.workload)
+            cfg = replace(self, workload=name, dataset=path)
+        if cfg.workload == "dataset" and not cfg.dataset:
+            raise UserError("--workload dataset needs a file", "write --workload dataset:PROMPTS.jsonl")
+        for name in wl.LIMITS:
+            wl.check_range(name, getattr(cfg, name))
+            owner = next(w for w, names in wl.OPTIONS.items() if name in names)
+            if getattr(cfg, name) is not None and cfg.workload != owner:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} applies to --workload {owner}, not {cfg.workload}",
+                                f"add --workload {owner}, or drop {flag}")
+        if cfg.workload == "sessions" and not (cfg.rates or cfg.ramp):
+            most = max(parse_int_list(cfg.concurrency, "concurrency list"))
+            n = cfg.workload_params()["sessions"]
+            if n < most:
+                raise UserError(f"--sessions {n} is below the concurrency {most}: a conversation has one turn in "
+                                "flight at a time", f"use --sessions {most} or more, or a lower --concurrency")
+        if cfg.workload == "dataset":
+            if cfg.prompt is not None or cfg.prompt_file is not None:
+                raise UserError("--prompt and --prompt-file do not apply to --workload dataset",
+                                "the prompts come from the dataset file: drop --prompt/--prompt-file")
+            from llama_tui.core.bench import datasets
+
+            datasets.load_cached(cfg.dataset or "")  # a bad file or line is reported now, before any load
+        if cfg.n_predict_max is not None and cfg.n_predict_max < cfg.n_predict:
+            raise UserError(f"--n-predict {cfg.n_predict}:{cfg.n_predict_max}: MIN above MAX",
+                            "write --n-predict MIN:MAX with MIN <= MAX")
+        return cfg
 
     def validated(self) -> "BenchConfig":
         if not self.target_urls:
@@ -91,6 +143,9 @@ class BenchConfig:
                 raise UserError(f"--{name} must be >= {lo}, got {v!r}", f"correct --{name}")
         if self.n_predict < 1:
             raise UserError(f"--n-predict must be >= 1, got {self.n_predict}", "correct --n-predict")
+        if self.max_window is not None and not self.max_window >= self.duration:
+            raise UserError(f"--max-window {self.max_window:g} is below --duration {self.duration:g}",
+                            "give --max-window at least --duration (equal: fixed windows)")
         if self.prompt_tokens < 1:
             raise UserError(f"--prompt-tokens must be >= 1, got {self.prompt_tokens}", "correct --prompt-tokens")
         if self.workers is not None and self.workers < 1:
@@ -99,7 +154,7 @@ class BenchConfig:
             raise UserError("--prompt and --prompt-file both given", "use one of them")
         if self.prompt_file is not None and not Path(self.prompt_file).expanduser().is_file():
             raise UserError(f"prompt file {self.prompt_file} does not exist", "correct --prompt-file")
-        return self
+        return self._check_workload()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +182,29 @@ class BenchConfig:
             kw["url"] = url
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
+
+
+WORKLOAD_OPTIONS = ("workload", "prefix_tokens", "prefix_groups", "sessions", "turns")
+
+
+def workload_options(options: Mapping[str, Any], concurrency: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Workload options as typed (`workload` "NAME" or "dataset:FILE", `prefix_tokens` ...; None: not
+    given) -> BenchConfig fields, checked as `bench` checks them (against `concurrency` when known)."""
+    out: dict[str, Any] = {}
+    if options.get("workload") is not None:
+        out["workload"], out["dataset"] = wl.parse_workload(str(options["workload"]))
+    for name in WORKLOAD_OPTIONS[1:]:
+        value = options.get(name)
+        if value is None:
+            continue
+        try:
+            out[name] = int(value)
+        except (TypeError, ValueError):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be an integer, got {value!r}", f"correct {flag}") from None
+    BenchConfig(url="http://127.0.0.1:1", concurrency=concurrency or (1,), ramp=concurrency is None,
+                **out).validated()
+    return out
 
 
 def planned_steps(config: BenchConfig) -> list[tuple[int | None, float | None]]:

@@ -30,20 +30,33 @@ DEFINITIONS = {
                        "server_error (an error event)",
     "reconnects": "requests that failed before any response byte and succeeded on a fresh connection",
     "prompt_tokens": "prompt tokens the server processed (timings.prompt_n, excluding cached ones) of requests "
-                     "that completed OK in the population; cache_n: prompt tokens served from llama-server's "
-                     "prompt cache for the same requests",
-    "server_output_tok_s": "delta of llamacpp:tokens_predicted_total summed over the instances behind the target, "
-                           "read at the window's start and end, / the time between the reads. llama-server adds a "
-                           "request's tokens when its slot is released, so it moves in steps of whole requests",
-    "token_agreement_pct": "(tokens the client received during the whole step - the servers' counter delta over "
-                           "the step) / that delta, in percent",
+                     "that completed OK in the population; prompt_tok_s: those / window length",
+    "cache_n": "prompt tokens served from llama-server's prompt cache (timings.cache_n) for the same requests, "
+               "summed; cache_n_mean: per request; cache_hit_pct: cache_n / (cache_n + prompt_tokens)",
+    "server_output_tok_s": "tokens the instances behind the target decoded between the window's start and end / the "
+                           "time between the two reads. Decoded so far = llamacpp:tokens_predicted_total (which "
+                           "llama-server raises only when a request ends) + each busy slot's n_decoded from /slots, "
+                           "read as /metrics, /slots, /metrics until the counter held still between them; the load "
+                           "stays on until the end read. server_rate_basis 'decoded' means that; 'completions' "
+                           "means /slots was not readable and the figure is the counter alone, which moves in "
+                           "steps of whole requests. server_rate_agreement_pct: (server - client) / client rate; "
+                           "server_counter_tok_s: the counter's delta alone over the same reads, for comparison",
+    "token_agreement_pct": "(tokens the client received during the whole step - the tokens the servers decoded "
+                           "over the step) / the latter, in percent",
+    "warmup": "warmup_s: from the load's start to the window's: at least --warmup, and until the requests in flight "
+              "reached the step's concurrency and a request lifetime had passed (every stream's first request ended, "
+              "and at least the median E2E so far) (--warmup "
+              "0: no wait). The window is --duration, stretched to hold 3 request lifetimes (the warm-up's median "
+              "E2E) up to --max-window (window_note); one that still held fewer than 3 (E2E p50) makes the step "
+              "invalid",
     "client_cpu_percent": "CPU time of the load generator's event-loop thread(s) inside the window / window "
                           "length (100 = one core)",
     "loop_lag_p99_ms": "p99 of how late a 10 ms timer fired on the load generator's event loop(s)",
     "valid": "false when the throughput may be the client's rather than the servers': a worker above 70% of its "
              "calibrated ceiling (events/s), a worker's CPU above 90% of a core, or a mean event-loop lag, beyond "
              "the probe's 1 ms resolution, above 5% of the mean request (requests started late, so the offered "
-             "load fell short)",
+             "load fell short); or when the step is no steady state: its window held fewer than 3 request "
+             "lifetimes, or its warm-up ended at its cap",
     "latency_valid": "false when the client's event-loop lag p99 exceeds 25 ms: the latency percentiles then "
                      "include client scheduling delay (typically other processes, such as the fleet, holding the "
                      "cores); throughput is judged by `valid`",

@@ -25,12 +25,17 @@ class LiveSamples:
         self.index, self.steps_total = index, steps_total
         self.concurrency, self.rate = concurrency, rate
         self.t_start, self.t_window, self.t_end = t_start, t_window, t_end
+        self.opened = True  # False while a gated step's window is not decided yet (`set_window`)
         self.latest: dict[int, LiveCounters] = {}
         self.ttfts: list[float] = []
         self.last_tokens = 0
         self.last_t = t_start
         self.lock = threading.Lock()
         self.last: BenchSample | None = None
+
+    def set_window(self, t_window: float, t_end: float) -> None:
+        with self.lock:
+            self.t_window, self.t_end, self.opened = t_window, t_end, True
 
     def update(self, c: LiveCounters) -> None:
         with self.lock:
@@ -56,7 +61,8 @@ class LiveSamples:
             tok_s=round(max(0.0, tok_s), 1), inflight=sum(c.inflight for c in counters),
             requests_done=sum(c.done for c in counters),
             ttft_p50_ms=round(p50 * 1000, 2) if p50 is not None else None,
-            errors=sum(c.errors for c in counters), phase="warmup" if now < self.t_window else "measure",
+            errors=sum(c.errors for c in counters),
+            phase="warmup" if not self.opened or now < self.t_window else "measure",
             ttft_p95_ms=round(p95 * 1000, 2) if p95 is not None else None, steps_total=self.steps_total,
             step_elapsed_s=round(max(0.0, now - self.t_start), 2),
             step_duration_s=round(self.t_end - self.t_start, 2))

@@ -21,7 +21,9 @@ CSV_FIELDS = (["step", "mode", "concurrency", "rate", "duration_s", "api", "stre
               + ["server_output_tokens", "server_output_tok_s", "token_agreement_pct", "cache_n", "workers",
                  "client_cpu_percent", "client_events_s_per_worker", "loop_lag_p99_ms", "valid", "invalid_reason",
                  "latency_valid", "latency_note",
-                 "errors_by_class", "per_upstream"])
+                 "errors_by_class", "per_upstream",
+                 "policy", "workload", "n_predict_max", "warmup_s", "cache_n_mean", "cache_hit_pct",
+                 "server_rate_basis", "server_rate_agreement_pct"])
 
 
 def to_csv(result: Mapping[str, Any]) -> str:

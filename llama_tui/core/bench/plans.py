@@ -27,16 +27,24 @@ def auto_workers(mode: str, concurrency: int, rate: float, n_predict: int, ceili
     return max(1, min(cap, want))
 
 
+def lead_s(n_workers: int) -> float:
+    """How far ahead a time must be planned so every worker hears of it first (over a pipe, for processes)."""
+    return 0.05 if n_workers == 1 else 0.4
+
+
 def worker_plans(mode: str, concurrency: int | None, rate: float | None, n_workers: int, *, warmup: float,
-                 duration: float, drain: float, seed: int, index: int) -> list[StepPlan]:
+                 duration: float, drain: float, seed: int, index: int, gate_s: float | None = None,
+                 hold_s: float = 0.0) -> list[StepPlan]:
     """Each worker's share of step `index`, all on one clock: load starts shortly (later with worker
     processes, which get their plans over a pipe), `warmup` seconds are thrown away, then `duration`
-    seconds are measured. Concurrency is split exactly, a rate evenly; each worker and step gets its own
+    seconds are measured. With `gate_s` the window opens when the parent says (core/bench/steady.py),
+    at the latest `gate_s` after the warm-up; with `hold_s` the load stays on after the window until the
+    parent releases it. Concurrency is split exactly, a rate evenly; each worker and step gets its own
     arrival seed."""
-    lead = 0.05 if n_workers == 1 else 0.4
-    t_start = time.monotonic() + lead
-    t_window = t_start + warmup
+    t_start = time.monotonic() + lead_s(n_workers)
+    t_window = t_start + warmup + (gate_s or 0.0)
     t_end = t_window + duration
+    common = dict(drain_s=drain, workers=n_workers, gated=gate_s is not None, hold_s=hold_s)
     plans = []
     for w in range(n_workers):
         worker_seed = (seed * 1000003 + index * 1009 + w) & 0xFFFFFFFF
@@ -45,8 +53,8 @@ def worker_plans(mode: str, concurrency: int | None, rate: float | None, n_worke
             if share == 0:
                 continue
             plans.append(StepPlan("closed", t_start, t_window, t_end, concurrency=share, seed=worker_seed, worker=w,
-                                  target_offset=w, drain_s=drain))
+                                  target_offset=w, **common))  # type: ignore[arg-type]
         else:
             plans.append(StepPlan("open", t_start, t_window, t_end, rate=(rate or 0.0) / n_workers, seed=worker_seed,
-                                  worker=w, target_offset=w, drain_s=drain))
+                                  worker=w, target_offset=w, **common))  # type: ignore[arg-type]
     return plans

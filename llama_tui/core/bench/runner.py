@@ -8,13 +8,16 @@ arrivals at a rate) on one asyncio event loop, returning a mergeable `StepPartia
   that refuses everything is not hammered in a tight loop (the errors are still counted).
 - At the window's end a closed loop cancels what is in flight (the tally keeps what it received
   inside the window); an open loop awaits the requests sent inside the window, up to the drain time.
+- A gated plan's window opens when the parent says so (`set_window`: after its warm-up reached a
+  steady state); with `hold_s` the load stays on after the window until the parent releases it
+  (`release`: the servers' counters have been read at the window's end), so the servers decode at the
+  same pace on both sides of that read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import socket
 import ssl as ssl_module
@@ -26,6 +29,7 @@ from llama_tui.core.bench.client import Exchange
 from llama_tui.core.bench.step import LiveCounters, StepPartial, StepPlan
 from llama_tui.core.bench.tally import Tally
 from llama_tui.core.bench.target import Target, is_loopback
+from llama_tui.core.bench.traffic import make_traffic
 from llama_tui.core.bench.workload import RequestShape
 from llama_tui.core.errors import UserError
 
@@ -47,18 +51,21 @@ class StepRunner:
         self.plan = plan
         self.on_live = on_live
         self.tally = Tally(targets, shape, plan)
+        self.traffic = make_traffic(shape, plan.seed, plan.worker, plan.workers)
+        self.heads = [shape.head(t) for t in targets]
+        self.peak_inflight = 0
         self.inflight: set[Exchange] = set()
         self.tasks: set[asyncio.Task] = set()
         self.arrivals: dict[asyncio.Task, float] = {}  # open loop: pending arrival -> intended time
         self.stopping = False
         self.drain_expired = False
-        self._seq = 0
         self._rr = plan.target_offset
-        # Nonces never repeat across runs (a fixed --seed only fixes arrivals). The unique part comes first:
-        # llama-server reuses the longest common prefix of a slot's previous prompt.
-        self._nonce_rng = random.Random(os.urandom(16))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_evt: asyncio.Event | None = None
+        self._window_evt: asyncio.Event | None = None
+        self._release_evt: asyncio.Event | None = None
+        self._early: list[tuple[Callable[..., None], tuple]] = []  # calls made before the loop ran
+        self._early_lock = threading.Lock()
         self._addrs: list[tuple[str, int]] = []
         self._ssl: list[ssl_module.SSLContext | None] = []
 
@@ -78,16 +85,19 @@ class StepRunner:
         ti = self._next_target()
         target = self.targets[ti]
         host, port = self._addrs[ti]
-        self._seq += 1
-        payload = self.shape.request(target, f"{self._nonce_rng.getrandbits(48):012x}-{self.plan.worker}-{self._seq}")
+        turn = self.traffic.next_now() or await self.traffic.next()
+        payload = self.shape.frame(self.heads[ti], turn.body, turn.extra)
         self.tally.part.requests_started += 1
         reconnects = 0
         ex: Exchange | None = None
+        keep_text = turn.conversation is not None
         try:
             for attempt in (0, 1):
-                ex = Exchange(self.tally, self.loop, payload, intended, ti)
+                ex = Exchange(self.tally, self.loop, payload, intended, ti, keep_text)
                 ex.reconnects = reconnects
                 self.inflight.add(ex)
+                if len(self.inflight) > self.peak_inflight:
+                    self.peak_inflight = len(self.inflight)
                 try:
                     try:
                         async with asyncio.timeout(self.shape.connect_timeout_s):
@@ -110,12 +120,14 @@ class StepRunner:
             if ex is not None:
                 ex.reconnects = reconnects
                 self.tally.finish(ex)
+            self.traffic.finished(turn, ex)
             raise
         assert ex is not None
         if ex.error == "noresponse":
             ex.error = "connect"
         ex.reconnects = reconnects
         self.tally.finish(ex)
+        self.traffic.finished(turn, ex)
 
     async def _closed_stream(self) -> None:
         while not self.stopping:
@@ -189,8 +201,9 @@ class StepRunner:
             return
         tally = self.tally
         new, tally.ttft_new = tally.ttft_new, []
+        e2e, tally.e2e_new = tally.e2e_new, []
         self.on_live(LiveCounters(self.plan.worker, now or monotonic(), tally.live_tokens, len(self.inflight),
-                                  tally.live_done, tally.live_errors, new))
+                                  tally.live_done, tally.live_errors, new, self.peak_inflight, e2e))
 
     def request_stop(self) -> None:
         """End the step now (thread-safe): the window closes early and in-flight requests are cancelled."""
@@ -200,13 +213,50 @@ class StepRunner:
             return
         loop.call_soon_threadsafe(evt.set)
 
-    async def _wait_until(self, t: float) -> None:
+    def set_window(self, t_window: float, t_end: float) -> None:
+        """Open a gated plan's window at `t_window` (thread-safe; a second call is ignored)."""
+        self._call(self._set_window, t_window, t_end)
+
+    def release(self) -> None:
+        """End the hold after the window (thread-safe)."""
+        self._call(lambda: self._release_evt.set() if self._release_evt is not None else None)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._early_lock:
+            loop = self._loop
+            if loop is None:
+                self._early.append((fn, args))
+                return
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the step is over
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _set_window(self, t_window: float, t_end: float) -> None:
+        assert self._window_evt is not None
+        if self._window_evt.is_set():
+            return
+        self.tally.set_window(t_window, t_end)
+        delay = t_window - monotonic()
+        if delay <= 0:
+            self.tally.open_window()
+        else:
+            self.loop.call_later(delay, self.tally.open_window)
+        self._window_evt.set()
+
+    async def _wait_until(self, t: float, evt: asyncio.Event | None = None) -> None:
+        """Sleep until `t`, or until the step is stopped (or `evt` is set)."""
         assert self._stop_evt is not None
         delay = t - monotonic()
-        if delay > 0 and not self._stop_evt.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stop_evt.wait()
+        if delay <= 0 or self._stop_evt.is_set() or (evt is not None and evt.is_set()):
+            return
+        waits = [asyncio.ensure_future(self._stop_evt.wait())]
+        if evt is not None:
+            waits.append(asyncio.ensure_future(evt.wait()))
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def _resolve(self) -> None:
         for t in self.targets:
@@ -227,18 +277,21 @@ class StepRunner:
                 self._ssl.append(None)
 
     async def run(self) -> StepPartial:
-        self._loop = asyncio.get_running_loop()
         self._stop_evt = asyncio.Event()
+        self._window_evt = asyncio.Event()
+        self._release_evt = asyncio.Event()
+        with self._early_lock:
+            self._loop = asyncio.get_running_loop()
+            early, self._early = self._early, []
         if self.stopping:
             self._stop_evt.set()
         self._resolve()
         loop = self.loop
         plan = self.plan
-        now = monotonic()
-        if plan.t_window <= now:
-            self.tally.open_window()
-        else:
-            loop.call_later(plan.t_window - now, self.tally.open_window)
+        if not plan.gated:
+            self._set_window(plan.t_window, plan.t_end)
+        for fn, args in early:
+            fn(*args)
         helpers = [loop.create_task(self._ticker()), loop.create_task(self._lag_probe())]
         try:
             await self._wait_until(plan.t_start)
@@ -249,6 +302,10 @@ class StepRunner:
             else:
                 scheduler = loop.create_task(self._open_scheduler())
                 self.tasks.add(scheduler)
+            if plan.gated:  # the parent opens the window (a no-op then); at the latest at the planned time
+                await self._wait_until(plan.t_window, self._window_evt)
+                now = monotonic()
+                self._set_window(now, now + plan.t_end - plan.t_window)
             await self._wait_until(self.tally.te)
             if monotonic() < self.tally.tw:  # stopped during warm-up
                 self.tally.open_window()
@@ -257,6 +314,8 @@ class StepRunner:
                 scheduler.cancel()
                 self.tasks.discard(scheduler)
                 await self._drain(self.tally.te + plan.drain_s)
+            if plan.hold_s > 0:
+                await self._wait_until(self.tally.te + plan.hold_s, self._release_evt)
             self.stopping = True
             for task in list(self.tasks):
                 task.cancel()

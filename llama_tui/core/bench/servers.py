@@ -1,6 +1,14 @@
 """The servers behind a benchmark's targets: that every target answers, which llama-server instances are
-behind them (explicit --server-url, the running fleet, or the target itself), and their token counters,
-read at a window's edges so a step can compare the client's count with the servers' own."""
+behind them (explicit --server-url, the running fleet, or the target itself), and how many tokens they
+have decoded, read at a window's edges so a step can compare the client's count with the servers' own.
+
+llama-server adds a request's tokens to `llamacpp:tokens_predicted_total` only when the request ends
+(its slot is released), so the counter alone moves in steps of whole requests. The tokens decoded so
+far are the counter plus each busy slot's `n_decoded` (GET /slots). The two come from two requests,
+so a read is taken as /metrics, /slots, /metrics and kept only when the counter did not move between
+the two /metrics reads (no slot was released in between, so the /slots read agrees with the counter);
+otherwise it is tried again (`consistent` says whether one agreed). Without /slots (--no-slots), the
+read is the counter alone (`basis` "completions")."""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from llama_tui.core import probe
 from llama_tui.core.bench.target import Target
@@ -53,6 +61,19 @@ def fleet_state(state_dir: str | None) -> Any:
         return None
 
 
+def internal_key(st: Any, urls: tuple[str, ...]) -> str | None:
+    """The fleet's internal key, when every one of `urls` is one of its instances (never sent elsewhere)."""
+    from llama_tui.core.fleet import keys
+
+    try:
+        ours = {_norm_netloc(Target.parse(u)) for u in st.instance_urls()} if st is not None else set()
+    except Exception:  # a damaged or foreign state file
+        return None
+    if not urls or not {_norm_netloc(Target.parse(u)) for u in urls} <= ours:
+        return None
+    return keys.read_internal_key(st.state_dir)
+
+
 def server_probe(api_key: str | None = None) -> probe.Probe:
     """A probe with timeouts for a machine under load (a benchmark is the load): a missed read costs a figure."""
     return probe.Probe(timeout=10.0, connect_timeout=5.0, api_key=api_key)
@@ -74,24 +95,11 @@ class Servers:
     targets_are_instances: bool = False  # every target is a fleet instance (not NGINX): they need api_key too
 
 
-def internal_key(st: Any, urls: tuple[str, ...]) -> str | None:
-    """The fleet's internal key, when every one of `urls` is one of its instances (never sent elsewhere)."""
-    from llama_tui.core.fleet import keys
-
-    try:
-        ours = {_norm_netloc(Target.parse(u)) for u in st.instance_urls()} if st is not None else set()
-    except Exception:  # a damaged or foreign state file
-        return None
-    if not urls or not {_norm_netloc(Target.parse(u)) for u in urls} <= ours:
-        return None
-    return keys.read_internal_key(st.state_dir)
-
-
 def discover_servers(config: BenchConfig) -> Servers:
     if config.server_urls:
         st = fleet_state(config.state_dir)
         urls = tuple(Target.parse(u).url for u in config.server_urls)
-        return Servers(urls, "--server-url", st, internal_key(st, urls))
+        return Servers(urls, "--server-url", st, internal_key(st, urls) or config.api_key)
     targets = [Target.parse(u) for u in config.target_urls]
     st = fleet_state(config.state_dir)
     if st is not None:
@@ -107,43 +115,99 @@ def discover_servers(config: BenchConfig) -> Servers:
             direct = not any(nginx and _norm_netloc(t) == _norm_netloc(Target.parse(nginx)) for t in targets)
             urls = tuple(u.url for u in fleet_urls)
             return Servers(urls, "fleet", st, internal_key(st, urls), direct)
-    with server_probe() as pr:
+    with server_probe(config.api_key) as pr:
         direct = [t.url for t in targets if _is_llama_server(t.url, pr)]
     if direct and len(direct) == len(targets):
-        return Servers(tuple(direct), "target", None)
+        return Servers(tuple(direct), "target", None, config.api_key)
     return Servers((), None, None)
 
 
-def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, float] | None:
-    """{"tokens": sum of tokens_predicted_total, "prompt": sum of prompt_tokens_total}; None if any is missing."""
-    tokens = prompt = 0.0
-    for u in urls:
-        m = pr.metrics(u)
-        if not m or probe.TOKENS_PREDICTED_TOTAL not in m:
+def _busy_decoded(slots: Any) -> int:
+    """Tokens decoded so far by the requests the slots are processing."""
+    total = 0
+    for slot in slots:
+        if not isinstance(slot, dict) or not slot.get("is_processing"):
+            continue
+        nt = slot.get("next_token")
+        nt = nt[0] if isinstance(nt, list) and nt else nt
+        n = nt.get("n_decoded") if isinstance(nt, dict) else None
+        if isinstance(n, int) and n > 0:
+            total += n
+    return total
+
+
+def read_instance(url: str, pr: probe.Probe, tries: int = 4) -> dict[str, Any] | None:
+    """One instance's decoded tokens at one instant (see the module's docstring):
+    {"t": when, "counter", "prompt", "in_flight", "decoded", "basis", "consistent"}; None without /metrics."""
+    last: dict[str, Any] | None = None
+    for _ in range(tries):
+        t0 = time.monotonic()
+        m1 = pr.metrics(url)
+        if not m1 or probe.TOKENS_PREDICTED_TOTAL not in m1:
             return None
-        tokens += m[probe.TOKENS_PREDICTED_TOTAL]
-        prompt += m.get(probe.PROMPT_TOKENS_TOTAL, 0.0)
-    return {"tokens": tokens, "prompt": prompt}
+        counter, prompt = m1[probe.TOKENS_PREDICTED_TOTAL], m1.get(probe.PROMPT_TOKENS_TOTAL, 0.0)
+        t1 = time.monotonic()
+        slots = pr.json(url, "/slots")
+        t2 = time.monotonic()
+        if not isinstance(slots, list):
+            return {"t": (t0 + t1) / 2, "counter": counter, "prompt": prompt, "in_flight": 0, "decoded": counter,
+                    "basis": "completions", "consistent": True}
+        m2 = pr.metrics(url)
+        in_flight = _busy_decoded(slots)
+        consistent = bool(m2) and m2.get(probe.TOKENS_PREDICTED_TOTAL) == counter
+        last = {"t": (t1 + t2) / 2, "counter": counter, "prompt": prompt, "in_flight": in_flight,
+                "decoded": counter + in_flight, "basis": "decoded", "consistent": consistent}
+        if consistent:
+            break
+    return last
+
+
+def read_counters(urls: tuple[str, ...], pr: probe.Probe) -> dict[str, Any] | None:
+    """The instances' sums: {"t", "tokens" (decoded so far), "counter", "prompt", "basis", "consistent"};
+    None if any instance has no counters."""
+    reads = []
+    for u in urls:
+        r = read_instance(u, pr)
+        if r is None:
+            return None
+        reads.append(r)
+    if not reads:
+        return None
+    return {"t": sum(r["t"] for r in reads) / len(reads), "tokens": sum(r["decoded"] for r in reads),
+            "counter": sum(r["counter"] for r in reads), "prompt": sum(r["prompt"] for r in reads),
+            "basis": "decoded" if all(r["basis"] == "decoded" for r in reads) else "completions",
+            "consistent": all(r["consistent"] for r in reads)}
 
 
 class CounterReader(threading.Thread):
-    """Reads the servers' counters at the window's start and end (or when the step is stopped early)."""
+    """Reads the servers' decoded tokens at the window's start and end (or when the step is stopped
+    early), once the window is known (`set_window`); then calls `on_end`."""
 
-    def __init__(self, urls: tuple[str, ...], t_window: float, t_end: float, stopped: threading.Event,
-                 api_key: str | None = None) -> None:
+    def __init__(self, urls: tuple[str, ...], stopped: threading.Event, api_key: str | None = None,
+                 on_end: Callable[[], None] | None = None) -> None:
         super().__init__(name="llama-tui-counters", daemon=True)
-        self.urls, self.t_window, self.t_end, self.stopped, self.api_key = urls, t_window, t_end, stopped, api_key
-        self.start_read: tuple[float, dict[str, float] | None] | None = None
-        self.end_read: tuple[float, dict[str, float] | None] | None = None
+        self.urls, self.stopped, self.api_key, self.on_end = urls, stopped, api_key, on_end
+        self.t_window: float | None = None
+        self.t_end: float | None = None
+        self._window = threading.Event()
+        self.start_read: dict[str, Any] | None = None
+        self.end_read: dict[str, Any] | None = None
 
-    def _read(self, pr: probe.Probe) -> tuple[float, dict[str, float] | None]:
-        t0 = time.monotonic()
-        c = read_counters(self.urls, pr)
-        return (t0 + time.monotonic()) / 2, c
+    def set_window(self, t_window: float, t_end: float) -> None:
+        self.t_window, self.t_end = t_window, t_end
+        self._window.set()
 
     def run(self) -> None:
-        with server_probe(self.api_key) as pr:
-            self.stopped.wait(max(0.0, self.t_window - time.monotonic()))
-            self.start_read = self._read(pr)
-            self.stopped.wait(max(0.0, self.t_end - time.monotonic()))
-            self.end_read = self._read(pr)
+        try:
+            with server_probe(self.api_key) as pr:
+                while not self._window.wait(0.05):
+                    if self.stopped.is_set():
+                        return
+                assert self.t_window is not None and self.t_end is not None
+                self.stopped.wait(max(0.0, self.t_window - time.monotonic()))
+                self.start_read = read_counters(self.urls, pr)
+                self.stopped.wait(max(0.0, self.t_end - time.monotonic()))
+                self.end_read = read_counters(self.urls, pr)
+        finally:
+            if self.on_end is not None:
+                self.on_end()

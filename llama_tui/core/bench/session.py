@@ -11,8 +11,11 @@ ends; at the window's end requests still in flight are cancelled, and only what 
 the window counts. Open loop (`rate`): Poisson arrivals at that rate; latency counts from the intended
 arrival time, and requests sent inside the window are awaited (up to `drain`) after it closes.
 
-Every step also reads `llamacpp:tokens_predicted_total` from the instances behind the target at the
-window's start and end, and reports whether the client itself was the bottleneck (`valid`).
+Warm-up lasts at least `warmup` seconds and until the load is steady (core/bench/steady.py: in flight
+at its target, a request lifetime passed); the window then opens for every worker at once. Every step
+reads the tokens the instances behind the target have decoded (core/bench/servers.py) at the window's
+start and end, with the load kept on until the end read is done, and reports whether the client itself
+was the bottleneck and whether the window held enough request lifetimes (`valid`).
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ from llama_tui.core.bench.calibration import client_ceiling
 from llama_tui.core.bench.config import BenchConfig, planned_steps
 from llama_tui.core.bench.definitions import DEFINITIONS, iso_now
 from llama_tui.core.bench.live import LiveSamples, Sample
-from llama_tui.core.bench.plans import auto_workers, worker_plans
+from llama_tui.core.bench.plans import auto_workers, lead_s, worker_plans
+from llama_tui.core.bench.prompts import resolve_prompt, sized_text
 from llama_tui.core.bench.runner import run_plan
 from llama_tui.core.bench.servers import (CounterReader, check_targets, discover_servers, read_counters,
                                           server_probe)
+from llama_tui.core.bench.steady import WARMUP_CAP_S, StepWindow, WarmupGate
 from llama_tui.core.bench.step import LiveCounters
 from llama_tui.core.bench.step_result import step_result
 from llama_tui.core.bench.target import Target
+from llama_tui.core.bench.traffic import agent_tag
 from llama_tui.core.bench.verdicts import CEILING_FRACTION
 from llama_tui.core.bench.workers import WorkerPool
-from llama_tui.core.bench.workload import RequestShape, resolve_prompt
+from llama_tui.core.bench.workload import RequestShape
+
+HOLD_S = 15.0  # at most this long after a window, the load waits for the servers' end read
 from llama_tui.core.config import parse_int_list
 from llama_tui.core.errors import UserError
 
@@ -58,18 +66,36 @@ class BenchSession:
         self.servers = discover_servers(self.config)
         if self.servers.targets_are_instances and self.servers.api_key:  # --url straight at instances
             self.config = replace(self.config, api_key=self.servers.api_key)
-        prompt, self.prompt_info = resolve_prompt(self.config)
-        c = self.config
-        self.shape = RequestShape(api=c.api, stream=c.stream, n_predict=c.n_predict, prompt=prompt,
-                                  nonce=not c.cache_prompt, cache_prompt=c.cache_prompt, ignore_eos=c.ignore_eos,
-                                  api_key=c.api_key, timeout_s=c.timeout)
+        self.shape, self.prompt_info, self.workload_info = build_shape(self.config)
+        self._check_context()
         self.ceiling, self.ceiling_source = client_ceiling(self.config)
+        c = self.config
         self.seed = c.seed if c.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.pool: WorkerPool | None = None
         self.next_workers: int | None = None  # auto: raised after a step that ran a worker hot
         self.steps_done = 0
         self.tokens_received_total = 0
         self.server_tokens_total: float | None = 0.0
+
+    def _check_context(self) -> None:
+        """A workload whose requests cannot fit a slot's context is refused before any load."""
+        c, shape = self.config, self.shape
+        need = _request_tokens(c, self.prompt_info, self.workload_info)
+        if need is None:
+            return
+        n_ctx = None
+        with server_probe(self.servers.api_key or c.api_key) as pr:
+            for u in self.servers.urls or tuple(t.url for t in self.targets):
+                props = pr.props(u) or {}
+                n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+                if isinstance(n_ctx, int):
+                    break
+        if isinstance(n_ctx, int) and need > n_ctx:
+            what = (f"{shape.turns} turns of about {need // max(1, shape.turns)} tokens each" if shape.workload
+                    == "sessions" else "system prompt, user part and output")
+            raise UserError(f"the workload needs up to {need} tokens per request ({what}), above a slot's context "
+                            f"({n_ctx})", "lower --turns, --prefix-tokens, --prompt-tokens or --n-predict, or start "
+                            "the fleet with a larger --ctx-per-slot")
 
     def close(self) -> None:
         if self.pool is not None:
@@ -120,14 +146,16 @@ class BenchSession:
             "tool": "llama-tui", "version": __version__, "date": iso_now(),
             "targets": [t.url for t in self.targets], "api": c.api,
             "streaming": "stream" if c.stream else "no-stream",
-            "n_predict": c.n_predict, "ignore_eos": c.ignore_eos, "cache_prompt": c.cache_prompt,
-            "nonce": self.shape.nonce and not c.cache_prompt, "prompt": self.prompt_info,
+            "n_predict": c.n_predict, "n_predict_max": c.n_predict_max, "ignore_eos": c.ignore_eos,
+            "cache_prompt": self.shape.sends_cache_prompt,
+            "nonce": self.shape.nonce and not c.cache_prompt and c.workload in ("unique", "shared-prefix"),
+            "prompt": self.prompt_info, "workload": self.workload_info,
             "duration_s": c.duration, "warmup_s": c.warmup, "timeout_s": c.timeout, "seed": self.seed,
             "workers": c.workers or "auto",
             "load_shape": ("rate" if c.rates else "ramp" if c.ramp else "concurrency"),
             "llama_server": {"build_info": (props or {}).get("build_info"), "total_slots": (props or {}).get("total_slots"),
                              "model_path": (props or {}).get("model_path")} if props else None,
-            "model": model, "fleet": fleet_meta, "nginx": nginx_meta,
+            "model": model, "model_sliding_window": sliding_window(model), "fleet": fleet_meta, "nginx": nginx_meta,
             "servers": list(self.servers.urls), "servers_from": self.servers.source,
             "host": {"cpu": hardware.cpu_model(), "physical_cores": hardware.physical_cores(),
                      "logical_cores": hardware.logical_cores(), "memory_bytes": total_mem, "gpus": gpus,
@@ -170,11 +198,19 @@ class BenchSession:
         pr = server_probe(self.servers.api_key)
         pre = read_counters(self.servers.urls, pr) if self.servers.urls else None
         plans = worker_plans(mode, concurrency, rate, n_workers, warmup=c.warmup, duration=c.duration, drain=c.drain,
-                             seed=self.seed, index=index)
-        t_start, t_window, t_end = plans[0].t_start, plans[0].t_window, plans[0].t_end
-        live = LiveSamples(on_sample, self.t0, index, steps_total, concurrency, rate, t_start, t_window, t_end)
-        reader = (CounterReader(self.servers.urls, t_window, t_end, stopped, self.servers.api_key)
-                  if self.servers.urls else None)
+                             seed=self.seed, index=index, gate_s=WARMUP_CAP_S if c.warmup > 0 else None,
+                             hold_s=HOLD_S if self.servers.urls else 0.0)
+        t_start = plans[0].t_start
+        live = LiveSamples(on_sample, self.t0, index, steps_total, concurrency, rate, t_start, t_start + c.warmup,
+                           t_start + c.warmup + c.duration)
+        live.opened = not plans[0].gated
+        reader = CounterReader(self.servers.urls, stopped, self.servers.api_key) if self.servers.urls else None
+        gate = WarmupGate(mode, concurrency or 0, t_start, c.warmup, c.duration, lead_s(n_workers), c.max_window)
+        if not plans[0].gated:  # --warmup 0: the window opens with the load, no steady-state wait
+            gate.window = (plans[0].t_window, plans[0].t_end)
+            if reader is not None:
+                reader.set_window(*gate.window)
+        window = StepWindow(gate, live, reader)
         if reader is not None:
             reader.start()
         try:
@@ -182,15 +218,22 @@ class BenchSession:
                 runner_box: dict[str, Any] = {}
 
                 def on_live(counters: LiveCounters) -> None:
-                    live.update_and_emit(counters)
-                    if self.stop is not None and self.stop.is_set() and "runner" in runner_box:
-                        runner_box["runner"].request_stop()
+                    opened = window.observe(counters)
+                    runner = runner_box.get("runner")
+                    if opened is not None and runner is not None:
+                        runner.set_window(*opened)
+                    live.emit(counters.t)
+                    if self.stop is not None and self.stop.is_set() and runner is not None:
+                        runner.request_stop()
 
-                part = run_plan(self.targets, self.shape, plans[0], on_live,
-                                runner_ready=lambda r: runner_box.__setitem__("runner", r))
+                def ready(runner: Any) -> None:
+                    runner_box["runner"] = runner
+                    window.on_release(runner.release)
+
+                part = run_plan(self.targets, self.shape, plans[0], on_live, runner_ready=ready)
             else:
                 assert self.pool is not None
-                part = self.pool.run(self.targets, self.shape, plans, live, self.stop)
+                part = self.pool.run(self.targets, self.shape, plans, window, self.stop)
         finally:
             stopped.set()
             if reader is not None:
@@ -201,13 +244,64 @@ class BenchSession:
         self.steps_done += 1
         step = step_result(c, part, mode=mode, concurrency=concurrency, rate=rate, n_workers=n_workers, index=index,
                            started_at=started_at, servers=self.servers.urls, ceiling=self.ceiling, reader=reader,
-                           pre=pre, post=post)
+                           pre=pre, post=post, warmup=gate.fields())
         live.final(step)
         if not c.workers:
             per_worker = step.get("client_events_s_per_worker") or 0
             if self.ceiling and per_worker > 0.5 * self.ceiling:
                 self.next_workers = min(max(1, hardware.logical_cores() // 2), n_workers * 2)
         return step
+
+
+def sliding_window(model: str | None) -> int | None:
+    """The model's attention window when it slides (Gemma 2/3 ...), from its GGUF header: llama-server then
+    reuses a cached prompt only up to its checkpoints, unless started with --swa-full."""
+    if not model:
+        return None
+    from llama_tui.core import gguf_header
+
+    try:
+        return gguf_header.read_header(Path(model)).arch_int("attention.sliding_window")
+    except (OSError, gguf_header.GGUFHeaderError):
+        return None
+
+
+def build_shape(config: BenchConfig) -> tuple[RequestShape, dict[str, Any], dict[str, Any]]:
+    """What every request of the benchmark sends: the prompt (sized with the server's tokenizer), the
+    workload's shared texts and its draws; and the metadata's record of both."""
+    c = config
+    if c.workload == "dataset":
+        from llama_tui.core.bench import datasets
+
+        prompt, prompt_info = "", {"source": f"dataset {c.dataset}"}
+        data_info: dict[str, Any] = {"dataset": datasets.load_cached(c.dataset or "").describe()}
+    else:
+        prompt, prompt_info = resolve_prompt(c)
+        data_info = {}
+    params = c.workload_params()
+    run_tag = os.urandom(6).hex()
+    prefix = ""
+    if c.workload == "shared-prefix":
+        prefix, sized = sized_text(c, params["prefix_tokens"], lead=agent_tag(run_tag, 0))
+        data_info["prefix_tokens"] = params["prefix_tokens"]
+        data_info["prefix_tokens_measured"] = sized["tokens"]
+    shape = RequestShape(api=c.api, stream=c.stream, n_predict=c.n_predict, n_predict_max=c.n_predict_max,
+                         prompt=prompt, nonce=not c.cache_prompt, cache_prompt=c.cache_prompt,
+                         ignore_eos=c.ignore_eos, api_key=c.api_key, timeout_s=c.timeout, workload=c.workload,
+                         prefix=prefix, groups=params.get("prefix_groups", 0), sessions=params.get("sessions", 0),
+                         turns=params.get("turns", 0), dataset=c.dataset, run_tag=run_tag)
+    return shape, prompt_info, {**shape.describe(), **data_info}
+
+
+def _request_tokens(c: BenchConfig, prompt_info: dict[str, Any], workload_info: dict[str, Any]) -> int | None:
+    """About the most tokens one request of the workload holds (prompt, history and output)."""
+    if c.workload not in ("shared-prefix", "sessions"):
+        return None
+    user = prompt_info.get("tokens") or c.prompt_tokens
+    out = c.n_predict_max or c.n_predict
+    if c.workload == "shared-prefix":
+        return int((workload_info.get("prefix_tokens_measured") or workload_info["prefix_tokens"]) + user + out + 8)
+    return int(workload_info["turns"] * (user + out + 12))
 
 
 def run_step(config: BenchConfig, concurrency: int | None = None, rate: float | None = None,

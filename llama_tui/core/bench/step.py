@@ -26,6 +26,9 @@ class StepPlan:
     worker: int = 0
     target_offset: int = 0
     max_inflight: int = 10000  # open loop: beyond this, arrivals queue in the client (latency still counts)
+    workers: int = 1  # how many workers share the step (a workload's conversations are split among them)
+    gated: bool = False  # the parent opens the window (`StepRunner.set_window`); t_window/t_end: the latest
+    hold_s: float = 0.0  # after the window: keep the load on until released (the servers' end read), at most this
 
 
 @dataclass
@@ -39,6 +42,8 @@ class LiveCounters:
     done: int
     errors: int
     ttft_new: list[float] = field(default_factory=list)
+    peak_inflight: int = 0  # most requests in flight at once so far in the step
+    e2e_new: list[float] = field(default_factory=list)  # lifetimes of the requests ended since the last report
 
 
 def upstream_entry() -> dict[str, Any]:
@@ -60,6 +65,7 @@ class StepPartial:
     output_tokens: float = 0.0
     prompt_tokens: int = 0
     cache_n: int = 0
+    cache_reports: int = 0  # requests whose timings reported cache_n
     window_events: int = 0
     window_reads: int = 0
     tokens_received: int = 0  # every token every request received during the whole step
@@ -86,7 +92,7 @@ class StepPartial:
     def merge(self, other: "StepPartial") -> "StepPartial":
         self.window_s = max(self.window_s, other.window_s)
         for name in ("requests_started", "requests_ok", "errors_outside_window", "reconnects", "cancelled",
-                     "output_tokens", "prompt_tokens", "cache_n", "window_events", "window_reads", "tokens_received"):
+                     "output_tokens", "prompt_tokens", "cache_n", "cache_reports", "window_events", "window_reads", "tokens_received"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for cls, n in other.errors_by_class.items():
             self.errors_by_class[cls] = self.errors_by_class.get(cls, 0) + n

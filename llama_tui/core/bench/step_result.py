@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from llama_tui.core.bench.steady import window_verdict
 from llama_tui.core.bench.step import StepPartial
 from llama_tui.core.bench.verdicts import client_bottleneck, latency_note
 
@@ -22,17 +23,20 @@ def _r(v: float | None, digits: int = 1) -> float | None:
 
 def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrency: int | None, rate: float | None,
                 n_workers: int, index: int, started_at: str, servers: tuple[str, ...], ceiling: float | None,
-                reader: CounterReader | None, pre: dict | None, post: dict | None) -> dict[str, Any]:
-    """The step's dict. `reader` read the servers' counters at the window's edges; `pre` and `post` at the
-    whole step's."""
+                reader: CounterReader | None, pre: dict | None, post: dict | None,
+                warmup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The step's dict. `reader` read the servers' decoded tokens at the window's edges; `pre` and `post`
+    at the whole step's; `warmup` is the warm-up's record (core/bench/steady.py)."""
     c = config
     w = part.window_s
     stream = c.stream
     step: dict[str, Any] = {
         "step": index, "mode": mode, "concurrency": concurrency if mode == "closed" else None,
         "rate": rate if mode == "open" else None, "started_at": started_at,
-        "duration_s": round(w, 3), "warmup_s": c.warmup,
-        "api": c.api, "stream": stream, "n_predict": c.n_predict,
+        "duration_s": round(w, 3), "warmup_s": c.warmup, "warmup_note": None, "window_note": None,
+        **{k: v for k, v in (warmup or {}).items() if v is not None},
+        "api": c.api, "stream": stream, "n_predict": c.n_predict, "n_predict_max": c.n_predict_max,
+        "workload": c.workload,
         "requests_ok": part.requests_ok, "errors": part.errors, "errors_by_class": dict(part.errors_by_class),
         "error_examples": dict(part.error_examples), "errors_outside_window": part.errors_outside_window,
         "reconnects": part.reconnects, "requests_cancelled": part.cancelled,
@@ -41,6 +45,9 @@ def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrenc
         "output_tok_s": _r(part.output_tokens / w if w > 0 else None),
         "prompt_tokens": part.prompt_tokens, "prompt_tok_s": _r(part.prompt_tokens / w if w > 0 else None),
         "cache_n": part.cache_n,
+        "cache_n_mean": _r(part.cache_n / part.cache_reports if part.cache_reports else None),
+        "cache_hit_pct": _r(100.0 * part.cache_n / (part.cache_n + part.prompt_tokens)
+                            if part.cache_n + part.prompt_tokens > 0 else None),
     }
     for name in LATENCIES:
         if stream or name == "e2e":
@@ -51,15 +58,25 @@ def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrenc
         for k in QUANTILE_KEYS:
             step[f"{name}_{k}_ms"] = summary[k]
     step["samples_n"] = {name: len(getattr(part, name)) for name in LATENCIES}
-    # The servers' own count over the same window.
-    server_tokens = server_rate = server_window = None
-    if reader is not None and reader.start_read and reader.end_read and reader.start_read[1] and reader.end_read[1]:
-        server_tokens = reader.end_read[1]["tokens"] - reader.start_read[1]["tokens"]
-        server_window = reader.end_read[0] - reader.start_read[0]
+    # The servers' own count over the same window: tokens decoded between its edges.
+    server_tokens = server_rate = server_window = basis = consistent = counter_rate = None
+    start, end = (reader.start_read, reader.end_read) if reader is not None else (None, None)
+    if start and end:
+        server_tokens = end["tokens"] - start["tokens"]
+        server_window = end["t"] - start["t"]
         server_rate = server_tokens / server_window if server_window > 0 else None
+        counter_rate = (end["counter"] - start["counter"]) / server_window if server_window > 0 else None
+        basis = "decoded" if start["basis"] == end["basis"] == "decoded" else "completions"
+        consistent = bool(start["consistent"] and end["consistent"])
     step["server_output_tokens"] = int(server_tokens) if server_tokens is not None else None
     step["server_output_tok_s"] = _r(server_rate)
     step["server_window_s"] = _r(server_window, 3)
+    step["server_counter_tok_s"] = _r(counter_rate)  # the completion counter alone: jumps with completions
+    step["server_rate_basis"] = basis
+    step["server_reads_consistent"] = consistent
+    client_rate = part.output_tokens / w if w > 0 else None
+    step["server_rate_agreement_pct"] = _r(100.0 * (server_rate - client_rate) / client_rate
+                                           if server_rate is not None and client_rate else None, 2)
     step["servers"] = list(servers)
     step["tokens_received"] = part.tokens_received
     step["server_tokens_step"] = int(post["tokens"] - pre["tokens"]) if pre and post else None
@@ -87,6 +104,11 @@ def step_result(config: BenchConfig, part: StepPartial, *, mode: str, concurrenc
     step["loop_lag_mean_ms"] = lag["mean"]
     max_cpu = max(cpu) / w if w > 0 and cpu else None
     reasons = client_bottleneck(per_worker, max_cpu, lag["mean"], step["e2e_ms"]["mean"], ceiling)
+    short = window_verdict(w, step["e2e_p50_ms"], part.requests_ok, part.errors)
+    if short:
+        reasons.append(short)
+    if step.get("warmup_note"):
+        reasons.append(step["warmup_note"])
     step["valid"] = not reasons
     step["invalid_reason"] = "; ".join(reasons) or None
     note = latency_note(lag["p99"])

@@ -29,21 +29,23 @@ class Tally:
 
     # Slots: the exchanges update these on every event.
     __slots__ = ('netlocs', 'chat', 'stream', 'open_loop', 'tw', 'te', 'part', 'window_closed', 'live_tokens',
-                 'live_done', 'live_errors', 'ttft_new', 'events', 'reads', '_reads0', '_events0', '_cpu0')
+                 'live_done', 'live_errors', 'ttft_new', 'e2e_new', 'events', 'reads', '_reads0', '_events0', '_cpu0')
 
     def __init__(self, targets: list[Target], shape: RequestShape, plan: StepPlan) -> None:
         self.netlocs = [t.netloc for t in targets]
         self.chat = shape.api == "chat"
         self.stream = shape.stream
         self.open_loop = plan.mode == "open"
-        self.tw = plan.t_window
-        self.te = plan.t_end
+        # A gated step's window is unknown until the parent opens it: nothing counts until then.
+        self.tw = plan.t_window if not plan.gated else float("inf")
+        self.te = plan.t_end if not plan.gated else float("inf")
         self.part = StepPartial()
         self.window_closed = False
         self.live_tokens = 0
         self.live_done = 0
         self.live_errors = 0
         self.ttft_new: list[float] = []
+        self.e2e_new: list[float] = []
         self.events = 0
         self.reads = 0
         self._reads0 = 0
@@ -102,6 +104,8 @@ class Tally:
             self.live_done += 1
         elif ex.error != "cancelled":
             self.live_errors += 1
+        if ex.error != "cancelled":
+            self.e2e_new.append(t_end - ex.intended)  # a lifetime, for the warm-up (core/bench/steady.py)
         if self.open_loop:
             in_pop = self.tw <= ex.intended < self.te
         else:
@@ -133,6 +137,7 @@ class Tally:
             part.prompt_tokens += ex.prompt_n
         if isinstance(ex.cache_n, int):
             part.cache_n += ex.cache_n
+            part.cache_reports += 1
 
     def _upstream(self, ex: "Exchange") -> dict[str, Any]:
         """Per-backend counters: NGINX's X-Upstream, else the target the request went to."""
@@ -144,6 +149,9 @@ class Tally:
 
 
     # -- the window
+
+    def set_window(self, tw: float, te: float) -> None:
+        self.tw, self.te = tw, te
 
     def open_window(self) -> None:
         self._cpu0 = time.thread_time()

@@ -3,7 +3,8 @@ back its raw samples, which the parent merges exactly.
 
 The pipe protocol, one JSON object per line (`core.childproc`'s wire):
 - parent -> worker: {"cmd": "step", "targets": [...], "shape": {...}, "plan": {...}} runs a step;
-  {"cmd": "stop"} ends a running step early; {"cmd": "exit"} or end of input exits.
+  {"cmd": "window", "t_window": T, "t_end": T} opens a gated step's window; {"cmd": "release"} ends
+  the hold after it; {"cmd": "stop"} ends a running step early; {"cmd": "exit"} or end of input exits.
 - worker -> parent: {"t": "live", "live": LiveCounters} every 0.5 s, then {"t": "partial", "partial": ...}
   (a StepPartial), or {"t": "error", "error": "..."}.
 
@@ -12,6 +13,7 @@ Entry point: `python -m llama_tui.core.bench.workers` (what `WorkerPool` starts)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import signal
@@ -23,7 +25,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from llama_tui.core import paths
-from llama_tui.core.bench.runner import run_plan
+from llama_tui.core.bench.runner import StepRunner
 from llama_tui.core.bench.step import LiveCounters, StepPartial, StepPlan
 from llama_tui.core.bench.target import Target
 from llama_tui.core.bench.workload import RequestShape
@@ -31,7 +33,7 @@ from llama_tui.core.childproc import json_lines, write_line
 from llama_tui.core.errors import UserError
 
 if TYPE_CHECKING:
-    from llama_tui.core.bench.live import LiveSamples
+    from llama_tui.core.bench.steady import StepWindow
 
 WORKER_COMMAND = [sys.executable, "-m", "llama_tui.core.bench.workers"]
 
@@ -46,12 +48,9 @@ def worker_main() -> int:
         with lock:
             write_line(sys.stdout.buffer, {"t": "live", "live": asdict(c)})
 
-    def run_step(cmd: dict[str, Any]) -> None:
+    def run_step(runner: StepRunner) -> None:
         try:
-            targets = [Target(**t) for t in cmd["targets"]]
-            shape = RequestShape(**cmd["shape"])
-            plan = StepPlan(**cmd["plan"])
-            part = run_plan(targets, shape, plan, live, runner_ready=lambda r: current.__setitem__("runner", r))
+            part = asyncio.run(runner.run())
             with lock:
                 write_line(sys.stdout.buffer, {"t": "partial", "partial": part.to_json()})
         except Exception as exc:  # report, do not die silently
@@ -66,12 +65,26 @@ def worker_main() -> int:
         if what == "step":
             if thread is not None:
                 thread.join()
-            thread = threading.Thread(target=run_step, args=(cmd,), daemon=True)
+            try:  # made here, so a window or release that follows at once finds it
+                runner = StepRunner([Target(**t) for t in cmd["targets"]], RequestShape(**cmd["shape"]),
+                                    StepPlan(**cmd["plan"]), live)
+            except Exception as exc:
+                with lock:
+                    write_line(sys.stdout.buffer, {"t": "error", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            current["runner"] = runner
+            thread = threading.Thread(target=run_step, args=(runner,), daemon=True)
             thread.start()
-        elif what == "stop":
+        elif what in ("stop", "window", "release"):
             runner = current.get("runner")
-            if runner is not None:
+            if runner is None:
+                continue
+            if what == "stop":
                 runner.request_stop()
+            elif what == "window":
+                runner.set_window(float(cmd["t_window"]), float(cmd["t_end"]))
+            else:
+                runner.release()
         elif what == "exit":
             break
     runner = current.get("runner")
@@ -114,13 +127,14 @@ class WorkerPool:
         except (BrokenPipeError, OSError):
             pass
 
-    def run(self, targets: list[Target], shape: RequestShape, plans: list[StepPlan], live: "LiveSamples",
+    def run(self, targets: list[Target], shape: RequestShape, plans: list[StepPlan], window: "StepWindow",
             stop: threading.Event | None) -> StepPartial:
         for i, plan in enumerate(plans):
             self.send(i, {"cmd": "step", "targets": [asdict(t) for t in targets], "shape": asdict(shape),
                           "plan": asdict(plan)})
         parts: dict[int, StepPartial] = {}
-        stop_sent = False
+        stop_sent = release_sent = False
+        live = window.live
         next_emit = time.monotonic() + 0.5
         while len(parts) < len(plans):
             try:
@@ -130,7 +144,10 @@ class WorkerPool:
             if msg is not None:
                 kind = msg.get("t")
                 if kind == "live":
-                    live.update(LiveCounters(**msg["live"]))
+                    opened = window.observe(LiveCounters(**msg["live"]))
+                    if opened is not None:
+                        for j in range(len(plans)):
+                            self.send(j, {"cmd": "window", "t_window": opened[0], "t_end": opened[1]})
                 elif kind == "partial":
                     parts[i] = StepPartial.from_json(msg["partial"])
                 elif kind == "error":
@@ -143,6 +160,10 @@ class WorkerPool:
             if now >= next_emit:
                 live.emit(now)
                 next_emit = now + 0.5
+            if window.released.is_set() and not release_sent:
+                release_sent = True
+                for j in range(len(plans)):
+                    self.send(j, {"cmd": "release"})
             if stop is not None and stop.is_set() and not stop_sent:
                 stop_sent = True
                 for j in range(len(plans)):

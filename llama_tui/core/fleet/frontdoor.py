@@ -52,6 +52,7 @@ MAX_CONN_LIMIT = 65535  # NGINX refuses a larger limit_conn
 # The only routes the listener serves (unless expose_admin): inference, the model list and /health.
 PUBLIC_ROUTES = ("/v1/chat/completions", "/v1/completions", "/completion", "/v1/embeddings", "/v1/models",
                  "/health")
+PREFIX_BYTES = 512  # the `prefix` policy keys each request by this much of its prompt's JSON
 
 
 @dataclass(frozen=True)
@@ -262,13 +263,34 @@ def status_socket(prefix: Path) -> Path:
     return paths.runtime_dir() / f"{digest}.sock"
 
 
-def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_root: bool | None = None) -> str:
+def check_policy(policy: str, modules_dir: str | None = None) -> tuple[str, ...]:
+    """The modules NGINX must load for `policy` (the `prefix` policy: NGINX's Lua module, read from
+    `modules_dir`, default: where this nginx keeps its modules); UserError for an unknown policy, or
+    for `prefix` when the module is not installed (and no `modules_dir` is given)."""
+    if policy not in POLICIES:
+        raise UserError(f"unknown policy {policy!r}", f"use one of: {', '.join(POLICIES)}")
+    if policy != "prefix":
+        return ()
+    from llama_tui.core import binaries
+
+    if modules_dir is not None:
+        return tuple(str(Path(modules_dir) / m) for m in binaries.NGINX_LUA_MODULES)
+    found = binaries.nginx_lua_modules()
+    if found is None:
+        raise UserError("the prefix policy needs NGINX's Lua module, which is not installed",
+                        f"run `llama-tui setup` as root, or `apt-get install {binaries.NGINX_LUA_PACKAGE}`; "
+                        "or pick another policy")
+    return tuple(str(p) for p in found)
+
+
+def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_root: bool | None = None,
+           modules_dir: str | None = None) -> str:
     """The full nginx.conf for `spec`, with file paths inside `prefix`.
 
-    `nofile` (the open-files limit) and `as_root` default to this process's; pass them for a
-    reproducible rendering (golden files)."""
-    if spec.policy not in POLICIES:
-        raise UserError(f"unknown policy {spec.policy!r}", f"use one of: {', '.join(POLICIES)}")
+    `nofile` (the open-files limit), `as_root` and `modules_dir` (NGINX's modules, for the `prefix`
+    policy) default to this process's and this nginx's; pass them for a reproducible rendering (golden
+    files)."""
+    load_modules = check_policy(spec.policy, modules_dir)
     if not spec.backends:
         raise UserError("no backends to balance", "start at least one instance")
     for b in spec.backends:
@@ -333,6 +355,8 @@ def render(spec: FrontDoorSpec, prefix: Path, *, nofile: int | None = None, as_r
         client_header_timeout=CLIENT_HEADER_TIMEOUT,
         client_body_timeout=CLIENT_BODY_TIMEOUT,
         send_timeout=SEND_TIMEOUT,
+        load_modules=load_modules,
+        prefix_bytes=PREFIX_BYTES,
     )
 
 

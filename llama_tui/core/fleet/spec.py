@@ -150,8 +150,9 @@ class FleetSpec:
         check_unsafe_args(self.extra_args, self.allow_unsafe_args)
         self.check_port_range(self.instances)
         self.check_pinning(self.instances)
-        if self.policy not in config.POLICIES:
-            raise UserError(f"unknown policy {self.policy!r}", f"use one of: {', '.join(config.POLICIES)}")
+        from llama_tui.core.fleet.frontdoor import check_policy
+
+        check_policy(self.policy)  # unknown, or `prefix` without NGINX's Lua module: refused before anything starts
         if self.metrics_listen is not None:
             parse_metrics_listen(self.metrics_listen, self.metrics_public)
         self.check_engine()

@@ -53,6 +53,7 @@ class SweepConfig:
     placement: str = "spread"
     gpus_per_instance: float = 0.0
     node_resource: str | None = None
+    workload: Mapping[str, Any] = field(default_factory=dict)  # BenchConfig's workload fields (core/bench)
 
     def validate(self) -> None:
         if isinstance(self.concurrency, str) and self.concurrency != "auto":
@@ -134,7 +135,8 @@ class SweepConfig:
         """What every cell shares; a cell measured under other parameters does not stand on resume."""
         return {"ctx_per_slot": self.ctx_per_slot, "duration": self.duration, "warmup": self.warmup,
                 "policy": self.policy, "api": self.api, "stream": self.stream, "prompt_tokens": self.prompt_tokens,
-                "gpu_layers": self.gpu_layers, "gpus": list(self.gpus), "extra_args": self.extra_args}
+                "gpu_layers": self.gpu_layers, "gpus": list(self.gpus), "extra_args": self.extra_args,
+                **({"workload": dict(self.workload)} if self.workload else {})}
 
     def fleet_state_dir(self) -> Path:
         return Path(self.out_dir) / FLEET_STATE
@@ -167,7 +169,8 @@ SETTINGS_OPTIONS = {
 }
 # Options that are no setting: they set SweepConfig fields directly (lists as "1,2,4" or sequences).
 LIST_OPTIONS = ("threads", "batch", "ubatch", "n_predict")
-OTHER_OPTIONS = ("slo", "base_port", "nginx_port", "out", "resume", "adaptive", "budget")
+OTHER_OPTIONS = ("slo", "base_port", "nginx_port", "out", "resume", "adaptive", "budget",
+                 "workload", "prefix_tokens", "prefix_groups", "sessions", "turns")  # the last five: core/bench
 OPTIONS = tuple(SETTINGS_OPTIONS) + LIST_OPTIONS + OTHER_OPTIONS
 
 
@@ -221,7 +224,7 @@ def build_config(options: Mapping[str, Any], preset: str | None = None,
 
     `command` is recorded in metadata.json; None records the command line the options stand for.
     Bad input raises UserError (one line naming the option)."""
-    from llama_tui.core import config
+    from llama_tui.core import bench, config
     from llama_tui.core.sweep import results
 
     unknown = set(options) - set(OPTIONS)
@@ -251,5 +254,7 @@ def build_config(options: Mapping[str, Any], preset: str | None = None,
         slo=results.parse_slo(options.get("slo")), **{name: int_list(name) for name in LIST_OPTIONS},
         base_port=number("base_port", int, "18180"), nginx_port=number("nginx_port", int, "18100"), resume=resume,
         adaptive=bool(options.get("adaptive")), budget_min=number("budget", float, "10"),
+        workload=bench.workload_options(options, int_list("concurrency") if options.get("concurrency") not in
+                                        (None, "auto") else None),
         command=tuple(command) if command is not None else command_line(options, preset))
     return cfg, settings

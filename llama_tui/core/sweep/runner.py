@@ -94,7 +94,7 @@ class PeakSampler:
 _STEP_FIELDS = ("output_tok_s", "server_output_tok_s", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "itl_p50_ms",
                 "itl_p95_ms", "tpot_p50_ms", "e2e_p95_ms", "errors", "requests_ok", "valid", "invalid_reason",
                 "latency_valid", "latency_note", "client_cpu_percent", "duration_s", "warmup_s", "api", "stream", "errors_by_class", "reconnects",
-                "token_agreement_pct", "workers")
+                "token_agreement_pct", "workers", "prompt_tok_s", "cache_n_mean", "workload")
 
 
 def row_from_step(step: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ class FleetRunner:
         bc = bench.BenchConfig(
             url=self.nginx_url, api=cfg.api, concurrency=(concurrency,), duration=cfg.duration, warmup=cfg.warmup,
             n_predict=n_predict, prompt_tokens=cfg.prompt_tokens, stream=cfg.stream,
-            state_dir=str(self.state_dir))  # the servers behind NGINX: their token counters give server tok/s
+            state_dir=str(self.state_dir), **dict(cfg.workload))  # the servers behind NGINX: their token counters give server tok/s
         with PeakSampler(self.pids) as peaks:
             step = bench.run_step(bc, concurrency=concurrency, stop=stop)
         return {**row_from_step(step), **peaks.fields(), "interrupted": stop.is_set()}
