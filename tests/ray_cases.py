@@ -2,7 +2,8 @@
 
 Run by tests/test_ray.py inside a network namespace that has only loopback (`unshare -n`); on its own
 it skips. The nodes are 127.0.0.1 (head), 127.0.0.2 and 127.0.0.3, each in its own session with two
-logical CPUs; 127.0.0.3 cannot see HIDDEN (a tmpfs over it), which holds a copy of the tiny model.
+logical CPUs; 127.0.0.3 cannot see HIDDEN (a tmpfs over it), which holds a copy of the tiny model;
+ALT holds another copy, which the shared fleet gives that node with `--model-dir node_c=ALT`.
 The tests run in file order and share one fleet: spread over the nodes, benched, a node lost under
 load, scaled, restarted, then brought down.
 """
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not in_loopback_namespace(), reason="run by tests/test_ray.py inside `unshare -n`")]
 
 HIDDEN = Path("/tmp") / f"lt-ray-hidden-{os.getpid()}"
+ALT = Path("/tmp") / f"lt-ray-alt-{os.getpid()}"  # node_c's --model-dir
 PARALLEL = 2
 
 
@@ -44,6 +46,8 @@ def cluster() -> Iterator[LocalRayCluster]:
     HIDDEN.mkdir(exist_ok=True)
     link = HIDDEN / "tiny.gguf"
     shutil.copyfile(tiny, link)  # a copy: the model's path is resolved, a symlink would lead out of HIDDEN
+    (ALT / "empty").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tiny, ALT / "tiny.gguf")
     c = LocalRayCluster(nodes=3, cpus=2, hide={2: HIDDEN})
     try:
         c.start()
@@ -53,6 +57,7 @@ def cluster() -> Iterator[LocalRayCluster]:
         c.stop()
         link.unlink(missing_ok=True)
         HIDDEN.rmdir()
+        shutil.rmtree(ALT, ignore_errors=True)
 
 
 def cli(*args: str, state_dir: Path | None = None, timeout: float = 240, env: dict | None = None,
@@ -129,6 +134,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_placed(cluster: LocalRayClu
                               state_dir=sd))
     assert "is missing on Ray node 127.0.0.3" in line and "same path on every node" in line
 
+    # --model-dir: each node's path is checked where it would load it, one line naming the node
+    hidden = ["--model", str(HIDDEN / "tiny.gguf"), "--instances", "3"]
+    line = one_error_line(cli(*up_args(cluster.address, *hidden, "--model-dir", f"node_c={ALT}/nowhere"), state_dir=sd))
+    assert f"the directory {ALT}/nowhere of --model-dir node_c={ALT}/nowhere is missing on Ray node 127.0.0.3" in line
+    line = one_error_line(cli(*up_args(cluster.address, *hidden, "--model-dir", f"node_c={ALT}/empty"), state_dir=sd))
+    assert f"the model tiny.gguf is missing in {ALT}/empty (--model-dir node_c={ALT}/empty) on Ray node 127.0.0.3" in line
+    line = one_error_line(cli(*up_args(cluster.address, *hidden, "--model-dir", f"node_z={ALT}"), state_dir=sd))
+    assert "no node of the Ray cluster" in line and "has the resource 'node_z'" in line
+
     no_ray = "import sys; sys.modules['ray'] = None; sys.argv[0] = 'llama-tui'; from llama_tui.cli import main; sys.exit(main(sys.argv[1:]))"
     line = one_error_line(cli(*up_args(cluster.address, "--model", "tiny"), state_dir=sd, code=no_ray))
     assert "needs Ray, which is not installed" in line and "llama-tui[ray]" in line
@@ -159,8 +173,10 @@ def test_a_sweep_runs_its_fleets_on_ray(cluster: LocalRayCluster, tmp_path: Path
 def fleet(cluster: LocalRayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     sd = tmp_path_factory.mktemp("ray-fleet") / "state"
     t0 = time.monotonic()
-    proc = cli(*up_args(cluster.address, "--model", "tiny", "--instances", "3", "--placement", "spread",
-                        "--metrics-listen", f"127.0.0.1:{free_port()}"), state_dir=sd)
+    # the model where 127.0.0.3 cannot see it, and there (node_c) the copy in ALT
+    proc = cli(*up_args(cluster.address, "--model", str(HIDDEN / "tiny.gguf"), "--model-dir", f"node_c={ALT}",
+                        "--instances", "3", "--placement", "spread", "--metrics-listen", f"127.0.0.1:{free_port()}"),
+               state_dir=sd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"fleet of 3 up in {time.monotonic() - t0:.1f}s")
     try:
@@ -173,6 +189,20 @@ def status(sd: Path) -> dict[str, Any]:
     proc = cli("fleet", "status", "--json", state_dir=sd)
     assert proc.returncode == 0, proc.stderr
     return orjson.loads(proc.stdout)
+
+
+def model_of(inst: dict[str, Any]) -> str:
+    """The model file the instance's llama-server loads (its command line on its node)."""
+    return inst["cmd"][inst["cmd"].index("-m") + 1]
+
+
+def loaded_models() -> dict[str, str]:
+    """Each running llama-server's model, by the address it is bound to (what really runs on the nodes)."""
+    out = {}
+    for p in llama_servers():
+        cmd = p.cmdline()
+        out[host_of(p)] = cmd[cmd.index("-m") + 1]
+    return out
 
 
 def upstreams(sd: Path) -> list[str]:
@@ -194,6 +224,10 @@ def test_spread_puts_one_instance_on_each_node(fleet: Path, cluster: LocalRayClu
     assert len({i["node_id"] for i in insts}) == 3 and all(i["state"] == "ready" for i in insts)
     assert upstreams(fleet) == sorted(f"{i['host']}:{i['port']}" for i in insts)  # NGINX balances the actors
     assert {n["host"] for n in data["nodes"]} == set(cluster.ips)  # each node's own numbers
+    # --model-dir node_c=ALT: node_c loads ALT/tiny.gguf, the others --model as given
+    want = {ip: str(ALT / "tiny.gguf") if ip == cluster.ips[2] else str(HIDDEN / "tiny.gguf") for ip in cluster.ips}
+    assert {i["host"]: model_of(i) for i in insts} == want
+    wait_for(lambda: loaded_models() == want, 20, "the llama-servers on the nodes to load those files")
     text = cli("fleet", "status", state_dir=fleet).stdout
     assert all(f"node {ip}" in text for ip in cluster.ips) and " host " in text.splitlines()[3]
 
@@ -321,7 +355,10 @@ def test_a_lost_node_only_fails_its_streams_and_its_instance_comes_back(fleet: P
     errors = step["errors"] + step["errors_outside_window"]
     others = {a: u["errors"] for a, u in step["per_upstream"].items() if a != lost and u["errors"]}
     assert others == {} and errors <= PARALLEL + 1 and step["requests_ok"] > 20, step  # only its in-flight streams
-    assert next(i for i in data["instances"] if i["index"] == victim["index"])["restarts"] >= 1
+    back = next(i for i in data["instances"] if i["index"] == victim["index"])
+    assert back["restarts"] >= 1
+    # it had loaded node_c's ALT copy; on a node without that label it loads --model as given
+    assert model_of(victim) == str(ALT / "tiny.gguf") and model_of(back) == str(HIDDEN / "tiny.gguf")
     assert all(i["host"] in cluster.ips[:2] for i in data["instances"])
     wait_for(lambda: upstreams(fleet) == sorted(f"{i['host']}:{i['port']}" for i in status(fleet)["instances"]),
              20, "NGINX to follow")

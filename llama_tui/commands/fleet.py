@@ -70,6 +70,10 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-instance", dest="gpus_per_instance", metavar="G", help="ray: GPUs each instance reserves")
     g.add_argument("--node-resource", dest="node_resource", metavar="NAME",
                    help="ray: only nodes that have this custom resource (`ray start --resources`) get instances")
+    g.add_argument("--model-dir", dest="model_dir", metavar="LABEL=DIR", action="append",
+                   help="ray: an instance on a node that has the custom resource LABEL loads the model file of the "
+                   "same name from DIR (an absolute path on that node) instead of --model; repeatable, the first "
+                   "label a node has wins; nodes with none load --model as given")
 
 
 def settings_from_args(args: argparse.Namespace):

@@ -165,6 +165,12 @@ def _port(v: Any) -> int:
     return p
 
 
+def _model_dirs(v: Any) -> tuple[tuple[str, str], ...]:
+    from llama_tui.core.fleet.model_dirs import parse  # (the fleet package imports this module)
+
+    return parse(v)
+
+
 def _gpus(v: Any) -> tuple[int, ...]:
     if v in ("", None) or v == []:
         return ()
@@ -208,6 +214,8 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
         "placement": (_one_of(PLACEMENTS), "spread", "ray: spread instances over nodes, or pack them onto few"),
         "gpus_per_instance": (lambda v: _as_float(v, 0), 0.0, "ray: GPUs each instance reserves"),
         "node_resource": (_opt(str), None, "ray: only place instances on nodes that have this custom resource"),
+        "model_dir": (_model_dirs, (), "ray: LABEL=DIR pairs: nodes with the custom resource LABEL load the model "
+                      "file of that name from DIR"),
     },
     "bench": {
         "api": (_one_of(APIS), "completion", "completion (native /completion) or chat (/v1/chat/completions)"),
@@ -264,6 +272,7 @@ FLEET_OPTIONS = {
     "placement": "fleet.placement",
     "gpus_per_instance": "fleet.gpus_per_instance",
     "node_resource": "fleet.node_resource",
+    "model_dir": "fleet.model_dir",
 }
 
 

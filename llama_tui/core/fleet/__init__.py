@@ -18,6 +18,7 @@ The modules, one job each:
     ray_placement.py   RayPlacement: instances as detached Ray actors across a cluster (--engine ray)
     ray_actor.py       the Ray engine's node side: the actor that runs one llama-server on its node
     ray_cluster.py     the Ray cluster: connect, the check before anything is placed, clearing a fleet's namespace
+    model_dirs.py      where the model is on each Ray node (--model-dir LABEL=DIR)
     published.py       what a remote fleet's supervisor publishes for clients (placement.json)
     keys.py            the per-fleet internal key the instances require
     process_stats.py   CPU, RSS, GPU of local processes (psutil, NVML)

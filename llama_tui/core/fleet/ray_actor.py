@@ -12,7 +12,8 @@ actor is stopped, killed by `ray.kill`, or loses its raylet with its node, nothi
 Where there is no such signal (macOS), a watchdog process does the same by polling.
 
 This module runs in Ray worker processes on every node: llama-tui (the same version) must be
-installed there, with a llama-server binary and the model file at the same path.
+installed there, with a llama-server binary and the model file at the same path (or in the directory
+`--model-dir` gives for the node's label, see `model_dirs.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_tui.core.fleet import keys
+from llama_tui.core.fleet import model_dirs as model_dirs_mod
 from llama_tui.core.fleet.processes import holds_port
 
 # Runs before llama-server in the same process (exec keeps the pid). argv: parent pid, program, args.
@@ -84,10 +86,20 @@ def find_binary(path: str) -> str | None:
     return str(found) if found is not None and os.access(found, os.X_OK) else None
 
 
+def node_resources() -> dict[str, float]:
+    """This node's resources as the cluster knows them (its custom resources are its labels)."""
+    import ray
+
+    me = node_id()
+    return dict(next((n.get("Resources") or {} for n in ray.nodes() if n.get("NodeID") == me), {}))
+
+
 def check_node(model: str, llama_server: str) -> dict[str, Any]:
-    """What a node offers the fleet: its IP and id, whether the model file is there, its llama-server."""
+    """What a node offers the fleet: its IP and id, whether the model file (its path on this node) and its
+    directory are there, its llama-server."""
     return {"ip": node_ip(), "node_id": node_id(), "hostname": socket.gethostname(),
-            "model": os.path.isfile(model) and os.access(model, os.R_OK), "llama_server": find_binary(llama_server)}
+            "model": os.path.isfile(model) and os.access(model, os.R_OK),
+            "model_dir": os.path.isdir(os.path.dirname(model) or "."), "llama_server": find_binary(llama_server)}
 
 
 def with_endpoint(cmd: list[str], host: str, port: int, binary: str) -> list[str]:
@@ -118,20 +130,25 @@ class InstanceActor:
 
     # ------------------------------------------------------------------------------------ start
 
-    def start(self, index: int, cmd: list[str], env: dict[str, str], namespace: str, model: str) -> dict[str, Any]:
-        """Start llama-server; its endpoint and process, or {"error": why} (one line naming this node)."""
+    def start(self, index: int, cmd: list[str], env: dict[str, str], namespace: str, model: str,
+              model_dirs: list[list[str]] | None = None) -> dict[str, Any]:
+        """Start llama-server, loading `model` or, on a node with one of `model_dirs`' labels, the file of
+        that name in its DIR. Its endpoint and process, or {"error": why} (one line naming this node)."""
         import psutil
 
         ip = node_ip()
         where = f"Ray node {ip} ({socket.gethostname()})"
-        if not os.path.isfile(model):
-            return {"error": f"the model {model} is missing on {where}", "fix": "copy the model to the same path on "
-                    "every node (or pin the fleet to nodes that have it with --node-resource)"}
+        pairs = model_dirs_mod.parse(model_dirs)
+        path = model_dirs_mod.model_on_node(model, pairs, node_resources()) if pairs else model
+        if not os.path.isfile(path):
+            return {"error": f"the model {path} is missing on {where}", "fix": "copy the model to the same path on "
+                    "every node, give that node's directory with --model-dir LABEL=DIR, or pin the fleet to nodes "
+                    "that have it with --node-resource"}
         binary = find_binary(cmd[0])
         if binary is None:
             return {"error": f"no llama-server on {where}", "fix": "run `llama-tui doctor` there, or set LLAMA_SERVER_BIN"}
         port = free_port(ip)
-        argv = with_endpoint(cmd, ip, port, binary)
+        argv = with_endpoint(model_dirs_mod.with_model(cmd, path), ip, port, binary)
         d = log_dir(namespace)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)

@@ -8,7 +8,7 @@ from two machines or two state dirs, never see each other's actors.
 
 `prepare` is the check `fleet up` makes: the address answers, Ray is installed, some node has the
 GPUs and the resource asked for, the cluster has room for every instance, and every node that could
-host one has the model file and a llama-server. Each failure is one line naming the cause (and the
+host one has the model file (at its path there: `--model-dir`) and a llama-server. Each failure is one line naming the cause (and the
 node) and the fix, with nothing placed.
 """
 
@@ -25,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from llama_tui.core.errors import UserError
+from llama_tui.core.fleet import model_dirs
 
 if TYPE_CHECKING:
     from llama_tui.core.fleet.spec import FleetSpec
@@ -156,8 +157,9 @@ def capacity(nodes: list[dict[str, Any]], threads: int, gpus: float) -> int:
     return total
 
 
-def _check_nodes(ray: Any, nodes: list[dict[str, Any]], model: str, llama_server: str) -> list[dict[str, Any]]:
-    """`ray_actor.check_node` on every node, each pinned to its node; a node that cannot run it fails."""
+def _check_nodes(ray: Any, nodes: list[dict[str, Any]], models: list[str], llama_server: str) -> list[dict[str, Any]]:
+    """`ray_actor.check_node` on every node (with `models[i]`, the model's path on `nodes[i]`), each pinned to
+    its node; a node that cannot run it fails."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from llama_tui.core.fleet import ray_actor
@@ -166,7 +168,7 @@ def _check_nodes(ray: Any, nodes: list[dict[str, Any]], model: str, llama_server
     refs = {n["NodeManagerAddress"]: task.options(
         num_cpus=0, max_retries=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(model, llama_server)
-        for n in nodes}
+        for n, model in zip(nodes, models)}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=CHECK_TIMEOUT_S)
     out = []
     for ip, ref in refs.items():
@@ -208,17 +210,42 @@ def prepare(spec: "FleetSpec", llama_server: str) -> "FleetSpec":
                         + (f" and {gpus:g} GPU(s)" if gpus else "") + f", not {spec.instances} "
                         f"(nodes: {_describe(nodes)})",
                         "lower --instances, --threads or --gpus-per-instance, or add nodes")
-    for found in _check_nodes(ray, nodes, str(spec.model), llama_server):
-        where = f"Ray node {found['ip']} ({found['hostname']})"
-        if not found["model"]:
-            raise UserError(f"the model {spec.model} is missing on {where}",
-                            "copy it to the same path on every node, or pin the fleet to nodes that have it with "
-                            "--node-resource")
-        if not found["llama_server"]:
-            raise UserError(f"no llama-server on {where}",
-                            "run `llama-tui doctor` there (it builds one), or set LLAMA_SERVER_BIN in the "
-                            "environment of its `ray start`")
+    check_model_dirs(spec, ray.nodes(), addr)
+    models = [model_dirs.model_on_node(str(spec.model), spec.model_dirs, n["Resources"]) for n in nodes]
+    for n, found in zip(nodes, _check_nodes(ray, nodes, models, llama_server)):
+        check_found(spec, n["Resources"], found)
     return dataclasses.replace(spec, ray_address=addr, ray_namespace=namespace, threads=threads)
+
+
+def check_model_dirs(spec: "FleetSpec", nodes: list[dict[str, Any]], addr: str) -> None:
+    """Every --model-dir label is a custom resource of some live node (a label none has is a typo)."""
+    alive = [n for n in nodes if n.get("Alive")]
+    for label in model_dirs.unmatched(spec.model_dirs, alive):
+        raise UserError(f"--model-dir {label}=...: no node of the Ray cluster at {addr} has the resource {label!r}",
+                        f"start those nodes with `ray start ... --resources '{{\"{label}\": 1}}'`, or correct the "
+                        "label (`ray status` lists the nodes' resources)")
+
+
+def check_found(spec: "FleetSpec", resources: dict[str, Any], found: dict[str, Any]) -> None:
+    """UserError when the node `check_node` `found` lacks the model (at its path there) or a llama-server."""
+    where = f"Ray node {found['ip']} ({found['hostname']})"
+    if not found["model"]:
+        hit = model_dirs.match(spec.model_dirs, resources)
+        if hit is None:
+            raise UserError(f"the model {spec.model} is missing on {where}",
+                            "copy it to the same path on every node, give that node's directory with "
+                            "--model-dir LABEL=DIR, or pin the fleet to nodes that have it with --node-resource")
+        label, directory = hit
+        if not found.get("model_dir", True):
+            raise UserError(f"the directory {directory} of --model-dir {label}={directory} is missing on {where}",
+                            f"create it there and copy {spec.model.name} into it, or correct --model-dir {label}=DIR")
+        raise UserError(f"the model {spec.model.name} is missing in {directory} (--model-dir {label}={directory}) "
+                        f"on {where}", f"copy {spec.model.name} into {directory} there, or correct --model-dir "
+                        f"{label}=DIR")
+    if not found["llama_server"]:
+        raise UserError(f"no llama-server on {where}",
+                        "run `llama-tui doctor` there (it builds one), or set LLAMA_SERVER_BIN in the "
+                        "environment of its `ray start`")
 
 
 # --------------------------------------------------------------------------------------------- clearing

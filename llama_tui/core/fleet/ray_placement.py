@@ -204,7 +204,8 @@ class RayPlacement:
             with self._lock:
                 self._starting[rec.index] = actor
             try:
-                info = self.ray.get(actor.start.remote(rec.index, list(rec.cmd), self._env(), self.ns, str(spec.model)),
+                info = self.ray.get(actor.start.remote(rec.index, list(rec.cmd), self._env(), self.ns, str(spec.model),
+                                                       [list(p) for p in spec.model_dirs]),
                                     timeout=max(1.0, deadline - time.monotonic()))
             except GetTimeoutError:
                 self._kill_actor(actor)

@@ -19,7 +19,7 @@ from typing import Any
 from llama_tui.core import binaries, config, hardware
 from llama_tui.core import model as model_mod
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor, model_dirs
 
 DRAIN_TIMEOUT = 60.0  # seconds a leaving instance may take to finish its open streams
 
@@ -99,6 +99,7 @@ class FleetSpec:
     placement: str = "spread"
     gpus_per_instance: float = 0.0
     node_resource: str | None = None
+    model_dirs: tuple[tuple[str, str], ...] = ()  # ray: (LABEL, DIR): nodes with LABEL load DIR/<model file name>
 
     @classmethod
     def from_settings(cls, settings: config.Settings, check_extra_args: bool = True,
@@ -130,6 +131,7 @@ class FleetSpec:
             conn_limit=f.get("conn_limit"), allow_unsafe_args=allow_unsafe,
             engine=f["engine"], ray_address=f["ray_address"], placement=f["placement"],
             gpus_per_instance=f["gpus_per_instance"], node_resource=f["node_resource"],
+            model_dirs=f["model_dir"],
         )
         spec.validate()
         return spec
@@ -165,7 +167,8 @@ class FleetSpec:
             raise UserError(f"unknown placement {self.placement!r}", f"use one of: {', '.join(config.PLACEMENTS)}")
         if self.engine == "local":
             ray_only = [flag for flag, v in (("--gpus-per-instance", self.gpus_per_instance),
-                                              ("--node-resource", self.node_resource)) if v]
+                                              ("--node-resource", self.node_resource),
+                                              ("--model-dir", self.model_dirs)) if v]
             if ray_only:
                 raise UserError(f"{ray_only[0]} places instances on Ray nodes", "add --engine ray, or drop it")
             return
@@ -235,6 +238,7 @@ class FleetSpec:
         d["model"] = str(self.model)
         d["gpus"] = list(self.gpus)
         d["extra_args"] = list(self.extra_args)
+        d["model_dirs"] = [list(p) for p in self.model_dirs]
         return d
 
     @classmethod
@@ -244,6 +248,7 @@ class FleetSpec:
         d["model"] = Path(d["model"])
         d["gpus"] = tuple(d.get("gpus") or ())
         d["extra_args"] = tuple(d.get("extra_args") or ())
+        d["model_dirs"] = model_dirs.parse(d.get("model_dirs"))
         return cls(**d)
 
     def public_dict(self) -> dict[str, Any]:

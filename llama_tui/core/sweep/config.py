@@ -53,6 +53,7 @@ class SweepConfig:
     placement: str = "spread"
     gpus_per_instance: float = 0.0
     node_resource: str | None = None
+    model_dirs: tuple[tuple[str, str], ...] = ()
     workload: Mapping[str, Any] = field(default_factory=dict)  # BenchConfig's workload fields (core/bench)
 
     def validate(self) -> None:
@@ -106,6 +107,7 @@ class SweepConfig:
                 kw[k] = tuple(kw[k])
         if isinstance(kw.get("concurrency"), list):
             kw["concurrency"] = tuple(kw["concurrency"])
+        kw["model_dirs"] = tuple(tuple(p) for p in kw.get("model_dirs") or ())
         return cls(**kw)
 
     @classmethod
@@ -125,7 +127,8 @@ class SweepConfig:
             api=be["api"], stream=be["stream"], gpu_layers=fl["gpu_layers"], gpus=tuple(fl["gpus"] or ()),
             extra_args=fl["extra_args"], max_concurrency=sw["max_concurrency"], ready_timeout=fl["ready_timeout"],
             engine=fl["engine"], ray_address=fl["ray_address"], placement=fl["placement"],
-            gpus_per_instance=fl["gpus_per_instance"], node_resource=fl["node_resource"])
+            gpus_per_instance=fl["gpus_per_instance"], node_resource=fl["node_resource"],
+            model_dirs=fl["model_dir"])
         kw.update({k: v for k, v in overrides.items() if v is not None})
         cfg = cls(**kw)
         cfg.validate()
@@ -166,6 +169,7 @@ SETTINGS_OPTIONS = {
     "placement": "fleet.placement",
     "gpus_per_instance": "fleet.gpus_per_instance",
     "node_resource": "fleet.node_resource",
+    "model_dir": "fleet.model_dir",
 }
 # Options that are no setting: they set SweepConfig fields directly (lists as "1,2,4" or sequences).
 LIST_OPTIONS = ("threads", "batch", "ubatch", "n_predict")

@@ -155,7 +155,8 @@ class FleetRunner:
             max_conns=False, max_concurrency=max(cands + [cfg.max_concurrency if cfg.concurrency == "auto" else 1]),
             extra_args=shape.server_args() + tuple(shlex.split(cfg.extra_args or "")), api_key=None,
             expose_admin=False, ready_timeout=cfg.ready_timeout, engine=cfg.engine, ray_address=cfg.ray_address,
-            placement=cfg.placement, gpus_per_instance=cfg.gpus_per_instance, node_resource=cfg.node_resource)
+            placement=cfg.placement, gpus_per_instance=cfg.gpus_per_instance, node_resource=cfg.node_resource,
+            model_dirs=cfg.model_dirs)
         fleet.check_ports(spec)  # busy ports are the user's to fix: a UserError ends the sweep
         try:
             fleet.up(spec, state_dir=self.state_dir)
