@@ -104,6 +104,3 @@ def unmatched(pairs: Sequence[tuple[str, str]], nodes: Sequence[Mapping[str, Any
     """The labels no node of `nodes` (as `ray.nodes()` gives them) has: most likely a typo."""
     return [label for label, _ in pairs if not any((n.get("Resources", {}).get(label) or 0) > 0 for n in nodes)]
 
-
-def describe(pairs: Sequence[tuple[str, str]]) -> str:
-    return " ".join(f"--model-dir {label}={d}" for label, d in pairs)
