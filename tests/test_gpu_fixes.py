@@ -222,3 +222,29 @@ def test_build_rpath_keeps_outside_library_dirs_so_a_copied_binary_runs(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     run = subprocess.run([str(cached)], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_totals_with_an_unknown_instance_are_unknown_not_short() -> None:
+    from llama_tui.core.fleet.placement import ProcessStats
+    from llama_tui.core.sweep import runner
+    from llama_tui.ui.widgets import fleet_table
+
+    peaks = runner.PeakSampler([1, 2])
+    mon = types.SimpleNamespace(processes=lambda pids: {1: ProcessStats(1, 0.0, 10, GIB, 0.0, 0, 0.0),
+                                                        2: ProcessStats(2, 0.0, 10, None, None, 0, 0.0)})
+    peaks._sample(mon)
+    f = peaks.fields()
+    assert f["gpu_mem_peak_bytes"] == [GIB, None] and f["gpu_mem_peak_total_bytes"] is None
+    assert f["rss_peak_total_bytes"] == 20
+    both = runner.PeakSampler([1])
+    both._sample(mon)
+    assert both.fields()["gpu_mem_peak_total_bytes"] == GIB
+
+    def inst(i: int, pid: int | None, mem: int | None) -> InstanceSnapshot:
+        return InstanceSnapshot(index=i, port=8080 + i, pid=pid, state="ready" if pid else "stopped",
+                                gpu_memory_bytes=mem)
+
+    live_unknown = FleetSnapshot(taken_at=0.0, running=True, instances=(inst(0, 10, GIB), inst(1, 11, None)))
+    assert fleet_table.totals(live_unknown)["gpu_mem"] == "n/a"
+    one_stopped = FleetSnapshot(taken_at=0.0, running=True, instances=(inst(0, 10, GIB), inst(1, None, None)))
+    assert fleet_table.totals(one_stopped)["gpu_mem"] == "1.0G"
