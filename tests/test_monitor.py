@@ -82,7 +82,7 @@ def _fake_pynvml(pid: int) -> types.ModuleType:
     m.nvmlDeviceGetUtilizationRates = lambda h: P(gpu=57 if h == "gpu0" else 0)
     m.nvmlDeviceGetComputeRunningProcesses = lambda h: (
         [P(pid=pid, usedGpuMemory=2 << 30), P(pid=1, usedGpuMemory=5 << 30)] if h == "gpu0"
-        else [P(pid=pid, usedGpuMemory=None)])  # NVML may not know a process's memory: counts as 0
+        else [P(pid=2, usedGpuMemory=None)])  # another process whose memory NVML does not know
     m.nvmlDeviceGetGraphicsRunningProcesses = lambda h: []
     m.nvmlDeviceGetProcessUtilization = lambda h, since: [P(pid=pid, smUtil=41)] if h == "gpu0" else []
     return m

@@ -404,10 +404,10 @@ def test_fit_checks_vram_per_gpu_when_layers_are_offloaded(model: Path) -> None:
     est = fit.estimate(facts, 3, 2, 512, gpu_layers=99)
     assert est.vram_per_instance_bytes > facts.weights_bytes
     room = int(est.vram_per_instance_bytes * 2.5)
-    # 3 instances round-robin over GPUs 0,1: GPU 0 gets two of them
-    res = fit.check(est, 3, free_ram=1 << 40, gpu_free={0: room, 1: room})
+    # 3 instances pinned round-robin over GPUs 0,1 (--gpus 0,1): GPU 0 gets two of them
+    res = fit.check(est, 3, free_ram=1 << 40, gpu_free={0: room, 1: room}, gpus=(0, 1))
     assert res.fits
-    res = fit.check(est, 3, free_ram=1 << 40, gpu_free={0: int(room * 0.7), 1: room})
+    res = fit.check(est, 3, free_ram=1 << 40, gpu_free={0: int(room * 0.7), 1: room}, gpus=(0, 1))
     assert not res.fits and res.where == "VRAM gpu 0"
     assert fit.check(est, 3, free_ram=1 << 40, gpu_free=None).fits  # no NVML: RAM only
 

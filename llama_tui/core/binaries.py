@@ -44,6 +44,10 @@ BASE_CMAKE_ARGS = (
     # If CMAKE_ARGS turns shared libraries back on, the binary still finds them next to itself.
     "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
     "-DCMAKE_INSTALL_RPATH=$ORIGIN" if platform.system() != "Darwin" else "-DCMAKE_INSTALL_RPATH=@loader_path",
+    # The install RPATH replaces the build tree's, which named the directories of outside libraries it
+    # links (a CUDA build: libcudart/libcublas in the toolkit's lib64). Keep those, else the cached binary
+    # finds them only when the toolkit is in ld.so.conf or LD_LIBRARY_PATH.
+    "-DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON",
 )
 
 Log = Callable[[str], None]

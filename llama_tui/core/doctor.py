@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import Any
 
 from llama_tui import __version__
-from llama_tui.core import binaries, gpu, hardware, paths
+from llama_tui.core import amx, binaries, gpu, hardware, paths
 
 def _pkg_version(name: str) -> str | None:
     try:
@@ -31,6 +31,8 @@ def report() -> dict[str, Any]:
     elif not ng.detail.get("stub_status"):
         warnings.append("nginx was built without http_stub_status_module: the live connection counters show n/a")
 
+    facts = amx.machine()
+    amx_choice = amx.for_llama_server(ls.path) if ls.works and ls.path else amx.Decision(False, "")
     nv = gpu.nvml()
     gpus = [asdict(g) for g in nv.devices()]
     total, available = hardware.memory()
@@ -50,6 +52,8 @@ def report() -> dict[str, Any]:
             "model": hardware.cpu_model(),
             "physical_cores": hardware.physical_cores(),
             "logical_cores": hardware.logical_cores(),
+            "amx": {"advertised": facts.advertised, "tiledata_usable": facts.tiledata_usable,
+                    "no_repack": amx_choice.no_repack, "reason": amx_choice.reason or None},
         },
         "memory": {"total_bytes": total, "available_bytes": available},
         "python": {"version": platform.python_version(), "executable": sys.executable},
@@ -96,6 +100,8 @@ def render_text(data: dict[str, Any]) -> str:
         lines.append(f"gpus          none (NVML: {why})")
     cpu, mem = data["cpu"], data["memory"]
     lines.append(f"cpu           {cpu['model']}: {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores")
+    if cpu.get("amx", {}).get("no_repack"):
+        lines.append(f"amx           {cpu['amx']['reason']}")
     lines.append(f"memory        {_gib(mem['total_bytes'])} total, {_gib(mem['available_bytes'])} available")
     lines.append(f"python        {data['python']['version']}  textual {data['textual']['version'] or 'not installed'}")
     lines.append(f"state dir     {data['paths']['state_dir']}")

@@ -82,33 +82,46 @@ class Nvml:
             ))
         return out
 
-    def process_memory(self) -> dict[int, int]:
-        """pid -> GPU memory bytes, summed over devices (compute and graphics processes)."""
+    def process_memory(self) -> dict[int, int | None]:
+        """pid -> GPU memory bytes, summed over devices (compute and graphics processes). A process NVML
+        lists without a value (NVML_VALUE_NOT_AVAILABLE: no permission, some containers and MIG setups) maps
+        to None, never 0; a process NVML does not list is left out (unknown to the caller, not 0 bytes)."""
         nv = self._lib()
-        out: dict[int, int] = {}
+        out: dict[int, int | None] = {}
+        unknown: set[int] = set()
         for _, h in self._handles():
+            seen: set[int] = set()  # per device: a process in both lists is one process
             for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
                 fn = getattr(nv, getter, None)
                 procs = _call(lambda fn=fn, h=h: fn(h)) if fn else None
                 for p in procs or ():
+                    pid = int(p.pid)
+                    if pid in seen:
+                        continue
+                    seen.add(pid)
                     used = getattr(p, "usedGpuMemory", None)
-                    if isinstance(used, int) and used >= 0 and used < (1 << 62):
-                        out[int(p.pid)] = out.get(int(p.pid), 0) + used
+                    if isinstance(used, int) and 0 <= used < (1 << 62):
+                        out[pid] = (out.get(pid) or 0) + used
                     else:
-                        out.setdefault(int(p.pid), 0)
+                        unknown.add(pid)
+        for pid in unknown:
+            out[pid] = None  # part of its memory is unknown: so is the total
         return out
 
-    def process_utilization(self) -> dict[int, float]:
-        """pid -> SM utilisation percent since the previous call (max over devices)."""
+    def process_utilization(self) -> dict[int, float] | None:
+        """pid -> SM utilisation percent since the previous call (max over devices); a process without a
+        sample there was idle. None when no device could answer at all (not supported): unknown, not idle."""
         nv = self._lib()
         out: dict[int, float] = {}
+        answered = False
         for i, h in self._handles():
             since = self._last_util_ts.get(i, int((time.time() - 2) * 1e6))
-            samples = _call(lambda h=h, since=since: nv.nvmlDeviceGetProcessUtilization(h, since))
+            samples, ok = _samples(lambda h=h, since=since: nv.nvmlDeviceGetProcessUtilization(h, since))
             self._last_util_ts[i] = int(time.time() * 1e6)
-            for s in samples or ():
+            answered = answered or ok
+            for s in samples:
                 out[int(s.pid)] = max(out.get(int(s.pid), 0.0), float(s.smUtil))
-        return out
+        return out if answered else None
 
     def shutdown(self) -> None:
         with self._lock:
@@ -120,6 +133,15 @@ class Nvml:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _samples(fn: Any) -> tuple[list[Any], bool]:
+    """(samples, whether the device answered). NVML says NOT_FOUND when no process ran since the
+    timestamp: an answer (idle), unlike NOT_SUPPORTED or any other error."""
+    try:
+        return list(fn() or ()), True
+    except Exception as exc:
+        return [], type(exc).__name__ in ("NVMLError_NotFound", "NVMLError_NoData")
 
 
 def _call(fn: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import orjson
 
-from llama_tui.core import binaries, config, paths
+from llama_tui.core import amx, binaries, config, paths
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import frontdoor, keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
@@ -154,6 +154,12 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
                 validate_extra_args(spec.extra_args, llama_server, spec.allow_unsafe_args)
+            if spec.engine != "ray":  # AMX that would crash llama-server on quantised models: --no-repack
+                extra, amx_choice = amx.with_no_repack(spec.extra_args, llama_server)
+                if amx_choice.no_repack:
+                    spec = dataclasses.replace(spec, extra_args=extra)
+                    if on_progress:
+                        on_progress(amx_choice.reason)
             for sock in (st_mod.control_path(sd), frontdoor.status_socket(sd / processes.NGINX_DIR)):
                 paths.ensure_private_dir(sock.parent)  # a socket dir someone else made first is refused now
             where = f"on ports {spec.base_port}-{spec.port_of(spec.instances - 1)}"

@@ -47,6 +47,13 @@ def pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _PIN_EXEC, ",".join(map(str, cpus)), *cmd]
 
 
+def cuda_env(gpu: int) -> dict[str, str]:
+    """The environment that pins a process to the GPU with NVML index `gpu`. NVML numbers GPUs in PCI bus
+    order, CUDA by default fastest first, so on a box with mixed cards the same number can name two
+    different GPUs: PCI_BUS_ID makes CUDA count the way NVML (and nvidia-smi) do."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu)}
+
+
 class LocalPlacement:
     """Instances as local processes. `state_dir` (where they run, whose owner marker they carry) is
     needed to start them; `host` is the loopback address they bind (the fleet's --host);
@@ -90,7 +97,7 @@ class LocalPlacement:
         if self.internal_key:
             env = keys.instance_env(self.internal_key, env)
         if rec.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(rec.gpu)
+            env.update(cuda_env(rec.gpu))
         fd = self._open_log(rec)
         try:
             on = f" on CPUs {hardware.format_cpus(rec.cpus)}" if rec.cpus else ""

@@ -53,7 +53,7 @@ class ProcessStats:
     pid: int
     cpu_percent: float | None  # percent of one core (can exceed 100); None on the first sample
     rss_bytes: int | None
-    gpu_memory_bytes: int | None  # None without NVML
+    gpu_memory_bytes: int | None  # None when unknown: no NVML, or NVML does not list or measure the process
     gpu_util_percent: float | None
     children: int = 0
     cpu_seconds: float | None = None  # user + system CPU seconds of the process tree so far

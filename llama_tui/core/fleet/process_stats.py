@@ -12,7 +12,7 @@ has children). `benchmarks/monitor_cost.py` measures it. `LocalPlacement.stats` 
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import psutil
 
@@ -34,6 +34,21 @@ def tree_cpu_seconds(pid: int) -> float | None:
         except psutil.Error:
             pass  # a child that just exited
     return total
+
+
+def gpu_numbers(members: Sequence[int], memory: Mapping[int, int | None],
+                utilization: Mapping[int, float] | None) -> tuple[int | None, float | None]:
+    """GPU memory and utilisation of a process and its descendants (`members`) from NVML's per-process
+    answers. Unknown stays None: no member on a GPU that NVML lists (a CPU-only instance, or pids NVML
+    cannot see from inside a container), or a listed member whose memory NVML does not know. A member on
+    a GPU without a utilisation sample was idle (0%); without any utilisation answer, None."""
+    listed = [m for m in members if m in memory]
+    if not listed:
+        return None, None
+    values = [memory[m] for m in listed]
+    mem = None if any(v is None for v in values) else sum(v for v in values if v is not None)
+    util = None if utilization is None else max((utilization.get(m, 0.0) for m in members), default=0.0)
+    return mem, util
 
 
 class ProcessSampler:
@@ -103,7 +118,7 @@ class ProcessSampler:
         self._refresh_children(pids)
         nv = self.gpu()
         gpu_mem = nv.process_memory() if nv else {}
-        gpu_util = nv.process_utilization() if nv else {}
+        gpu_util = nv.process_utilization() if nv else None
         now = time.monotonic()
         out: dict[int, ProcessStats] = {}
         for pid in pids:
@@ -125,13 +140,7 @@ class ProcessSampler:
                     cpu_pct = None  # no baseline for the process itself yet
                 elif last is not None and cpu_pct is not None and now > last[1]:
                     cpu_pct += max(0.0, (cpu_s - last[0]) / (now - last[1]) * 100.0)
-            if nv:
-                ids = [m for m, _ in members]
-                mem = sum(gpu_mem.get(m, 0) for m in ids)
-                util = max((gpu_util.get(m, 0.0) for m in ids), default=0.0)
-                gmem, gutil = int(mem), float(util)
-            else:
-                gmem, gutil = None, None
+            gmem, gutil = gpu_numbers([m for m, _ in members], gpu_mem, gpu_util) if nv else (None, None)
             out[pid] = ProcessStats(pid, None if cpu_pct is None else round(cpu_pct, 1), rss, gmem, gutil,
                                     len(members) - 1, sum(cpu_s for _, (cpu_s, _r) in members))
         # forget processes that are no longer asked about

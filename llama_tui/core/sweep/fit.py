@@ -7,7 +7,11 @@
 On a CPU the weights are memory-mapped and shared by every instance through the page cache, so the
 fleet needs the weights once plus, per instance, its slots' KV cache and overhead. Layers offloaded
 to a GPU (`--n-gpu-layers`) are copied into each instance's own VRAM together with their share of
-the KV cache; that is compared with the free VRAM of the GPU each instance is pinned to (NVML).
+the KV cache, plus a CUDA context per process and device; that is compared with free VRAM (NVML):
+- pinned (`--gpus`): each instance sees one GPU (round-robin); the instances on a GPU add up there;
+- not pinned: each instance sees every GPU and llama.cpp splits its layers across them in proportion
+  to their free memory, so its weights and KV cache spread over the GPUs' summed free memory, while
+  its compute buffers and CUDA context are paid on every device.
 
 The estimate is deliberately simple: it exists to skip shapes that plainly cannot fit, not to
 replace llama-server's own allocator. A launch that still fails for memory is recognised from the
@@ -32,6 +36,9 @@ CACHE_TYPE_BYTES = {
     "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32,
 }
 BASE_OVERHEAD = 96 * MIB  # per instance: compute graph, server state
+# Per process and GPU: the CUDA context and its kernels, which NVML counts in the process's memory. An
+# allowance, not a measurement: replace it with the figure `benchmarks/gpu_check.sh` measures.
+GPU_CONTEXT = 256 * MIB
 DEFAULT_UBATCH = 512
 HEADROOM = 0.90  # use at most this share of the free memory
 
@@ -79,7 +86,8 @@ def read_model_facts(model: Path) -> ModelFacts:
 
 @dataclass(frozen=True)
 class Estimate:
-    """What one shape needs. Bytes; `vram_per_instance` is 0 without GPU offload."""
+    """What one shape needs. Bytes; `vram_per_instance` is 0 without GPU offload and holds one device's
+    fixed costs (overhead and CUDA context); an instance spread over several GPUs pays those on each."""
 
     weights_bytes: int
     kv_per_slot_bytes: int
@@ -109,7 +117,7 @@ def estimate(facts: ModelFacts, instances: int, parallel: int, ctx_per_slot: int
     offloaded = 0.0
     if gpu_layers and facts.n_layers:
         offloaded = min(1.0, gpu_layers / facts.n_layers)
-    vram = int((facts.weights_bytes + kv_instance) * offloaded + (overhead if offloaded else 0))
+    vram = int((facts.weights_bytes + kv_instance) * offloaded + (overhead + GPU_CONTEXT if offloaded else 0))
     ram = int(facts.weights_bytes * (1 - offloaded)) + instances * (int(kv_instance * (1 - offloaded)) + overhead)
     return Estimate(facts.weights_bytes, kv_slot, ram, vram, overhead)
 
@@ -135,17 +143,31 @@ def check(est: Estimate, instances: int, free_ram: int, gpu_free: dict[int, int]
         return FitCheck(False, "RAM", est.ram_bytes, free_ram,
                         f"needs ~{_mib(est.ram_bytes)} of RAM, {_mib(free_ram)} free")
     if est.vram_per_instance_bytes and gpu_free:
-        devices = list(gpus) or sorted(gpu_free)
-        need: dict[int, int] = {}
-        for i in range(instances):  # instances are pinned to GPUs round-robin
-            d = devices[i % len(devices)]
-            need[d] = need.get(d, 0) + est.vram_per_instance_bytes
-        for d, n in sorted(need.items()):
+        for d, n in sorted(vram_need(est, instances, gpu_free, gpus).items()):
             free = gpu_free.get(d)
             if free is not None and n > int(free * HEADROOM):
                 return FitCheck(False, f"VRAM gpu {d}", n, free,
                                 f"needs ~{_mib(n)} of VRAM on GPU {d}, {_mib(free)} free")
     return FitCheck(True, "RAM", est.ram_bytes, free_ram, f"needs ~{_mib(est.ram_bytes)} of RAM")
+
+
+def vram_need(est: Estimate, instances: int, gpu_free: dict[int, int], gpus: Sequence[int] = ()) -> dict[int, int]:
+    """GPU index -> bytes the fleet needs there. Pinned (`gpus`): instance i gets GPU gpus[i % len] alone.
+    Not pinned: every instance spreads its layers over all GPUs in proportion to their free memory and
+    pays its fixed costs (compute buffers, CUDA context) on each of them."""
+    need: dict[int, int] = {}
+    if gpus:
+        for i in range(instances):
+            d = gpus[i % len(gpus)]
+            need[d] = need.get(d, 0) + est.vram_per_instance_bytes
+        return need
+    fixed = est.overhead_per_instance_bytes + GPU_CONTEXT
+    spread = max(0, est.vram_per_instance_bytes - fixed)
+    total_free = sum(max(0, f) for f in gpu_free.values())
+    for d, free in gpu_free.items():
+        share = max(0, free) / total_free if total_free else 1 / len(gpu_free)
+        need[d] = instances * (int(spread * share) + fixed)
+    return need
 
 
 def free_memory(want_gpu: bool) -> tuple[int, dict[int, int] | None]:

@@ -87,7 +87,8 @@ class PeakSampler:
         return {"rss_peak_bytes": rss,
                 "rss_peak_total_bytes": sum(r for r in rss if r is not None) if self.rss else None,
                 "gpu_mem_peak_bytes": gpu,
-                "gpu_mem_peak_total_bytes": sum(g for g in gpu if g is not None) if gpu else None}
+                # an instance whose GPU memory stayed unknown leaves the total unknown, not short
+                "gpu_mem_peak_total_bytes": sum(g for g in gpu if g is not None) if gpu and None not in gpu else None}
 
 
 # Bench step fields -> row fields (the row keeps the names).

@@ -61,6 +61,11 @@ def _sum(values: list[Any]) -> Any:
     return sum(known) if known else None
 
 
+def _sum_known(values: list[Any]) -> Any:
+    """The sum, or None when any value is unknown (a GPU total missing an instance would read low)."""
+    return None if not values or None in values else sum(values)
+
+
 def totals(snap: FleetSnapshot) -> dict[str, str]:
     insts = snap.instances
     ready = sum(1 for i in insts if i.state == "ready")
@@ -71,7 +76,7 @@ def totals(snap: FleetSnapshot) -> dict[str, str]:
         "tok_s": units.num(_sum([i.server_tok_s for i in insts])),
         "cpu": units.pct(_sum([i.cpu_percent for i in insts])),
         "rss": units.size(_sum([i.rss_bytes for i in insts])),
-        "gpu_mem": units.size(_sum([i.gpu_memory_bytes for i in insts])),
+        "gpu_mem": units.size(_sum_known([i.gpu_memory_bytes for i in insts if i.pid])),
         "gpu_util": "", "restarts": str(sum(i.restarts for i in insts)), "uptime": "",
     }
 
