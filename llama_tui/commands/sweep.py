@@ -140,6 +140,7 @@ def run_policies(args: argparse.Namespace) -> int:
     """`--policy A,B`: one sweep per policy, into OUT/A and OUT/B, then their bests side by side."""
     from llama_tui.core import sweep
     from llama_tui.core.bench.policy_ab import parse_policies
+    from llama_tui.core.childproc import stop_on_signals
     from llama_tui.core.errors import UserError
     from llama_tui.core.sweep.config import out_dir_for
 
@@ -155,15 +156,15 @@ def run_policies(args: argparse.Namespace) -> int:
         configs.append(build_config(argparse.Namespace(**{**vars(args), "policy": p, "out": str(root / p),
                                                           "resume": resume}))[0])
     stop = threading.Event()
-    sweep.install_stop_handlers(stop, lambda: info("stopping: the cell in progress is dropped (Ctrl-C again to force)"))
     bests = []
-    for p, cfg in zip(policies, configs):
-        info(f"sweep with policy {p} -> {cfg.out_dir}")
-        res = sweep.run(cfg, on_event=_print_event, stop=stop)
-        bests.append((p, res.best))
-        if res.status == "stopped":
-            info(f"stopped; continue with: llama-tui sweep --resume --out {root} (and the same options)")
-            return 130
+    with stop_on_signals(stop, lambda: info("stopping: the cell in progress is dropped (Ctrl-C again to force)")):
+        for p, cfg in zip(policies, configs):
+            info(f"sweep with policy {p} -> {cfg.out_dir}")
+            res = sweep.run(cfg, on_event=_print_event, stop=stop)
+            bests.append((p, res.best))
+            if res.status == "stopped":
+                info(f"stopped; continue with: llama-tui sweep --resume --out {root} (and the same options)")
+                return 130
     if args.json:
         print_json({"out_dir": str(root), "policies": {p: b for p, b in bests}})
         return 0
