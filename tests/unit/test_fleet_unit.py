@@ -145,7 +145,7 @@ def test_logs_follow_survives_rotation(isolated_dirs):
     log.parent.mkdir(parents=True)
     log.write_text("first\n")
     proc = subprocess.Popen([sys.executable, "-m", "llama_tui", "fleet", "logs", "0", "-f"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in iter(proc.stdout.readline, "")], daemon=True).start()
     try:
