@@ -22,7 +22,8 @@ import pytest
 
 from llama_tui.core import binaries, model
 from llama_tui.core.fleet import ports
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 from llama_tui.core.probe import base_url
 
 LOOPBACK = "127.0.0.1"

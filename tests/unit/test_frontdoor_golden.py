@@ -13,7 +13,8 @@ import pytest
 
 from llama_tui import __version__
 from llama_tui.core.config import POLICIES
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 from conftest import skip_without_policy
 
