@@ -28,10 +28,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The fast tier: tests/unit without the few tests in it that carry a process marker (some still run
-# `nginx -t` on a rendered config, so setup comes first).
-UNIT_MARKERS := not integration and not faults and not slow and not realmodel
-test-unit: setup
+# The fast tier: tests/unit without the tests in it that carry a process marker or need the real
+# binaries (`binaries`: nginx -t, llama-server --help), so it needs no `llama-tui setup`.
+UNIT_MARKERS := not integration and not faults and not slow and not realmodel and not binaries
+test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 # The README's screenshot: the TUI on a real demo fleet with a benchmark ramp running.
