@@ -1,11 +1,12 @@
-# llama-tui: `make run` sets everything up and opens the TUI on the demo fleet; `make test` runs the suite.
+# llama-tui: `make run` sets everything up and opens the TUI on the demo fleet; `make test` runs the suite,
+# `make test-unit` its fast tier.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run test screenshot clean-venv
+.PHONY: setup run test test-unit screenshot clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: llama-tui needs Python 3.11+ (fix: run make with PYTHON=python3.11 or newer)")'
@@ -23,8 +24,15 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/llama-tui --preset demo
 
+# Everything: tests/unit, tests/integration (real llama-server + nginx), tests/faults, tests/ui.
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: tests/unit without the tests in it that carry a process marker or need the real
+# binaries (`binaries`: nginx -t, llama-server --help), so it needs no `llama-tui setup`.
+UNIT_MARKERS := not integration and not faults and not slow and not realmodel and not binaries
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 # The README's screenshot: the TUI on a real demo fleet with a benchmark ramp running.
 screenshot: setup

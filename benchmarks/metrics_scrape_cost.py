@@ -7,7 +7,7 @@ Per round and mode it prints the bench's output tok/s (streamed, through NGINX),
 the samples the supervisor took meanwhile (`llama_tui_metrics_samples_total`: each sample is one
 /slots and one /metrics request per instance). Target: the sampler keeps its 2 s clock whatever the
 scrape rate, and the tok/s ratio is within the noise. The machine's load counts: alternate rounds,
-and read the medians. tests/test_prometheus.py counts the requests an instance receives directly
+and read the medians. tests/unit/test_prometheus.py counts the requests an instance receives directly
 (llama-server's task ids), with and without scrapes.
 """
 

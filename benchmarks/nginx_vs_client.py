@@ -8,7 +8,7 @@ Prints every step, then the mean tok/s of each arm and the ratio NGINX / client-
 
 The load comes from the bench engine (core/bench.run_step: native /completion streams, fresh
 connection per request, tokens counted by the server's stream, client CPU and validity reported); if
-it is not importable, from tests/frontdoor_load.py (one process). On a small machine the load
+it is not importable, from tests/support/frontdoor_load.py (one process). On a small machine the load
 generator shares the cores with the fleet: its CPU is printed with every step.
 
     .venv/bin/python benchmarks/nginx_vs_client.py --instances 2 --parallel 4 --concurrency 16 --duration 10
@@ -49,8 +49,8 @@ def measure_bench(target: str | list[str], args: argparse.Namespace) -> dict:
 
 
 def measure_helper(target: str | list[str], args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    from frontdoor_load import load
+    sys.path.insert(0, str(REPO))
+    from tests.support.frontdoor_load import load
 
     from llama_tui.core.fleet import keys
 
@@ -91,7 +91,7 @@ def main() -> int:
             from llama_tui.core import bench  # noqa: F401
         except ImportError:
             measure = measure_helper
-            print("bench engine not importable: using tests/frontdoor_load.py")
+            print("bench engine not importable: using tests/support/frontdoor_load.py")
     else:
         measure = measure_helper
 

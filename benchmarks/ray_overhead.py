@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from llama_tui.core import hardware  # noqa: E402
 from ray_support import LocalRayCluster, in_loopback_namespace  # noqa: E402

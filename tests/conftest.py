@@ -22,7 +22,8 @@ import pytest
 
 from llama_tui.core import binaries, model
 from llama_tui.core.fleet import ports
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 from llama_tui.core.probe import base_url
 
 LOOPBACK = "127.0.0.1"
@@ -111,6 +112,17 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 
 # ------------------------------------------------------------------------------------------------ binaries and model
+
+# Fixtures that need the real llama-server or nginx binary: a test that takes one is marked `binaries`,
+# so `make test-unit` (which deselects the marker) runs without them.
+BINARY_FIXTURES = frozenset({"llama_server_bin", "nginx_bin", "llama_server", "nginx_front"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BINARY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.binaries)
+
 
 
 @pytest.fixture(scope="session")

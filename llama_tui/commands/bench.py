@@ -191,7 +191,7 @@ def build_config(args: argparse.Namespace):
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
-    from llama_tui.core.fleet.frontdoor import read_key_file
+    from llama_tui.core.fleet.frontdoor_rules import read_key_file
 
     if args.api_key is None and getattr(args, "api_key_file", None):
         return read_key_file(args.api_key_file)

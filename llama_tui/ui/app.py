@@ -17,7 +17,6 @@ import argparse
 import signal
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from rich.text import Text
 from textual import work
@@ -29,27 +28,28 @@ from textual.worker import Worker, WorkerState
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.snapshots import BenchSample, FleetSnapshot, StepVerdict, SweepProgress
-from llama_tui.core.sweep import best_point
 from llama_tui.ui import messages as msg
 from llama_tui.ui.commands import FleetCommands
-from llama_tui.ui.controller import Controller, FleetForm, RunHandle, next_policy
+from llama_tui.ui.controller import Controller, RunHandle
+from llama_tui.ui.fleet_actions import FleetActions
 from llama_tui.ui.keymap import KEYMAP_FILE, bound_keys, load_keymap
-from llama_tui.ui.leaving import RUN_NAMES, HangUpWatch, farewell_text
+from llama_tui.ui.leaving import HangUpWatch, farewell_text
+from llama_tui.ui.runs import RunActions
 from llama_tui.ui.screens.confirm import ConfirmScreen
-from llama_tui.ui.screens.fleet_form import FleetFormScreen
 from llama_tui.ui.screens.help import HelpScreen
 from llama_tui.ui.screens.logs import LogsScreen
 from llama_tui.ui.screens.main import MainScreen
 from llama_tui.ui.screens.sweep import SweepScreen
-from llama_tui.ui.widgets.fleet_table import FleetPane, FleetTable
+from llama_tui.ui.widgets.fleet_table import FleetPane
 from llama_tui.ui.widgets.redraw import show_text
 from llama_tui.ui.widgets.throughput_chart import ThroughputPane
 from llama_tui.ui.widgets.upstream_panel import UpstreamPane
 
-MAX_SAMPLES = 2400  # 20 minutes of 0.5 s samples
 
+class LlamaTui(FleetActions, RunActions, App[int]):
+    """The app: its lifecycle, the fleet poll, rendering, logs, help, screenshots and leaving. The fleet's
+    actions (`fleet_actions.FleetActions`) and the benchmark and sweep runs (`runs.RunActions`) are mixed in."""
 
-class LlamaTui(App[int]):
     TITLE = "llama-tui"
     CSS_PATH = Path(__file__).with_name("llama_tui.tcss")  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {FleetCommands}
@@ -142,12 +142,6 @@ class LlamaTui(App[int]):
     def on_released(self, message: msg.Released) -> None:
         self.released = True
         self.exit(0)
-
-    def _cancel(self, kind: str, run: RunHandle) -> None:
-        try:
-            run.cancel()
-        except Exception:  # noqa: BLE001 - leaving anyway; the run's process group is the core's to reap
-            pass
 
     # ------------------------------------------------------------------------------------------ polling
 
@@ -262,139 +256,7 @@ class LlamaTui(App[int]):
         if isinstance(self.screen, SweepScreen):
             self.screen.show(self.sweep_progress, self.sweep_running)
 
-    # ------------------------------------------------------------------------------------------ actions
-
-    def _busy_refuses(self) -> bool:
-        if self.busy:
-            self.notify(f"wait: {self.busy}", severity="warning", timeout=3)
-            return True
-        return False
-
-    def fleet_running(self) -> bool:
-        return self.fleet is not None and self.fleet.running
-
-    def _need_fleet(self) -> bool:
-        if not self.fleet_running():
-            self.notify("no fleet is running: s starts one", severity="warning", timeout=3)
-            return False
-        return True
-
-    def do(self, label: str, job: Callable[[Callable[[str], None]], object], done: str) -> None:
-        """Run one blocking controller call in a thread; the status line says what happens."""
-        self.busy = label
-        self.status = ""
-        self.render_main()
-        self._action(label, job, done)
-
-    @work(thread=True, exit_on_error=False, group="action")
-    def _action(self, label: str, job: Callable[[Callable[[str], None]], object], done: str) -> None:
-        def progress(text: str) -> None:
-            self.post_message(msg.ActionProgress(f"{label}: {text}"))
-
-        try:
-            job(progress)
-        except UserError as exc:
-            self.post_message(msg.ActionDone(exc.one_line(), ok=False))
-        except Exception as exc:  # noqa: BLE001 - reported on screen, the app keeps going
-            self.post_message(msg.ActionDone(f"{label} failed: {type(exc).__name__}: {exc}", ok=False))
-        else:
-            self.post_message(msg.ActionDone(done, ok=True))
-
-    def on_action_progress(self, message: msg.ActionProgress) -> None:
-        if self.busy:
-            self.busy = message.text
-            self.render_main()
-
-    def on_action_done(self, message: msg.ActionDone) -> None:
-        self.busy = None
-        self.status = message.text
-        self.notify(message.text, severity="information" if message.ok else "error",
-                    timeout=4 if message.ok else 10, markup=False)
-        self.render_main()
-        self.poll_now()
-
-    def action_start(self) -> None:
-        if self._busy_refuses():
-            return
-        if self.fleet_running():
-            self.notify("a fleet is already running (x stops it, e replaces it)", timeout=3)
-            return
-        form = self.controller.form()
-        self.do(f"starting {form.instances} instances", lambda p: self.controller.start(None, p),
-                f"fleet started: {form.describe()}")
-
-    def action_stop(self) -> None:
-        if self._busy_refuses() or not self._need_fleet():
-            return
-        snap = self.fleet
-        assert snap is not None
-        door = f" and NGINX on :{snap.nginx.port}" if snap.nginx else ""
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.do("stopping the fleet", lambda p: self.controller.stop(), "fleet stopped")
-
-        self.push_screen(ConfirmScreen(f"Stop the fleet? {len(snap.instances)} llama-server instances{door} "
-                                       "will stop; requests in flight fail.", yes="Stop"), answered)
-
-    def action_scale(self, delta: int) -> None:
-        if self._busy_refuses() or not self._need_fleet():
-            return
-        assert self.fleet is not None
-        n = len(self.fleet.instances) + delta
-        if n < 1:
-            self.notify("a fleet has at least one instance (x stops it)", severity="warning", timeout=3)
-            return
-        self.do(f"scaling to {n} instances", lambda p: self.controller.scale(n), f"scaled to {n} instances")
-
-    def action_restart(self) -> None:
-        if self._busy_refuses() or not self._need_fleet():
-            return
-        assert self.fleet is not None
-        screen = self.main_screen()
-        port = screen.query_one(FleetTable).selected_port() if screen else None
-        inst = next((i for i in self.fleet.instances if i.port == port), None)
-        if inst is None:
-            self.notify("select an instance row first (arrow keys)", severity="warning", timeout=3)
-            return
-        self.do(f"restarting instance {inst.index} (:{inst.port})", lambda p: self.controller.restart(inst.index),
-                f"instance {inst.index} restarted")
-
-    def action_policy(self) -> None:
-        if self._busy_refuses() or not self._need_fleet():
-            return
-        assert self.fleet is not None
-        new = next_policy(self.fleet.nginx.policy if self.fleet.nginx else None)
-        self.do(f"switching NGINX to {new}", lambda p: self.controller.set_policy(new),
-                f"policy {new}: NGINX reloaded")
-
-    def action_edit(self) -> None:
-        if self._busy_refuses():
-            return
-        running = self.fleet_running()
-
-        def submitted(form: FleetForm | None) -> None:
-            if form is None:
-                return
-            if not running:
-                self.do(f"starting {form.instances} instances", lambda p: self.controller.start(form, p),
-                        f"fleet started: {form.describe()}")
-                return
-
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.do("replacing the fleet", lambda p: self._replace(form, p),
-                            f"fleet replaced: {form.describe()}")
-
-            self.push_screen(ConfirmScreen(f"Replace the running fleet with {form.describe()}? "
-                                           "Every instance restarts; requests in flight fail.", yes="Replace"),
-                             answered)
-
-        self.push_screen(FleetFormScreen(self.controller, self.controller.form(), running), submitted)
-
-    def _replace(self, form: FleetForm, progress: Callable[[str], None]) -> None:
-        self.controller.stop()
-        self.controller.start(form, progress)
+    # ------------------------------------------------------------------------------------------ logs, help, leaving
 
     def action_logs(self) -> None:
         if isinstance(self.screen, LogsScreen):
@@ -460,160 +322,7 @@ class LlamaTui(App[int]):
             return
         self._leave()
 
-    # ------------------------------------------------------------------------------------------ benchmark
-
-    def action_bench(self) -> None:
-        if self.bench_running:
-            self.action_bench_cancel()
-            return
-        if not self._need_fleet():
-            return
-        self.bench_running = True
-        self.bench_samples = ()
-        self.bench_verdicts = ()
-        self.bench_summary = ""
-        self.render_bench()
-        self._bench_worker()
-
-    def action_bench_cancel(self) -> None:
-        self._stop_run("bench", "benchmark")
-
-    def _stop_run(self, kind: str, name: str) -> None:
-        """End a run early, keeping what it measured (its process writes its results and exits)."""
-        run = self.runs.get(kind)
-        if run is not None:
-            self._stop_in_thread(run, name)
-        elif (self.bench_running if kind == "bench" else self.sweep_running):
-            self._cancel_asked.add(kind)  # it is still starting: stop it as soon as it has
-        else:
-            self.notify(f"no {name} running", timeout=3)
-
-    @work(thread=True, exit_on_error=False, group="run-stop")
-    def _stop_in_thread(self, run: RunHandle, name: str) -> None:
-        """`stop()` writes to the run's process or signals it."""
-        try:
-            run.stop()
-        except Exception as exc:  # noqa: BLE001 - shown; the run ends on its own or at quit
-            self.post_message(msg.Notice(f"could not stop the {name}: {exc}", ok=False, timeout=6))
-        else:
-            self.post_message(msg.Notice(f"stopping the {name}: it finishes the current step and keeps its results",
-                                         ok=True))
-
-    @work(thread=True, exit_on_error=False, group="run-stop")
-    def _cancel_in_thread(self, kind: str, run: RunHandle) -> None:
-        self._cancel(kind, run)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="bench")
-    def _bench_worker(self) -> None:
-        samples: tuple[BenchSample, ...] = ()
-        verdicts: tuple[StepVerdict, ...] = ()
-        try:
-            run = self.controller.start_bench()
-            self.post_message(msg.RunStarted("bench", run))
-            for item in run.events():
-                if isinstance(item, StepVerdict):
-                    verdicts = (*verdicts, item)
-                else:
-                    samples = (*samples[-(MAX_SAMPLES - 1):], item)
-                self.post_message(msg.BenchUpdated(samples, verdicts))
-            self.post_message(msg.RunEnded("bench", True, run.summary()))
-        except UserError as exc:
-            self.post_message(msg.RunEnded("bench", False, exc.one_line()))
-        except Exception as exc:  # noqa: BLE001 - shown in the pane
-            self.post_message(msg.RunEnded("bench", False, f"benchmark failed: {type(exc).__name__}: {exc}"))
-
-    def on_run_started(self, message: msg.RunStarted) -> None:
-        self.runs[message.kind] = message.handle  # type: ignore[assignment]
-        if self.leaving:
-            self._cancel_in_thread(message.kind, message.handle)  # type: ignore[arg-type]
-        elif message.kind in self._cancel_asked:
-            self._cancel_asked.discard(message.kind)
-            self._stop_in_thread(message.handle, RUN_NAMES.get(message.kind, message.kind))  # type: ignore[arg-type]
-
-    def on_bench_updated(self, message: msg.BenchUpdated) -> None:
-        self.bench_samples = message.samples
-        self.bench_verdicts = message.verdicts
-        self.bench_summary = ""
-        self.render_bench()
-
-    def on_run_ended(self, message: msg.RunEnded) -> None:
-        self.runs.pop(message.kind, None)
-        self._cancel_asked.discard(message.kind)
-        if message.kind == "bench":
-            self.bench_running = False
-            self.bench_summary = message.text or ""
-            self.render_bench()
-            if not message.ok:
-                self.notify(message.text or "benchmark failed", severity="error", timeout=10, markup=False)
-        else:
-            self.sweep_running = False
-            if not message.ok:
-                self.notify(message.text or "sweep failed", severity="error", timeout=10, markup=False)
-            self.render_sweep()
-
-    # ------------------------------------------------------------------------------------------ sweep
-
-    def action_sweep(self) -> None:
-        if not isinstance(self.screen, SweepScreen):
-            self.push_screen(SweepScreen())
-
-    def action_sweep_start(self) -> None:
-        if self.sweep_running:
-            self.notify("a sweep is already running (c cancels it)", timeout=3)
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.sweep_running = True
-                self.sweep_progress = None
-                self.render_sweep()
-                self._sweep_worker()
-
-        self.push_screen(ConfirmScreen("Start a sweep? It starts and stops its own fleets, one shape at a time, "
-                                       "and loads every core until it ends (the running fleet is left alone).",
-                                       yes="Start"), answered)
-
-    def action_sweep_cancel(self) -> None:
-        self._stop_run("sweep", "sweep")
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="sweep")
-    def _sweep_worker(self) -> None:
-        try:
-            run = self.controller.start_sweep()
-            self.post_message(msg.RunStarted("sweep", run))
-            for progress in run.events():
-                self.post_message(msg.SweepUpdated(progress))
-            self.post_message(msg.RunEnded("sweep", True, run.summary()))
-        except UserError as exc:
-            self.post_message(msg.RunEnded("sweep", False, exc.one_line()))
-        except Exception as exc:  # noqa: BLE001 - shown on the sweep screen
-            self.post_message(msg.RunEnded("sweep", False, f"sweep failed: {type(exc).__name__}: {exc}"))
-
-    def on_sweep_updated(self, message: msg.SweepUpdated) -> None:
-        self.sweep_progress = message.progress
-        self.render_sweep()
-
-    def action_apply_best(self) -> None:
-        if self._busy_refuses():
-            return
-        sweep = self.sweep_progress
-        best = best_point(sweep.results) if sweep else None  # the core's rule, as the controller applies it
-        if sweep is None or best is None or not sweep.out_dir:
-            self.notify("no sweep result to apply yet", severity="warning", timeout=3)
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.do(f"applying {best.instances} x {best.parallel}",
-                        lambda p: self.controller.apply_shape(sweep.out_dir, p),
-                        f"fleet is now {best.instances} instances x {best.parallel} slots")
-
-        what = (f"{best.instances} instances x {best.parallel} slots "
-                f"(best: {best.tok_s:,.0f} tok/s at concurrency {best.concurrency})")
-        verb = "Replace the running fleet with" if self.fleet_running() else "Start"
-        self.push_screen(ConfirmScreen(f"{verb} {what}?", yes="Apply"), answered)
-
-
+# ---------------------------------------------------------------------------------------------- entry points
 # ---------------------------------------------------------------------------------------------- entry points
 
 

@@ -71,13 +71,13 @@ def run_policies(config: BenchConfig, policies: Sequence[str], on_sample: Callab
     """Run `config` once per policy on the running fleet (see the module's docstring)."""
     from llama_tui.core import fleet
     from llama_tui.core.bench.session import run
-    from llama_tui.core.fleet import frontdoor
+    from llama_tui.core.fleet import frontdoor_rules
 
     policies = parse_policies(policies)
     config = config.validated()
     st = check_fleet(config)
     for p in policies:
-        frontdoor.check_policy(p)  # e.g. `prefix` without NGINX's Lua module: refused before anything runs
+        frontdoor_rules.check_policy(p)  # e.g. `prefix` without NGINX's Lua module: refused before anything runs
     state_dir = Path(config.state_dir) if config.state_dir else None
     original = getattr(st.nginx, "policy", None)
     config = replace(config, seed=config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little"))

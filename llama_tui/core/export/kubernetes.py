@@ -38,7 +38,7 @@ import yaml
 
 from llama_tui import __version__
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor, frontdoor_rules
 from llama_tui.core.fleet.placement import Endpoint
 from llama_tui.core.fleet.spec import FleetSpec
 
@@ -170,7 +170,7 @@ def build(settings: Any, options: KubeOptions) -> Export:
     return Export(spec=spec, options=options, threads=spec.threads,
                   model_file=options.model_file or (local or spec.model).name,
                   memory_bytes=_memory_estimate(spec, local) if local is not None else None,
-                  api_key=None if options.api_key_secret else frontdoor.read_api_key(door),
+                  api_key=None if options.api_key_secret else frontdoor_rules.read_api_key(door),
                   internal_key=None if options.internal_key_secret else new_key())
 
 

@@ -23,7 +23,9 @@ The modules, one job each:
     keys.py            the per-fleet internal key the instances require
     process_stats.py   CPU, RSS, GPU of local processes (psutil, NVML)
     monitor.py         per-instance process and server numbers, the machine
-    frontdoor.py       NGINX: render, validate, start, reload
+    frontdoor.py       the front door's config: FrontDoorSpec, rendered from the templates into nginx.conf
+    frontdoor_rules.py what a front door accepts: keys, listen addresses, nginx.conf paths, policies, limits
+    frontdoor_nginx.py the NGINX process: nginx -t, start, adopt, reload, log rotation, stop; stub_status
     accesslog.py       per-backend statistics from NGINX's access and error logs
     supervisor.py      the supervisor process: setup, watch loop (`python -m llama_tui.core.fleet.supervisor`)
     instances.py       the supervisor's instances: spawn, crash backoff, hang check, stop, drain

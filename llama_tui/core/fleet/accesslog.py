@@ -21,7 +21,7 @@ What `stats()` reports per backend (address):
   last `window` seconds, from the (start, end) intervals of the requests that ended in it (Little's
   law measured directly). The access log only sees a request when it ends, so streams still running
   are missing until they finish: it lags for streams longer than the window. stub_status `writing`
-  (frontdoor.read_stub_status) is the exact, fleet-wide live count.
+  (frontdoor_nginx.read_stub_status) is the exact, fleet-wide live count.
 - p50_ms / p95_ms (upstream response time) and header_p50_ms / header_p95_ms (upstream header time,
   about time to first byte) over the backend's last 1024 responses.
 

@@ -35,7 +35,7 @@ import orjson
 
 from llama_tui.core import amx, binaries, config, paths
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor, keys, placement, processes
+from llama_tui.core.fleet import frontdoor, frontdoor_rules, keys, placement, processes
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.ports import check_ports
 from llama_tui.core.fleet.snapshot import snapshot
@@ -148,7 +148,7 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
         else:
             st_mod.refuse_strays(sd)
             spec.validate()
-            frontdoor.conf_path(sd)  # a state dir that nginx.conf cannot name is refused now
+            frontdoor_rules.conf_path(sd)  # a state dir that nginx.conf cannot name is refused now
             check_ports(spec)
             llama_server = binaries.require_llama_server()
             nginx_bin = binaries.require_nginx()

@@ -1,4 +1,4 @@
-"""The supervisor's NGINX: started (as its parent, through `frontdoor.FrontDoor`) once the instances
+"""The supervisor's NGINX: started (as its parent, through `frontdoor_nginx.FrontDoor`) once the instances
 are ready, reloaded when membership or policy changes, started again with the last config that passed
 `nginx -t` when it dies, and its access log followed into per-upstream statistics (`upstream.json`).
 
@@ -18,7 +18,8 @@ from llama_tui.core import paths
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import processes
 from llama_tui.core.fleet import state as st_mod
-from llama_tui.core.fleet.frontdoor import FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import FrontDoorSpec
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 from llama_tui.core.fleet.instances import BACKOFF_BASE_S, BACKOFF_MAX_S, LOG_MAX_BYTES
 from llama_tui.core.fleet.state import NginxState, log
 

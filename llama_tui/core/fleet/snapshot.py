@@ -12,7 +12,7 @@ import orjson
 
 from llama_tui.core import hardware
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor_nginx
 from llama_tui.core.fleet import state as st_mod
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import PlacementError, endpoint_of
@@ -40,7 +40,7 @@ def _stub_status(prefix: str | None) -> dict[str, int] | None:
     if not prefix:
         return None
     try:
-        return frontdoor.read_stub_status(Path(prefix))
+        return frontdoor_nginx.read_stub_status(Path(prefix))
     except Exception:  # a status reader must never break `fleet status`
         return None
 

@@ -19,7 +19,7 @@ from typing import Any
 from llama_tui.core import binaries, config, hardware
 from llama_tui.core import model as model_mod
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor, model_dirs
+from llama_tui.core.fleet import frontdoor_rules, model_dirs
 
 DRAIN_TIMEOUT = 60.0  # seconds a leaving instance may take to finish its open streams
 
@@ -114,10 +114,10 @@ class FleetSpec:
             validate_extra_args(extra, binaries.require_llama_server(), allow_unsafe)
         api_key_file = None
         if f.get("api_key"):
-            frontdoor.check_key(f["api_key"])
+            frontdoor_rules.check_key(f["api_key"])
         elif f.get("api_key_file"):
             api_key_file = str(Path(f["api_key_file"]).expanduser().absolute())
-            frontdoor.check_key(frontdoor.read_key_file(api_key_file))  # fail now, naming the file
+            frontdoor_rules.check_key(frontdoor_rules.read_key_file(api_key_file))  # fail now, naming the file
         spec = cls(
             model=model_mod.resolve_model(f["model"]) if resolve_model else Path(f["model"] or model_mod.TINY_MODEL_NAME),
             instances=f["instances"], parallel=f["parallel"], ctx_per_slot=f["ctx_per_slot"],
@@ -145,14 +145,14 @@ class FleetSpec:
             raise UserError(f"--threads must be 1 or more, got {self.threads}", "pass --threads 1 or more")
         check_loopback(self.host)
         if self.api_key is not None:
-            frontdoor.check_key(self.api_key)
-        if frontdoor.is_public(self.listen) and not (self.api_key or self.api_key_file) and not self.insecure_public:
+            frontdoor_rules.check_key(self.api_key)
+        if frontdoor_rules.is_public(self.listen) and not (self.api_key or self.api_key_file) and not self.insecure_public:
             raise UserError(f"--listen {self.listen} serves other machines, and no API key is set",
                             "pass --api-key-file FILE (or --listen 127.0.0.1); --insecure-public serves without a key")
         check_unsafe_args(self.extra_args, self.allow_unsafe_args)
         self.check_port_range(self.instances)
         self.check_pinning(self.instances)
-        from llama_tui.core.fleet.frontdoor import check_policy
+        from llama_tui.core.fleet.frontdoor_rules import check_policy
 
         check_policy(self.policy)  # unknown, or `prefix` without NGINX's Lua module: refused before anything starts
         if self.metrics_listen is not None:
@@ -352,7 +352,7 @@ def oversubscription(instances: int, threads: int, cores: int | None = None) -> 
 
 def exposure_warning(spec: FleetSpec) -> str | None:
     try:
-        public = frontdoor.is_public(spec.listen)
+        public = frontdoor_rules.is_public(spec.listen)
     except UserError:
         public = True
     if public and not (spec.api_key or spec.api_key_file):

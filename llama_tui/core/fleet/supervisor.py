@@ -4,7 +4,7 @@
 
 It runs in its own session with LLAMA_TUI_OWNER=DIR. A fresh supervisor reads `spec.json`, starts
 every instance at once (each llama-server in its own process group, its output appended to a
-size-capped log), and starts NGINX (through `frontdoor.FrontDoor`, as NGINX's parent) once all of
+size-capped log), and starts NGINX (through `frontdoor_nginx.FrontDoor`, as NGINX's parent) once all of
 them answer /health 200. Then it watches:
 
 - instances that exit or hang are restarted, or marked failed (`fleet/instances.py`);

@@ -80,10 +80,10 @@ class SweepConfig:
                             f"{','.join(map(str, self.parallel))})",
                             "give --instances or --parallel more than one value, or drop --adaptive")
         paths.check_private_dir(self.out_dir)  # not a link, ours, writable by no one else
-        from llama_tui.core.fleet import frontdoor, spec  # refused now, not at every cell's fleet
+        from llama_tui.core.fleet import frontdoor_rules, spec  # refused now, not at every cell's fleet
 
         spec.check_unsafe_args(spec.parse_extra_args(self.extra_args), allow=False)
-        frontdoor.conf_path(self.fleet_state_dir() / "nginx")
+        frontdoor_rules.conf_path(self.fleet_state_dir() / "nginx")
 
     def shape_count(self) -> int:
         """How many shapes the grid holds (instances x parallel x threads x batch x ubatch)."""

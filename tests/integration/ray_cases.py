@@ -1,6 +1,6 @@
 """A real 3-node Ray cluster on loopback, and a fleet on it driven through the CLI as a user would.
 
-Run by tests/test_ray.py inside a network namespace that has only loopback (`unshare -n`); on its own
+Run by tests/integration/test_ray.py inside a network namespace that has only loopback (`unshare -n`); on its own
 it skips. The nodes are 127.0.0.1 (head), 127.0.0.2 and 127.0.0.3, each in its own session with two
 logical CPUs; 127.0.0.3 cannot see HIDDEN (a tmpfs over it), which holds a copy of the tiny model;
 ALT holds another copy, which the shared fleet gives that node with `--model-dir node_c=ALT`.
@@ -33,7 +33,7 @@ from conftest import REPO, free_port, wait_for
 from ray_support import LocalRayCluster, in_loopback_namespace
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not in_loopback_namespace(), reason="run by tests/test_ray.py inside `unshare -n`")]
+              pytest.mark.skipif(not in_loopback_namespace(), reason="run by tests/integration/test_ray.py inside `unshare -n`")]
 
 HIDDEN = Path("/tmp") / f"lt-ray-hidden-{os.getpid()}"
 ALT = Path("/tmp") / f"lt-ray-alt-{os.getpid()}"  # node_c's --model-dir

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from llama_tui.core import binaries, config
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import FleetSpec, check_ports, frontdoor, validate_extra_args
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet import FleetSpec, check_ports, frontdoor_rules, validate_extra_args
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 from llama_tui.core.fleet.placement import Endpoint
 from llama_tui.core.fleet.spec import MANAGED_FLAGS, UNSAFE_FLAGS
 
@@ -163,10 +164,10 @@ def statements(text: str) -> list[tuple[int, str, int]]:
 
 def benign(door: FrontDoorSpec) -> FrontDoorSpec:
     """The same front door with plain values in every free-text field (same shape, same options)."""
-    public = frontdoor.is_public(door.listen)
+    public = frontdoor_rules.is_public(door.listen)
     return replace(door, listen="0.0.0.0" if public else "127.0.0.1", port=18000,
                    backends=tuple(Backend("127.0.0.1", 20000 + i, b.slots) for i, b in enumerate(door.backends)),
-                   api_key="k" * 16 if frontdoor.read_api_key(door) else None, api_key_file=None,
+                   api_key="k" * 16 if frontdoor_rules.read_api_key(door) else None, api_key_file=None,
                    internal_key="i" * 16 if door.internal_key else None, hash_header="X-H")
 
 

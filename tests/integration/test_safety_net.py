@@ -9,7 +9,8 @@ import sys
 import psutil
 import pytest
 
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 from conftest import free_port, reap_owned, wait_for
 

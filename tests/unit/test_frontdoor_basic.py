@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor, frontdoor_nginx, frontdoor_rules
 from llama_tui.core.config import POLICIES
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 from conftest import skip_without_policy
 
@@ -47,16 +48,16 @@ def test_streaming_safe_proxying_and_no_keepalive_pool(tmp_path):
 
 
 def test_limits_follow_the_planned_concurrency(tmp_path):
-    lim = frontdoor.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), nofile=1 << 20)
+    lim = frontdoor_rules.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), nofile=1 << 20)
     assert lim.worker_connections >= 2 * 5000 and lim.rlimit_nofile >= lim.worker_connections and not lim.capped
     text = render(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), tmp_path, nofile=1 << 20)
     assert f"worker_connections {lim.worker_connections};" in text
     # an unprivileged process cannot raise its hard limit: NGINX is capped there, and says so
-    lim = frontdoor.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), nofile=4096)
+    lim = frontdoor_rules.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), nofile=4096)
     assert lim.capped and lim.rlimit_nofile == 4096 and lim.worker_connections < 4096
     text = render(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=5000), tmp_path, nofile=4096)
     assert "worker_rlimit_nofile 4096;" in text and "Capped by the open-files hard limit (4096)" in text
-    small = frontdoor.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=16), nofile=1 << 20)
+    small = frontdoor_rules.limits(FrontDoorSpec(port=1, backends=BACKENDS, max_concurrency=16), nofile=1 << 20)
     assert small.worker_connections == 1024
 
 
@@ -125,13 +126,13 @@ def test_a_broken_config_is_reported_not_installed(nginx_bin, tmp_path):
 def test_parse_stub_status():
     text = ("Active connections: 17 \nserver accepts handled requests\n 120 120 4410 \n"
             "Reading: 0 Writing: 16 Waiting: 1 \n")
-    assert frontdoor.parse_stub_status(text) == {"active": 17, "accepts": 120, "handled": 120, "requests": 4410,
+    assert frontdoor_nginx.parse_stub_status(text) == {"active": 17, "accepts": 120, "handled": 120, "requests": 4410,
                                                  "reading": 0, "writing": 16, "waiting": 1}
-    assert frontdoor.parse_stub_status("<html>nope</html>") is None
+    assert frontdoor_nginx.parse_stub_status("<html>nope</html>") is None
 
 
 def test_read_stub_status_without_nginx_is_none(tmp_path):
-    assert frontdoor.read_stub_status(tmp_path / "nginx") is None
+    assert frontdoor_nginx.read_stub_status(tmp_path / "nginx") is None
     # a stale socket file nobody listens on
     import socket
 
@@ -139,7 +140,7 @@ def test_read_stub_status_without_nginx_is_none(tmp_path):
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(tmp_path / "nginx" / "status.sock"))
     s.close()
-    assert frontdoor.read_stub_status(tmp_path / "nginx") is None
+    assert frontdoor_nginx.read_stub_status(tmp_path / "nginx") is None
 
 
 def test_a_candidate_that_cannot_be_written_is_a_failed_check_not_a_crash(nginx_bin, tmp_path):

@@ -6,7 +6,7 @@
   `fleet status --json` accounts for them per upstream;
 - 16 concurrent streams survive `fleet scale 2` and `fleet scale 4` without one failure.
 
-Failures are counted precisely by tests/frontdoor_load.py (fresh connection per request; a stream
+Failures are counted precisely by tests/support/frontdoor_load.py (fresh connection per request; a stream
 without its stop event is a failure). `LLAMA_TUI_LOAD_SECONDS` shortens the sustained runs locally.
 """
 
@@ -24,7 +24,7 @@ from llama_tui.core.fleet.accesslog import AccessLogFollower
 from llama_tui.core.config import POLICIES
 
 from conftest import free_port, free_port_block, run_cli, skip_without_policy, wait_for
-from frontdoor_load import LoadResult, load, run_load
+from tests.support.frontdoor_load import LoadResult, load, run_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

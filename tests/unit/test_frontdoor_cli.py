@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_tui.core.fleet.frontdoor import FrontDoor
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 from conftest import free_port, free_port_block, run_cli
 

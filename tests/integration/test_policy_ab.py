@@ -14,7 +14,7 @@ import pytest
 from llama_tui.core import bench, fleet
 from llama_tui.core.bench import BenchConfig
 from llama_tui.core.errors import UserError
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor_rules
 
 from conftest import free_port, free_port_block, run_cli, skip_without_policy
 
@@ -24,9 +24,9 @@ def test_the_prefix_policy_without_the_lua_module_is_refused_in_one_line(monkeyp
 
     monkeypatch.setattr(binaries, "nginx_lua_modules", lambda: None)
     with pytest.raises(UserError) as err:
-        frontdoor.check_policy("prefix")
+        frontdoor_rules.check_policy("prefix")
     assert "Lua module" in err.value.cause and binaries.NGINX_LUA_PACKAGE in err.value.fix
-    assert frontdoor.check_policy("hash") == ()
+    assert frontdoor_rules.check_policy("hash") == ()
 
 
 @pytest.mark.integration

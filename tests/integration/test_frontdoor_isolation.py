@@ -8,7 +8,7 @@ a POST only when it never reached a backend (a refused connection); with it, to 
 listener has no `non_idempotent` on errors, and a 503 (nothing processed) is retried by a location of its
 own that lists only `http_503`.
 
-A real llama-server cannot crash on demand from a request, so `tests/fake_llama.py` stands in where one
+A real llama-server cannot crash on demand from a request, so `tests/support/fake_llama.py` stands in where one
 must die of a request; a real llama-server killed while it processes a request shows the same on the
 real stack.
 """
@@ -42,7 +42,7 @@ def fake_backend(started, tmp_path):
         port = free_port()
         hits = tmp_path / f"hits-{port}"
         hits.write_text("")
-        started.add(subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_llama.py"), mode, str(port), str(hits)],
+        started.add(subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "fake_llama.py"), mode, str(port), str(hits)],
                                      start_new_session=True, stdin=subprocess.DEVNULL))
         wait_for(lambda: not port_free(LOOPBACK, port), 10, f"the fake backend on {port}")  # (a request would kill a crasher)
         return probe.base_url(LOOPBACK, port), hits

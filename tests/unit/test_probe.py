@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from llama_tui.core import probe
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor, frontdoor_nginx
 from llama_tui.core.fleet.monitor import Monitor
 from llama_tui.core.fleet.placement import Endpoint
 
@@ -172,11 +172,11 @@ def test_stub_status_is_read_over_the_unix_socket(tmp_path):
     srv = _serve(_UnixServer(str(sock), _Handler), {"/nginx_status": STUB})
     try:
         # this probe's own connection is left out of `active` and `writing`
-        assert frontdoor.read_stub_status(prefix) == {"active": 2, "accepts": 10, "handled": 10, "requests": 42,
+        assert frontdoor_nginx.read_stub_status(prefix) == {"active": 2, "accepts": 10, "handled": 10, "requests": 42,
                                                       "reading": 0, "writing": 1, "waiting": 1}
         assert srv.requests[-1][2] == "close"  # not kept: an idle connection would count as waiting
         srv.bodies["/nginx_status"] = b"<html>not a status page</html>"
-        assert frontdoor.read_stub_status(prefix) is None
+        assert frontdoor_nginx.read_stub_status(prefix) is None
     finally:
         srv.shutdown()
         srv.server_close()

@@ -10,7 +10,8 @@ import pytest
 
 from llama_tui.core.errors import UserError
 from llama_tui.core.fleet import frontdoor
-from llama_tui.core.fleet.frontdoor import PUBLIC_ROUTES, Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import PUBLIC_ROUTES, Backend, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 BACKENDS = (Backend("127.0.0.1", 18080, 2), Backend("127.0.0.1", 18081, 3))
 KEY = "public-key-0123456789"

@@ -4,8 +4,8 @@
   NGINX routes around it, the supervisor restarts it, the benchmark carries on and traffic comes back;
 - the disk under the state dir fills up: instances and NGINX keep serving, status still answers,
   `fleet down` still stops everything.
-(Supervisor killed, NGINX killed, a corrupt model: tests/test_fleet_integration.py. A damaged results
-file: tests/test_sweep_integration.py.)
+(Supervisor killed, NGINX killed, a corrupt model: tests/integration/test_fleet_integration.py. A damaged
+results file: tests/integration/test_sweep_integration.py.)
 """
 
 from __future__ import annotations

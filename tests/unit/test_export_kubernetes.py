@@ -93,6 +93,7 @@ def validate_all(docs: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------------- sources
 
 
+@pytest.mark.binaries  # the sweep's extra args are checked against llama-server --help
 def test_from_sweep_is_the_best_shape_with_its_flags_and_validates(capsys, sweep_dir: Path) -> None:
     docs = exported(capsys, "--from-sweep", str(sweep_dir), "--namespace", "llm", "--name", "chat")
     validate_all(docs)

@@ -195,6 +195,7 @@ def test_nvidia_presets_fit_their_card_with_an_8b_model(preset: str, card_gib: i
 # ------------------------------------------------------------------------ 5. the cached CUDA build finds its libraries
 
 
+@pytest.mark.binaries  # builds with cmake and a C compiler
 @pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("cc")), reason="needs cmake and a C compiler")
 def test_build_rpath_keeps_outside_library_dirs_so_a_copied_binary_runs(tmp_path: Path) -> None:
     """As libcudart/libcublas from a CUDA toolkit outside the loader's paths: the build copies llama-server

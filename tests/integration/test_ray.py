@@ -1,6 +1,6 @@
 """The Ray engine (`fleet up --engine ray`): its pure parts here, and the real-cluster tier.
 
-The real tests (tests/ray_cases.py: a 3-node cluster, a fleet spread over it, a node lost under load)
+The real tests (tests/integration/ray_cases.py: a 3-node cluster, a fleet spread over it, a node lost under load)
 must not touch any network but loopback: `test_the_cluster_tier` runs them in a network namespace
 that has only loopback (`unshare -n`, as root) and prints their output when they fail.
 """
@@ -48,11 +48,11 @@ def _tier_missing() -> str | None:
 @pytest.mark.integration
 @pytest.mark.timeout(TIER_TIMEOUT_S + 30)
 def test_the_cluster_tier():
-    """tests/ray_cases.py inside `unshare -n`: a real 3-node Ray cluster on loopback only."""
+    """tests/integration/ray_cases.py inside `unshare -n`: a real 3-node Ray cluster on loopback only."""
     missing = _tier_missing()
     if missing:
         pytest.skip(missing)
-    inner = (f'ip link set lo up && exec "{sys.executable}" -m pytest tests/ray_cases.py -q -x -s '
+    inner = (f'ip link set lo up && exec "{sys.executable}" -m pytest tests/integration/ray_cases.py -q -x -s '
              f'-p no:cacheprovider -o addopts="" --timeout {TIER_TIMEOUT_S - 30}')
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)

@@ -2,7 +2,7 @@
 (`crash`), or answer 503 as if it were loading its model (`loading`). `ok` answers 200. Every request
 it receives is appended to HITS (one line: METHOD PATH), so a test counts who got what.
 
-    python tests/fake_llama.py MODE PORT HITS
+    python tests/support/fake_llama.py MODE PORT HITS
 """
 
 from __future__ import annotations

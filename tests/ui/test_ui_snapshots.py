@@ -1,7 +1,7 @@
 """SVG snapshots of the main states at 120x40 and 80x24, from fixed scripted content.
 
-Regenerate after a deliberate change with `pytest tests/test_ui_snapshots.py --snapshot-update` and look
-at the SVGs under tests/__snapshots__/test_ui_snapshots/ before committing them.
+Regenerate after a deliberate change with `pytest tests/ui/test_ui_snapshots.py --snapshot-update` and look
+at the SVGs under tests/ui/__snapshots__/test_ui_snapshots/ before committing them.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from llama_tui import cli
-from llama_tui.core import fleet
+from llama_tui.core import fleet, sweep
 from llama_tui.ui.app import make_app
 from llama_tui.ui.controller import CoreController
 from llama_tui.ui.screens.logs import LogsScreen
@@ -175,12 +175,16 @@ def test_sweep_from_the_tui_runs_in_its_own_process_and_apply_best_starts_that_s
             assert p is not None and p.done and p.cells_total == 4 and len(p.results) >= 2, p
             assert app.screen.query_one(ResultsTable).row_count == len(p.results)
             assert "sweep done" in str(app.screen.query_one("#sweep-progress").render())
-            best = max((r for r in p.results if r.valid), key=lambda r: r.tok_s)
+            # the best cell by the core's one rule, as `sweep report --apply` picks it from the directory,
+            # and the same rule over the TUI's live points agrees with it
+            best = sweep.best_shape(p.out_dir).row
+            live = sweep.best_point(p.results)
+            assert live is not None and (live.instances, live.parallel) == (best["instances"], best["parallel"])
             await pilot.press("a")
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             await pilot.press("y")
             await wait_for(pilot, lambda: app.fleet is not None and app.fleet.running
-                           and app.fleet.parallel == best.parallel and len(app.fleet.instances) == best.instances
+                           and app.fleet.parallel == best["parallel"] and len(app.fleet.instances) == best["instances"]
                            and all(i.state == "ready" for i in app.fleet.instances), timeout=120,
                            what="the best shape's fleet")
             await pilot.press("q")

@@ -1,8 +1,13 @@
+"""`llama-tui doctor`: it runs the real llama-server and nginx binaries to report their versions."""
+
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from conftest import run_cli
+
+pytestmark = pytest.mark.integration
 
 
 def test_doctor_json_names_both_binaries():

@@ -79,18 +79,21 @@ def _settings(**fleet_values):
     ({"model": "/no/such/model.gguf"}, "model file not found"),
     ({"api_key_file": "/no/such/keyfile"}, "cannot read API key file"),
 ])
+@pytest.mark.binaries  # extra args are checked against llama-server --help
 def test_bad_fleet_settings_are_one_line_user_errors(values, cause):
     with pytest.raises(UserError) as exc:
         fleet.FleetSpec.from_settings(_settings(**{"model": "tiny", **values}))
     assert cause in exc.value.cause and exc.value.fix
 
 
+@pytest.mark.binaries
 def test_unknown_flag_gets_a_suggestion():
     with pytest.raises(UserError) as exc:
         fleet.FleetSpec.from_settings(_settings(model="tiny", extra_args="--batch-sise 512"))
     assert "did you mean --batch-size" in exc.value.fix
 
 
+@pytest.mark.binaries
 def test_valid_extra_args_and_key_file_are_accepted(tmp_path):
     key = tmp_path / "key"
     key.write_text("\n  abcdefgh12345678  \n")
@@ -123,6 +126,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tiny_model, isolated_di
     (["--extra-args", "--model other.gguf"], "must not set --model"),
     (["--preset", "no-such-preset"], "unknown preset"),
 ])
+@pytest.mark.binaries
 def test_cli_bad_input_exits_2_with_one_line(args, cause, capsys):
     code = cli.main(["fleet", "up", "--model", "tiny", "--detach", *args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -131,6 +135,7 @@ def test_cli_bad_input_exits_2_with_one_line(args, cause, capsys):
 
 
 @pytest.mark.parametrize("var, cause", [("LLAMA_SERVER_BIN", "LLAMA_SERVER_BIN points at"), ("NGINX_BIN", "NGINX_BIN points at")])
+@pytest.mark.binaries  # a broken nginx is found after a working llama-server
 def test_a_broken_binary_is_refused_before_anything_starts(var, cause, monkeypatch, tmp_path, isolated_dirs, capsys):
     monkeypatch.setenv(var, str(tmp_path / "no-such-binary"))
     code = cli.main(["fleet", "up", "--model", "tiny", "--detach", "--base-port", str(free_port_block(2)),
@@ -145,7 +150,7 @@ def test_logs_follow_survives_rotation(isolated_dirs):
     log.parent.mkdir(parents=True)
     log.write_text("first\n")
     proc = subprocess.Popen([sys.executable, "-m", "llama_tui", "fleet", "logs", "0", "-f"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in iter(proc.stdout.readline, "")], daemon=True).start()
     try:

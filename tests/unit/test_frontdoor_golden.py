@@ -1,6 +1,6 @@
 """Golden files: the config each policy renders from fixed inputs, and `nginx -t` on each of them.
 
-Regenerate after an intended template change with `UPDATE_GOLDEN=1 pytest tests/test_frontdoor_golden.py`
+Regenerate after an intended template change with `UPDATE_GOLDEN=1 pytest tests/unit/test_frontdoor_golden.py`
 and review the diff.
 """
 
@@ -13,11 +13,12 @@ import pytest
 
 from llama_tui import __version__
 from llama_tui.core.config import POLICIES
-from llama_tui.core.fleet.frontdoor import Backend, FrontDoor, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec, render
+from llama_tui.core.fleet.frontdoor_nginx import FrontDoor
 
 from conftest import skip_without_policy
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 PREFIX = "/GOLDEN-PREFIX/nginx"
 BACKENDS = (Backend("127.0.0.1", 18080, 4), Backend("127.0.0.1", 18081, 4), Backend("127.0.0.1", 18082, 2))
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from llama_tui.core.fleet import frontdoor
+from llama_tui.core.fleet import frontdoor_nginx
 from llama_tui.core.fleet.accesslog import AccessLogFollower
 from llama_tui.core.fleet.frontdoor import Backend, FrontDoorSpec
 
@@ -210,7 +210,7 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
     urls = [llama_server(parallel=2), llama_server(parallel=2, ctx_per_slot=4096)]
     door, front = nginx_front(urls, policy="least_conn")
     # idle (the start-up probe's own connection may still be closing: a race seen on a loaded machine)
-    wait_for(lambda: frontdoor.read_stub_status(door.prefix)["active"] == 0, 5, "an idle NGINX")
+    wait_for(lambda: frontdoor_nginx.read_stub_status(door.prefix)["active"] == 0, 5, "an idle NGINX")
 
     async def load():
         async def one():
@@ -224,7 +224,7 @@ def test_stub_status_and_follower_agree_with_x_upstream(llama_server, nginx_fron
         task = asyncio.create_task(load())
         live = None
         while not task.done():  # read while streams are in flight, however slow the machine is
-            live = await asyncio.to_thread(frontdoor.read_stub_status, door.prefix)
+            live = await asyncio.to_thread(frontdoor_nginx.read_stub_status, door.prefix)
             if live and live["writing"] >= 1:
                 break
             await asyncio.sleep(0.01)
