@@ -154,12 +154,11 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
             nginx_bin = binaries.require_nginx()
             if spec.extra_args:
                 validate_extra_args(spec.extra_args, llama_server, spec.allow_unsafe_args)
+            amx_note = None
             if spec.engine != "ray":  # AMX that would crash llama-server on quantised models: --no-repack
                 extra, amx_choice = amx.with_no_repack(spec.extra_args, llama_server)
                 if amx_choice.no_repack:
-                    spec = dataclasses.replace(spec, extra_args=extra)
-                    if on_progress:
-                        on_progress(amx_choice.reason)
+                    spec, amx_note = dataclasses.replace(spec, extra_args=extra), amx_choice.reason
             for sock in (st_mod.control_path(sd), frontdoor.status_socket(sd / processes.NGINX_DIR)):
                 paths.ensure_private_dir(sock.parent)  # a socket dir someone else made first is refused now
             where = f"on ports {spec.base_port}-{spec.port_of(spec.instances - 1)}"
@@ -168,6 +167,8 @@ def up(spec: FleetSpec, state_dir: Path | None = None, on_progress: Progress | N
 
                 spec = ray_cluster.prepare(spec, str(llama_server))
                 where = f"on the Ray cluster at {spec.ray_address} ({spec.placement}, namespace {spec.ray_namespace})"
+            if on_progress and amx_note:  # said once every check passed: bad input stays one line
+                on_progress(amx_note)
             if on_progress:
                 on_progress(f"starting {spec.instances} x llama-server ({spec.model.name}, parallel {spec.parallel}, "
                             f"{spec.threads_for(spec.instances)} threads each) {where}, "
