@@ -51,7 +51,9 @@ CASES: dict[str, Case] = {
     "port out of range": Case(_up("--base-port", "70000"), "port"),
     "nginx port zero": Case(_up("--nginx-port", "0"), "port"),
     "port in use": Case(_up("--nginx-port", "{busy}"), "{busy}"),
-    "more pinned cores than exist": Case(_up("--instances", "999", "--pin-cpus"), "--pin-cpus"),
+    # NGINX just below the 999 instance ports (a random --nginx-port could fall inside their range)
+    "more pinned cores than exist": Case(_up("--instances", "999", "--pin-cpus", "--nginx-port", "{free}",
+                                             "--base-port", "{after_free}"), "--pin-cpus"),
     "unknown preset": Case(["fleet", "up", "--preset", "no-such-preset", "--detach"], "unknown preset"),
     "preset invalid toml": Case(["fleet", "up", "--preset", "broken", "--detach"], "broken.toml",
                                 prepare=_write("config/presets/broken.toml", "[fleet]\ninstances = = 2\n")),
@@ -119,6 +121,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(name, tmp_path, isolate
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     ports = {"busy": busy.getsockname()[1], "free": free_port()}
+    ports["after_free"] = ports["free"] + 1
     try:
         if case.prepare:
             case.prepare(tmp_path)
