@@ -238,6 +238,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any, str]]] = {
 }
 
 
+# The options that say where a fleet's instances run (the ray engine's); `sweep` passes them to its fleets.
+ENGINE_OPTIONS = ("engine", "ray_address", "placement", "gpus_per_instance", "node_resource", "model_dir")
+
 # Command-line option (argparse dest) -> settings key, for the fleet options that `fleet up`,
 # `nginx render` and the TUI's entry point (`llama-tui` with no command) all take.
 FLEET_OPTIONS = {
@@ -267,12 +270,7 @@ FLEET_OPTIONS = {
     "ready_timeout": "fleet.ready_timeout",
     "metrics_listen": "fleet.metrics_listen",
     "metrics_public": "fleet.metrics_public",
-    "engine": "fleet.engine",
-    "ray_address": "fleet.ray_address",
-    "placement": "fleet.placement",
-    "gpus_per_instance": "fleet.gpus_per_instance",
-    "node_resource": "fleet.node_resource",
-    "model_dir": "fleet.model_dir",
+    **{opt: f"fleet.{opt}" for opt in ENGINE_OPTIONS},
 }
 
 

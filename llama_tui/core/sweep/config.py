@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from llama_tui.core import paths
+from llama_tui.core.config import ENGINE_OPTIONS, FLEET_OPTIONS
 from llama_tui.core.errors import UserError
 
 FLEET_STATE = "fleet-state"
@@ -164,12 +165,7 @@ SETTINGS_OPTIONS = {
     "extra_args": "fleet.extra_args",
     "prompt_tokens": "bench.prompt_tokens",
     "api": "bench.api",
-    "engine": "fleet.engine",
-    "ray_address": "fleet.ray_address",
-    "placement": "fleet.placement",
-    "gpus_per_instance": "fleet.gpus_per_instance",
-    "node_resource": "fleet.node_resource",
-    "model_dir": "fleet.model_dir",
+    **{opt: FLEET_OPTIONS[opt] for opt in ENGINE_OPTIONS},
 }
 # Options that are no setting: they set SweepConfig fields directly (lists as "1,2,4" or sequences).
 LIST_OPTIONS = ("threads", "batch", "ubatch", "n_predict")
